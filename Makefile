@@ -1,0 +1,36 @@
+# Despliegue: one entry point. `make serve` and `make test` are the README's two commands.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help venv models serve test lint build clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+venv: $(VENV)/.installed  ## create .venv with the pinned packages
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+models: venv  ## build the reference models missing from the BentoML model store
+	$(BIN)/python save_models.py
+
+serve: models  ## serve every family on localhost:$(PORT) (Swagger UI at /)
+	$(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
+
+test: venv  ## run the whole test suite (unit, integration against a real server, build)
+	$(BIN)/python -m pytest
+
+lint: venv  ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+build: models  ## bentoml build: one Bento with code, configuration and models
+	$(BIN)/bentoml build
+
+clean:  ## remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,136 @@
+"""Model artifacts in the BentoML model store: one format, every family.
+
+A stored model is a folder holding one artifact file plus metadata (Triton's "configuration
+plus an artifact"): `framework` says how to load it, `family` which runner serves it. Writing
+goes through `bentoml.models.create`, which builds the model in a temporary folder and only
+moves it into the store when the block ends without an exception, so a failed import leaves
+the store unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import bentoml
+from pydantic import BaseModel, Field
+
+Framework = Literal["sklearn", "keras"]
+ARTIFACT_FILE: dict[str, str] = {"sklearn": "model.joblib", "keras": "model.keras"}
+
+
+class ModelCard(BaseModel):
+    """What `GET /models` tells about a served model."""
+
+    tag: str = Field(examples=["heatflow_svr:3kd7x2qf4ylbqaav"])
+    family: str = Field(examples=["heatflow"])
+    framework: str = Field(examples=["sklearn"])
+    reference: bool = Field(description="True for a reference model built by save_models.py")
+    created: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, stored: bentoml.Model) -> ModelCard:
+        meta = dict(stored.info.metadata)
+        return cls(
+            tag=str(stored.tag),
+            family=str(meta.get("family", "unknown")),
+            framework=str(meta.get("framework", "unknown")),
+            reference=bool(meta.get("reference", False)),
+            created=stored.info.creation_time,
+            metadata=meta,
+        )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_artifact(stored: bentoml.Model) -> Any:
+    """Load the artifact of a stored model with the loader its `framework` names."""
+    framework = stored.info.metadata.get("framework")
+    if framework not in ARTIFACT_FILE:
+        raise ValueError(f"{stored.tag}: unknown framework {framework!r} in metadata")
+    path = Path(stored.path_of(ARTIFACT_FILE[framework]))
+    return LOADERS[framework](path)
+
+
+class ModelMissing(RuntimeError):
+    """A model named in configuration.yaml is not in the store; says how to put it there."""
+
+
+def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
+    """Load the model a runner serves, failing start-up with instructions if it is missing."""
+    stored = ref.stored
+    if stored is None:
+        raise ModelMissing(
+            f"model {ref.tag} is not in the BentoML model store ({bentoml_home()}). "
+            f"Run `python save_models.py` to build the reference models, or "
+            f"`python save_models.py import {ref.tag.name} FILE` to import your own."
+        )
+    return load_artifact(stored), ModelCard.of(stored)
+
+
+def bentoml_home() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.bentoml_home.get())
+
+
+def _load_joblib(path: Path) -> Any:
+    import joblib
+
+    return joblib.load(path)
+
+
+def _load_keras(path: Path) -> Any:
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+LOADERS: dict[str, Callable[[Path], Any]] = {"sklearn": _load_joblib, "keras": _load_keras}
+
+
+def save_to_store(
+    name: str,
+    *,
+    family: str,
+    framework: Framework,
+    metadata: dict[str, Any],
+    write: Callable[[Path], None],
+    labels: dict[str, str] | None = None,
+) -> bentoml.Model:
+    """Create a stored model whose artifact `write` produces at the path it is given.
+
+    Either the whole model lands in the store or, if `write` raises, nothing does.
+    """
+    full_metadata = {"family": family, "framework": framework, **metadata}
+    all_labels = {"family": family, "reference": str(metadata.get("reference", False)).lower()}
+    all_labels.update(labels or {})
+    with bentoml.models.create(name, labels=all_labels, metadata=full_metadata) as model:
+        write(Path(model.path_of(ARTIFACT_FILE[framework])))
+    return bentoml.models.get(model.tag)
+
+
+def copy_file(source: Path) -> Callable[[Path], None]:
+    """A `write` for save_to_store that keeps the user's file byte for byte."""
+
+    def write(target: Path) -> None:
+        shutil.copyfile(source, target)
+
+    return write
+
+
+def stored_models(name: str) -> list[bentoml.Model]:
+    """Every version of one model name in the local store, newest first."""
+    found = [m for m in bentoml.models.list() if m.tag.name == name]
+    return sorted(found, key=lambda m: m.info.creation_time, reverse=True)

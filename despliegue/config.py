@@ -1,0 +1,133 @@
+"""Load and validate `configuration.yaml`, once per process.
+
+The file holds the product's settings (model tags, batching, input limits) and BentoML's own
+runtime settings under `bentoml:`. BentoML's `BENTOML_CONFIG` rejects unknown top-level keys,
+so instead of handing it the whole file, each service receives its share through
+`@bentoml.service(**settings.service_options(name))`. A bad value stops the service at import
+time with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configuration.yaml"
+CONFIG_ENV_VAR = "DESPLIEGUE_CONFIG"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Batching(StrictModel):
+    """Adaptive batching bounds for one runner method (see BentoML's adaptive batching)."""
+
+    max_batch_size: int = Field(ge=1, le=4096)
+    # BentoML sheds load (503) when it predicts a batch would miss this deadline, so it is a
+    # deadline, not a wait window: keep it well above one batch's compute time.
+    max_latency_ms: int = Field(ge=10, le=600_000)
+
+
+class FamilyConfig(StrictModel):
+    """Which stored model serves a family, and how its calls are batched."""
+
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str = Field(default="latest", pattern=r"^[A-Za-z0-9_.-]+$")
+    batching: Batching
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
+class HeatFlowLimits(StrictModel):
+    max_values: int = Field(ge=1, le=1_000_000)
+    max_thickness_m: float = Field(gt=0, le=100_000)
+
+
+class FalseTrueLimits(StrictModel):
+    max_texts: int = Field(ge=1, le=100_000)
+    max_text_chars: int = Field(ge=1, le=10_000_000)
+
+
+class Limits(StrictModel):
+    max_body_bytes: int = Field(ge=1024)
+    heatflow: HeatFlowLimits
+    falsetrue: FalseTrueLimits
+
+
+class BentoMLSettings(StrictModel):
+    """BentoML service options: `defaults` for every service, `services` per class name."""
+
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Settings(StrictModel):
+    families: dict[str, FamilyConfig]
+    limits: Limits
+    bentoml: BentoMLSettings = Field(default_factory=BentoMLSettings)
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, families: dict[str, FamilyConfig]) -> dict[str, FamilyConfig]:
+        missing = {"heatflow", "falsetrue"} - families.keys()
+        if missing:
+            raise ValueError(f"missing families: {sorted(missing)}")
+        return families
+
+    def family(self, name: str) -> FamilyConfig:
+        return self.families[name]
+
+    def service_options(self, service_name: str) -> dict[str, Any]:
+        """BentoML options for one service: the defaults deep-merged with its own entry."""
+        return _deep_merge(self.bentoml.defaults, self.bentoml.services.get(service_name, {}))
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration file is missing or holds a value that fails validation."""
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH))
+
+
+def load_settings(path: Path) -> Settings:
+    """Parse and validate one configuration file; raise ConfigurationError naming the key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration in {path}: {problems}") from None
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process-wide settings, read from DESPLIEGUE_CONFIG or ./configuration.yaml."""
+    return load_settings(config_path())

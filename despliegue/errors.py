@@ -1,0 +1,115 @@
+"""Client mistakes: one exception type, one HTTP mapping, one log line.
+
+Schema violations are caught by pydantic before our code runs; BentoML answers them with 400
+and `{"error", "detail": [{"loc", "msg", "type"}]}`. Mistakes that can only be seen after
+decoding (an image that is not an image, an unknown model code) raise `ClientError`, which
+`answers_client_errors` turns into the same body shape with its own status (422 by default).
+
+BentoML logs every client mistake at ERROR with a full traceback. `ClientMistakeLogFilter`
+rewrites those records into one WARNING line without the traceback (and without the input),
+so the log keeps server faults visible.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from typing import Any, ParamSpec, TypeVar
+
+from starlette.responses import JSONResponse
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ClientError(Exception):
+    """A request the service understood but cannot answer; `loc` names the field."""
+
+    def __init__(
+        self,
+        loc: Sequence[str | int],
+        msg: str,
+        *,
+        kind: str = "value_error",
+        status: HTTPStatus = HTTPStatus.UNPROCESSABLE_ENTITY,
+    ) -> None:
+        super().__init__(msg)
+        self.loc = list(loc)
+        self.msg = msg
+        self.kind = kind
+        self.status = status
+
+    def to_response(self) -> JSONResponse:
+        field = ".".join(str(part) for part in self.loc)
+        body = {
+            "error": f"{field}: {self.msg}",
+            "detail": [{"loc": self.loc, "msg": self.msg, "type": self.kind}],
+        }
+        return JSONResponse(body, status_code=int(self.status))
+
+
+def answers_client_errors(
+    endpoint: Callable[P, Awaitable[R]],
+) -> Callable[P, Awaitable[R | JSONResponse]]:
+    """Wrap an async API method so a ClientError becomes its JSON 4xx response."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | JSONResponse:
+        try:
+            return await endpoint(*args, **kwargs)
+        except ClientError as exc:
+            logging.getLogger("despliegue.api").warning(
+                "client error %s: %s", int(exc.status), exc.args[0]
+            )
+            return exc.to_response()
+
+    return wrapper
+
+
+class ClientMistakeLogFilter(logging.Filter):
+    """Turn BentoML's ERROR+traceback for a 4xx into one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not _is_client_mistake(exc):
+            return True
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "client error on %s: %s"
+        record.args = (_path_of(record), _summary(exc))
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _is_client_mistake(exc: BaseException) -> bool:
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    return isinstance(exc, BentoMLException) and 400 <= exc.error_code.value < 500
+
+
+def _path_of(record: logging.LogRecord) -> Any:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return args[0] if args else "?"
+
+
+def _summary(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_context=False)
+        )
+    return str(exc)
+
+
+def install_log_filter() -> None:
+    """Attach the filter where BentoML logs request exceptions (idempotent)."""
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, ClientMistakeLogFilter) for f in logger.filters):
+        logger.addFilter(ClientMistakeLogFilter())

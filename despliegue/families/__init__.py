@@ -1,0 +1,13 @@
+"""Per-family recipes: how a reference model is built and how an imported artifact is probed.
+
+Each module exposes a `RECIPE` (see `base.Recipe`). `save_models.py` walks `RECIPES`; the
+runners never import these modules, so training code stays out of the serving path.
+"""
+
+from despliegue.families.base import Recipe
+from despliegue.families.falsetrue import RECIPE as FALSETRUE
+from despliegue.families.heatflow import RECIPE as HEATFLOW
+
+RECIPES: dict[str, Recipe] = {recipe.family: recipe for recipe in (HEATFLOW, FALSETRUE)}
+
+__all__ = ["RECIPES", "Recipe"]

@@ -1,0 +1,28 @@
+"""Heat flow runner (seed 000): the `heatflow_svr` SVR pipeline, batched over thickness values."""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+
+from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.config import settings
+
+FAMILY = settings().family("heatflow")
+
+
+@bentoml.service(**settings().service_options("HeatFlowRegressor"))
+class HeatFlowRegressor:
+    model_ref = bentoml.models.BentoModel(FAMILY.tag)
+
+    def __init__(self) -> None:
+        self.model, self.card = load_served_model(type(self).model_ref)
+
+    @bentoml.api(batchable=True, **FAMILY.batching.model_dump())
+    def predict(self, sediment_thickness_m: np.ndarray) -> np.ndarray:
+        """Heat flow in mW/m² for a 1-D batch of thicknesses in metres."""
+        return np.asarray(self.model.predict(sediment_thickness_m.reshape(-1, 1)), dtype=float)
+
+    @bentoml.api
+    def describe(self) -> ModelCard:
+        return self.card

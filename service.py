@@ -1,0 +1,82 @@
+"""Despliegue: the public HTTP API over every model family.
+
+A request goes: HTTP -> this service (size limit, pydantic validation) -> the family's runner
+service in `runners/` (adaptive batching, model call) -> a response schema that names the model
+tag that answered. No model is loaded here; each runner is its own process, reached through
+`bentoml.depends`.
+
+Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI
+
+from despliegue.artifacts import ModelCard
+from despliegue.config import settings
+from despliegue.errors import install_log_filter
+from despliegue.http import BodySizeLimit
+from despliegue.schemas import (
+    FalseTrueRequest,
+    FalseTrueResponse,
+    HeatFlowRequest,
+    HeatFlowResponse,
+    ServedModels,
+)
+from runners.falsetrue import FalseTrueClassifier
+from runners.heatflow import HeatFlowRegressor
+
+install_log_filter()
+catalog = FastAPI(title="Model catalog")
+
+
+@bentoml.asgi_app(catalog, path="/")
+@bentoml.service(**settings().service_options("Despliegue"))
+class Despliegue:
+    heatflow = bentoml.depends(HeatFlowRegressor)
+    falsetrue = bentoml.depends(FalseTrueClassifier)
+
+    def __init__(self) -> None:
+        self._cards: dict[str, ModelCard] = {}
+
+    async def card(self, family: str) -> ModelCard:
+        """The model card of a family's runner, asked once and then remembered."""
+        if family not in self._cards:
+            runner = getattr(self, family)
+            self._cards[family] = ModelCard.model_validate(await runner.to_async.describe())
+        return self._cards[family]
+
+    @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
+    async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
+        """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
+        thickness = np.asarray(sediment_thickness_m, dtype=float)
+        heat_flow = await self.heatflow.to_async.predict(thickness)
+        return HeatFlowResponse(
+            sediment_thickness_m=thickness.tolist(),
+            heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
+            model=(await self.card("heatflow")).tag,
+        )
+
+    @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
+    async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
+        """Classify each text as 0 (False) or 1 (Real)."""
+        rows = await self.falsetrue.to_async.classify(texts)
+        return FalseTrueResponse(
+            is_falsetrue=[int(label) for label in rows[:, 0]],
+            probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
+            model=(await self.card("falsetrue")).tag,
+        )
+
+    @catalog.get("/models", response_model=ServedModels)
+    async def served_models(self) -> ServedModels:
+        """The models being served: tag, family, framework, reference or imported, metadata."""
+        families = ("heatflow", "falsetrue")
+        cards = await asyncio.gather(*(self.card(family) for family in families))
+        return ServedModels(models=list(cards))
+
+
+Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)

@@ -1,0 +1,121 @@
+"""Fixtures shared by every tier: a private BentoML home, and one live server per session.
+
+BENTOML_HOME is set before anything imports bentoml, so no test touches the user's store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="despliegue-test-home-"))
+os.environ["BENTOML_HOME"] = str(SESSION_HOME / "bentoml")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_save_models(*args: str, home: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BENTOML_HOME": home or os.environ["BENTOML_HOME"], "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "save_models.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@dataclass
+class LiveServer:
+    url: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def start_server(
+    home: str, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the real `bentoml serve` in its own process group, logging to `log_path`."""
+    env = {**os.environ, "BENTOML_HOME": home, **(extra_env or {})}
+    port = env.pop("DESPLIEGUE_TEST_PORT", None) or str(free_port())
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", "service:Despliegue", "--host", "127.0.0.1",
+             "--port", port],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process.port = int(port)  # type: ignore[attr-defined]
+    return process
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Wait for /models to answer 200: it calls every runner, so all models are loaded."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/models", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready in 240 s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def reference_store() -> str:
+    """The session's BentoML home with every reference model built by save_models.py."""
+    result = run_save_models()
+    assert result.returncode == 0, result.stderr
+    return os.environ["BENTOML_HOME"]
+
+
+@pytest.fixture(scope="session")
+def live_server(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real `bentoml serve` shared by every integration test that can share it."""
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    process = start_server(reference_store, log_path)
+    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+    try:
+        wait_until_serving(url, process, log_path)
+        yield LiveServer(url=url, log_path=log_path, process=process)
+    finally:
+        stop_server(process)

@@ -1,0 +1,55 @@
+"""configuration.yaml: the shipped file is valid; a bad value is refused naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from despliegue.config import DEFAULT_CONFIG_PATH, ConfigurationError, load_settings
+
+
+def write_config(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    mutate(raw)
+    path = tmp_path / "configuration.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shipped_configuration_is_valid() -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH)
+    assert settings.family("heatflow").tag == "heatflow_svr:latest"
+    assert settings.limits.heatflow.max_values >= 1
+
+
+def test_service_options_merge_defaults_with_the_service_entry() -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH)
+    options = settings.service_options("HeatFlowRegressor")
+    assert options["runner_connection"]["max_requests"] == 1_000_000
+    assert options["workers"] == 1
+    assert "workers" not in settings.service_options("UnknownService")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "named_key"),
+    [
+        (lambda raw: raw["families"]["heatflow"]["batching"].update(max_batch_size=0), "families.heatflow.batching.max_batch_size"),
+        (lambda raw: raw["limits"].update(max_body_bytes="big"), "limits.max_body_bytes"),
+        (lambda raw: raw["families"].pop("falsetrue"), "falsetrue"),
+        (lambda raw: raw["families"]["heatflow"].update(model="bad name!"), "families.heatflow.model"),
+        (lambda raw: raw.update(unexpected=1), "unexpected"),
+    ],
+)
+def test_bad_value_is_refused_with_the_key_named(tmp_path: Path, mutate, named_key: str) -> None:
+    path = write_config(tmp_path, mutate)
+    with pytest.raises(ConfigurationError, match=named_key.replace(".", r"\.")):
+        load_settings(path)
+
+
+def test_broken_yaml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "configuration.yaml"
+    path.write_text("families: [unclosed")
+    with pytest.raises(ConfigurationError, match="not valid YAML"):
+        load_settings(path)
