@@ -55,9 +55,7 @@ class BodySizeLimit:
         body = json.dumps(
             {
                 "error": f"request body: larger than the limit of {limit} bytes",
-                "detail": [
-                    {"loc": ["body"], "msg": f"at most {limit} bytes", "type": "too_large"}
-                ],
+                "detail": [{"loc": ["body"], "msg": f"at most {limit} bytes", "type": "too_large"}],
             }
         ).encode()
         await send(

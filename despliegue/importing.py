@@ -51,7 +51,9 @@ def ensure_reference(recipe: Recipe) -> Outcome:
         metadata={**reference.metadata, "built_at": _now()},
         write=_writer(recipe, reference.model),
     )
-    return Outcome(recipe.model_name, str(stored.tag), "built", _metrics_summary(reference.metadata))
+    return Outcome(
+        recipe.model_name, str(stored.tag), "built", _metrics_summary(reference.metadata)
+    )
 
 
 def import_artifact(model_name: str, path: Path) -> Outcome:
@@ -129,4 +131,3 @@ def _metrics_summary(metadata: dict[str, Any]) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-

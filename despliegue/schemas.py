@@ -89,7 +89,9 @@ class FalseTrueResponse(BaseModel):
         description="Per text: the model's probability of Real, null if it gives none.",
         examples=[[0.91, 0.07]],
     )
-    model: str = Field(description="Tag of the model that answered.", examples=["falsetrue_classifier:v1"])
+    model: str = Field(
+        description="Tag of the model that answered.", examples=["falsetrue_classifier:v1"]
+    )
 
 
 class ServedModels(BaseModel):

@@ -63,8 +63,15 @@ def start_server(
     port = env.pop("DESPLIEGUE_TEST_PORT", None) or str(free_port())
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", "service:Despliegue", "--host", "127.0.0.1",
-             "--port", port],
+            [
+                str(BIN / "bentoml"),
+                "serve",
+                "service:Despliegue",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+            ],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -109,7 +116,9 @@ def reference_store() -> str:
 
 
 @pytest.fixture(scope="session")
-def live_server(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(
+    reference_store: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     """One real `bentoml serve` shared by every integration test that can share it."""
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
     process = start_server(reference_store, log_path)

@@ -35,10 +35,16 @@ def test_service_options_merge_defaults_with_the_service_entry() -> None:
 @pytest.mark.parametrize(
     ("mutate", "named_key"),
     [
-        (lambda raw: raw["families"]["heatflow"]["batching"].update(max_batch_size=0), "families.heatflow.batching.max_batch_size"),
+        (
+            lambda raw: raw["families"]["heatflow"]["batching"].update(max_batch_size=0),
+            "families.heatflow.batching.max_batch_size",
+        ),
         (lambda raw: raw["limits"].update(max_body_bytes="big"), "limits.max_body_bytes"),
         (lambda raw: raw["families"].pop("falsetrue"), "falsetrue"),
-        (lambda raw: raw["families"]["heatflow"].update(model="bad name!"), "families.heatflow.model"),
+        (
+            lambda raw: raw["families"]["heatflow"].update(model="bad name!"),
+            "families.heatflow.model",
+        ),
         (lambda raw: raw.update(unexpected=1), "unexpected"),
     ],
 )

@@ -71,7 +71,7 @@ def test_import_probes_then_stores_with_provenance(home: Path, tmp_path: Path) -
 
 
 class NaNRegressor(DummyRegressor):
-    def predict(self, X):  # noqa: N803 - scikit-learn's signature
+    def predict(self, X):
         return np.full(len(X), np.nan)
 
 
@@ -130,7 +130,9 @@ def test_import_warns_when_pickled_with_another_scikit_learn(
 def test_unknown_model_name_and_missing_file_are_refused(home: Path, tmp_path: Path) -> None:
     unknown = run_save_models("import", "no_such_model", str(tmp_path / "x"), home=str(home))
     assert unknown.returncode == 1 and "unknown model name" in unknown.stderr
-    missing = run_save_models("import", "heatflow_svr", str(tmp_path / "absent.joblib"), home=str(home))
+    missing = run_save_models(
+        "import", "heatflow_svr", str(tmp_path / "absent.joblib"), home=str(home)
+    )
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 

@@ -1,0 +1,58 @@
+"""Concurrent load on the live server: no 5xx, and the runners really receive batches > 1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.integration
+
+REQUESTS = 400
+CONCURRENCY = 48
+
+
+async def fire(url: str, path: str, body: dict) -> list[int]:
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one() -> int:
+            async with gate:
+                return (await client.post(path, json=body)).status_code
+
+        return await asyncio.gather(*(one() for _ in range(REQUESTS)))
+
+
+def batch_histogram(url: str, method: str) -> tuple[float, float]:
+    """(sum of batch sizes, number of batches) for one runner method, from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = {}
+    for kind in ("sum", "count"):
+        pattern = rf'adaptive_batch_size_{kind}\{{[^}}]*method_name="{method}"[^}}]*\}} ([0-9.e+]+)'
+        values[kind] = sum(float(v) for v in re.findall(pattern, text))
+    return values["sum"], values["count"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "method"),
+    [
+        ("/heatflow", {"sediment_thickness_m": [1200.0]}, "predict"),
+        ("/falsetrue", {"texts": ["El informe trimestral del banco central."]}, "classify"),
+    ],
+)
+def test_concurrent_requests_all_succeed_and_are_batched(
+    live_server: LiveServer, path: str, body: dict, method: str
+) -> None:
+    before_sum, before_count = batch_histogram(live_server.url, method)
+    statuses = asyncio.run(fire(live_server.url, path, body))
+    failures = [s for s in statuses if s != 200]
+    assert failures == [], f"{len(failures)} of {REQUESTS} failed: {sorted(set(failures))}"
+    after_sum, after_count = batch_histogram(live_server.url, method)
+    batches = after_count - before_count
+    assert after_sum - before_sum == REQUESTS  # every request went through the batcher
+    assert batches < REQUESTS, "no two requests ever shared a batch"
