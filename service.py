@@ -30,6 +30,9 @@ from despliegue.schemas import (
 from runners.falsetrue import FalseTrueClassifier
 from runners.heatflow import HeatFlowRegressor
 
+# Attribute names of the runner dependencies below, one per model family.
+FAMILIES = ("heatflow", "falsetrue")
+
 install_log_filter()
 catalog = FastAPI(title="Model catalog")
 
@@ -41,14 +44,18 @@ class Despliegue:
     falsetrue = bentoml.depends(FalseTrueClassifier)
 
     def __init__(self) -> None:
-        self._cards: dict[str, ModelCard] = {}
+        self._cards: dict[str, list[ModelCard]] = {}
 
-    async def card(self, family: str) -> ModelCard:
-        """The model card of a family's runner, asked once and then remembered."""
+    async def cards(self, family: str) -> list[ModelCard]:
+        """The model cards of a family's runner (its attribute here), asked once, then kept."""
         if family not in self._cards:
-            runner = getattr(self, family)
-            self._cards[family] = ModelCard.model_validate(await runner.to_async.describe())
+            described = await getattr(self, family).to_async.describe()
+            self._cards[family] = [ModelCard.model_validate(card) for card in described]
         return self._cards[family]
+
+    async def tag(self, family: str) -> str:
+        """The tag that answers for a single-model family."""
+        return (await self.cards(family))[0].tag
 
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
@@ -58,7 +65,7 @@ class Despliegue:
         return HeatFlowResponse(
             sediment_thickness_m=thickness.tolist(),
             heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
-            model=(await self.card("heatflow")).tag,
+            model=await self.tag("heatflow"),
         )
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
@@ -68,15 +75,14 @@ class Despliegue:
         return FalseTrueResponse(
             is_falsetrue=[int(label) for label in rows[:, 0]],
             probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
-            model=(await self.card("falsetrue")).tag,
+            model=await self.tag("falsetrue"),
         )
 
     @catalog.get("/models", response_model=ServedModels)
     async def served_models(self) -> ServedModels:
         """The models being served: tag, family, framework, reference or imported, metadata."""
-        families = ("heatflow", "falsetrue")
-        cards = await asyncio.gather(*(self.card(family) for family in families))
-        return ServedModels(models=list(cards))
+        per_family = await asyncio.gather(*(self.cards(family) for family in FAMILIES))
+        return ServedModels(models=[card for cards in per_family for card in cards])
 
 
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)

@@ -31,5 +31,5 @@ class FalseTrueClassifier:
         return np.stack([labels, p_real], axis=1)
 
     @bentoml.api
-    def describe(self) -> ModelCard:
-        return self.card
+    def describe(self) -> list[ModelCard]:
+        return [self.card]

@@ -24,5 +24,5 @@ class HeatFlowRegressor:
         return np.asarray(self.model.predict(sediment_thickness_m.reshape(-1, 1)), dtype=float)
 
     @bentoml.api
-    def describe(self) -> ModelCard:
-        return self.card
+    def describe(self) -> list[ModelCard]:
+        return [self.card]

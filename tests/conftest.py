@@ -5,6 +5,7 @@ BENTOML_HOME is set before anything imports bentoml, so no test touches the user
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bentoml
 import httpx
 import pytest
 
@@ -47,12 +49,35 @@ def run_save_models(*args: str, home: str | None = None) -> subprocess.Completed
 
 @dataclass
 class LiveServer:
+    """A running server. Tests call it through these helpers, so that what every request
+    needs (headers, credentials) is decided here, once."""
+
     url: str
     log_path: Path
     process: subprocess.Popen[bytes]
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def post(self, path: str, body: object, **kwargs: object) -> httpx.Response:
+        """POST a JSON body; a str body is sent as is (for malformed JSON)."""
+        content = body if isinstance(body, str | bytes) else json.dumps(body)
+        headers = {"content-type": "application/json", **self.headers}
+        url = f"{self.url}{path}"
+        return httpx.post(url, content=content, headers=headers, timeout=60, **kwargs)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers=self.headers, timeout=60)
+
+    def client(self) -> bentoml.SyncHTTPClient:
+        return bentoml.SyncHTTPClient(self.url)
+
+    def async_client(self, **kwargs: object) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=60, **kwargs)
 
 
 def start_server(

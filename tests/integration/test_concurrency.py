@@ -16,9 +16,9 @@ REQUESTS = 400
 CONCURRENCY = 48
 
 
-async def fire(url: str, path: str, body: dict) -> list[int]:
+async def fire(server: LiveServer, path: str, body: dict) -> list[int]:
     limits = httpx.Limits(max_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with server.async_client(limits=limits) as client:
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one() -> int:
@@ -28,9 +28,9 @@ async def fire(url: str, path: str, body: dict) -> list[int]:
         return await asyncio.gather(*(one() for _ in range(REQUESTS)))
 
 
-def batch_histogram(url: str, method: str) -> tuple[float, float]:
+def batch_histogram(server: LiveServer, method: str) -> tuple[float, float]:
     """(sum of batch sizes, number of batches) for one runner method, from /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+    text = server.get("/metrics").text
     values = {}
     for kind in ("sum", "count"):
         pattern = rf'adaptive_batch_size_{kind}\{{[^}}]*method_name="{method}"[^}}]*\}} ([0-9.e+]+)'
@@ -48,11 +48,11 @@ def batch_histogram(url: str, method: str) -> tuple[float, float]:
 def test_concurrent_requests_all_succeed_and_are_batched(
     live_server: LiveServer, path: str, body: dict, method: str
 ) -> None:
-    before_sum, before_count = batch_histogram(live_server.url, method)
-    statuses = asyncio.run(fire(live_server.url, path, body))
+    before_sum, before_count = batch_histogram(live_server, method)
+    statuses = asyncio.run(fire(live_server, path, body))
     failures = [s for s in statuses if s != 200]
     assert failures == [], f"{len(failures)} of {REQUESTS} failed: {sorted(set(failures))}"
-    after_sum, after_count = batch_histogram(live_server.url, method)
+    after_sum, after_count = batch_histogram(live_server, method)
     batches = after_count - before_count
     assert after_sum - before_sum == REQUESTS  # every request went through the batcher
     assert batches < REQUESTS, "no two requests ever shared a batch"

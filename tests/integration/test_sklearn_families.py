@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import bentoml
-import httpx
 import pytest
 
 from tests.conftest import LiveServer
@@ -13,18 +12,8 @@ from tests.conftest import LiveServer
 pytestmark = pytest.mark.integration
 
 
-def post(server: LiveServer, path: str, body: object) -> httpx.Response:
-    content = body if isinstance(body, str) else json.dumps(body)
-    return httpx.post(
-        f"{server.url}{path}",
-        content=content,
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
-
-
 def test_heatflow_decreases_with_sediment_thickness(live_server: LiveServer) -> None:
-    response = post(live_server, "/heatflow", {"sediment_thickness_m": [0, 2000, 8000]})
+    response = live_server.post("/heatflow", {"sediment_thickness_m": [0, 2000, 8000]})
     assert response.status_code == 200, response.text
     body = response.json()
     thin, middle, thick = body["heat_flow_mw_m2"]
@@ -36,7 +25,7 @@ def test_heatflow_decreases_with_sediment_thickness(live_server: LiveServer) -> 
 
 
 def test_heatflow_single_value_answers_a_list_of_one(live_server: LiveServer) -> None:
-    response = post(live_server, "/heatflow", {"sediment_thickness_m": 1500})
+    response = live_server.post("/heatflow", {"sediment_thickness_m": 1500})
     assert response.status_code == 200
     assert len(response.json()["heat_flow_mw_m2"]) == 1
 
@@ -46,7 +35,7 @@ def test_falsetrue_keeps_the_seed_contract(live_server: LiveServer) -> None:
         "El Ministerio de Sanidad publicó hoy el informe anual con datos de 2025.",
         "¡Increíble! Este remedio casero cura el cáncer en tres días y los médicos lo ocultan.",
     ]
-    response = post(live_server, "/falsetrue", {"texts": texts})
+    response = live_server.post("/falsetrue", {"texts": texts})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["is_falsetrue"] == [1, 0]
@@ -55,7 +44,7 @@ def test_falsetrue_keeps_the_seed_contract(live_server: LiveServer) -> None:
 
 
 def test_python_client_calls_every_sklearn_endpoint(live_server: LiveServer) -> None:
-    with bentoml.SyncHTTPClient(live_server.url) as client:
+    with live_server.client() as client:
         heat = client.heatflow_predict(sediment_thickness_m=[100.0, 3000.0])
         verdicts = client.falsetrue_classify(texts=["Texto de prueba con datos del informe."])
     assert len(heat["heat_flow_mw_m2"]) == 2
@@ -64,14 +53,14 @@ def test_python_client_calls_every_sklearn_endpoint(live_server: LiveServer) -> 
 
 def test_client_error_raises_invalid_argument_in_the_python_client(live_server: LiveServer) -> None:
     with (
-        bentoml.SyncHTTPClient(live_server.url) as client,
+        live_server.client() as client,
         pytest.raises(bentoml.exceptions.BentoMLException, match="sediment_thickness_m"),
     ):
         client.heatflow_predict(sediment_thickness_m=[-5.0])
 
 
 def test_models_lists_each_served_model(live_server: LiveServer) -> None:
-    response = httpx.get(f"{live_server.url}/models", timeout=30)
+    response = live_server.get("/models")
     assert response.status_code == 200
     cards = {card["family"]: card for card in response.json()["models"]}
     assert {"heatflow", "falsetrue"} <= cards.keys()
@@ -102,7 +91,7 @@ def test_models_lists_each_served_model(live_server: LiveServer) -> None:
 def test_client_mistakes_get_a_4xx_naming_the_field(
     live_server: LiveServer, path: str, body: object, field: str | None
 ) -> None:
-    response = post(live_server, path, body)
+    response = live_server.post(path, body)
     assert 400 <= response.status_code < 500, response.text
     if field is not None:
         assert field in response.text
@@ -110,14 +99,14 @@ def test_client_mistakes_get_a_4xx_naming_the_field(
 
 def test_oversized_body_gets_413(live_server: LiveServer) -> None:
     huge = json.dumps({"texts": ["x" * 1_000_000] * 20})
-    response = post(live_server, "/falsetrue", huge)
+    response = live_server.post("/falsetrue", huge)
     assert response.status_code == 413
     assert "bytes" in response.json()["error"]
 
 
 def test_client_mistakes_are_logged_as_one_line_without_traceback(live_server: LiveServer) -> None:
     marker_value = -123456.0
-    response = post(live_server, "/heatflow", {"sediment_thickness_m": [marker_value]})
+    response = live_server.post("/heatflow", {"sediment_thickness_m": [marker_value]})
     assert response.status_code == 400
     log = live_server.log()
     warning_lines = [line for line in log.splitlines() if "client error on /heatflow" in line]
@@ -128,8 +117,8 @@ def test_client_mistakes_are_logged_as_one_line_without_traceback(live_server: L
 
 
 def test_swagger_ui_and_openapi_document_are_served(live_server: LiveServer) -> None:
-    assert httpx.get(f"{live_server.url}/", timeout=30).status_code == 200
-    document = httpx.get(f"{live_server.url}/docs.json", timeout=30).json()
+    assert live_server.get("/").status_code == 200
+    document = live_server.get("/docs.json").json()
     assert {"/heatflow", "/falsetrue", "/models"} <= set(document["paths"])
     schemas = document["components"]["schemas"]
     heat = schemas["HeatFlowRequestIODescriptor"]["properties"]["sediment_thickness_m"]
