@@ -33,6 +33,16 @@ class Batching(StrictModel):
     # BentoML sheds load (503) when it predicts a batch would miss this deadline, so it is a
     # deadline, not a wait window: keep it well above one batch's compute time.
     max_latency_ms: int = Field(ge=10, le=600_000)
+    # Off turns the method into a plain call per request (BentoML refuses max_batch_size 1);
+    # the benchmark serves with it off to measure what batching buys. Excluded from
+    # model_dump() so the bounds alone can still be spread into @bentoml.api.
+    enabled: bool = Field(default=True, exclude=True)
+
+    def api_options(self) -> dict[str, Any]:
+        """Keyword arguments for a batchable runner method's `@bentoml.api(...)`."""
+        if not self.enabled:
+            return {"batchable": False}
+        return {"batchable": True, **self.model_dump()}
 
 
 class FamilyConfig(StrictModel):
@@ -63,6 +73,14 @@ class Limits(StrictModel):
     falsetrue: FalseTrueLimits
 
 
+class ServiceLevelObjective(StrictModel):
+    """What "sustainable" means for the stress test (benchmarks/stress.py): a rate is
+    sustainable while the 99th percentile latency and the error rate stay within these."""
+
+    p99_ms: float = Field(default=500.0, gt=0, le=600_000)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+
+
 class BentoMLSettings(StrictModel):
     """BentoML service options: `defaults` for every service, `services` per class name."""
 
@@ -74,6 +92,7 @@ class Settings(StrictModel):
     families: dict[str, FamilyConfig]
     limits: Limits
     bentoml: BentoMLSettings = Field(default_factory=BentoMLSettings)
+    slo: ServiceLevelObjective = Field(default_factory=ServiceLevelObjective)
 
     @field_validator("families")
     @classmethod

@@ -19,7 +19,7 @@ class FalseTrueClassifier:
         self.model, self.card = load_served_model(type(self).model_ref)
         self.has_probabilities = hasattr(self.model, "predict_proba")
 
-    @bentoml.api(batchable=True, **FAMILY.batching.model_dump())
+    @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, texts: list[str]) -> np.ndarray:
         """Rows of (label, probability of Real) per text; probability is NaN if unknown."""
         labels = np.asarray(self.model.predict(texts), dtype=float)

@@ -18,7 +18,7 @@ class HeatFlowRegressor:
     def __init__(self) -> None:
         self.model, self.card = load_served_model(type(self).model_ref)
 
-    @bentoml.api(batchable=True, **FAMILY.batching.model_dump())
+    @bentoml.api(**FAMILY.batching.api_options())
     def predict(self, sediment_thickness_m: np.ndarray) -> np.ndarray:
         """Heat flow in mW/m² for a 1-D batch of thicknesses in metres."""
         return np.asarray(self.model.predict(sediment_thickness_m.reshape(-1, 1)), dtype=float)

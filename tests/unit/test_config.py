@@ -46,6 +46,8 @@ def test_service_options_merge_defaults_with_the_service_entry() -> None:
             "families.heatflow.model",
         ),
         (lambda raw: raw.update(unexpected=1), "unexpected"),
+        (lambda raw: raw["slo"].update(p99_ms=0), "slo.p99_ms"),
+        (lambda raw: raw["slo"].update(max_error_rate=2), "slo.max_error_rate"),
     ],
 )
 def test_bad_value_is_refused_with_the_key_named(tmp_path: Path, mutate, named_key: str) -> None:
@@ -59,3 +61,21 @@ def test_broken_yaml_is_refused(tmp_path: Path) -> None:
     path.write_text("families: [unclosed")
     with pytest.raises(ConfigurationError, match="not valid YAML"):
         load_settings(path)
+
+
+def test_slo_section_is_optional(tmp_path: Path) -> None:
+    path = write_config(tmp_path, lambda raw: raw.pop("slo"))
+    slo = load_settings(path).slo
+    assert slo.p99_ms > 0
+    assert 0 <= slo.max_error_rate <= 1
+
+
+def test_batching_can_be_switched_off_per_family(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, lambda raw: raw["families"]["heatflow"]["batching"].update(enabled=False)
+    )
+    settings = load_settings(path)
+    assert settings.family("heatflow").batching.api_options() == {"batchable": False}
+    on = settings.family("falsetrue").batching
+    assert on.api_options() == {"batchable": True, **on.model_dump()}
+    assert "enabled" not in on.model_dump()

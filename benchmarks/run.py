@@ -1,0 +1,248 @@
+"""`make bench`: every comparison of the benchmark in one run, on loopback, bounded in time.
+
+For each path in benchmarks/paths.py:
+  1. the physical limit: the runner method in-process at several batch sizes (best reported);
+  2. the service (`bentoml serve`, adaptive batching as configured) at 1, 8, 32, 64 clients:
+     throughput, p50/p95/p99, errors, mean batch size (from /metrics deltas);
+  3. the same service with batching off (a configuration copy with max_batch_size 1);
+  4. the seed's own design: its FastAPI app in one uvicorn process, one model call per request.
+Plus the cold start: seconds from `bentoml serve` to 200 on /readyz and on /models.
+
+Everything runs in its own BENTOML_HOME with the reference models built by save_models.py.
+Server-side processes (both servers, the limit) are pinned to the server CPUs and the load
+generator to the client CPUs (see servers.split_cpus). Writes benchmarks/results/<date>.json
+and benchmarks/results/latest.md (a --quick run: <date>-quick.json and latest-quick.md).
+
+    python -m benchmarks.run            # ~6 min for the two sklearn paths
+    python -m benchmarks.run --quick    # ~2 min, a smoke run of the whole harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import servers
+from benchmarks.paths import PATHS, BenchPath, by_name
+from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short points (~2 min in all)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per point (default 8)")
+    parser.add_argument("--warmup", type=float, help="discarded seconds per point (default 2)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--paths", nargs="+", help="path names (default: all in paths.py)")
+    parser.add_argument("--home", help="BENTOML_HOME to use (default: a fresh temporary one)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.seconds = args.seconds or (2.0 if args.quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    args.limit_seconds = 2.0 if args.quick else 6.0
+    return args
+
+
+def prepare_store(home: str, env: dict[str, str]) -> dict[str, str]:
+    """Build the reference models into `home`; return each family's artifact file."""
+    subprocess.run(
+        [sys.executable, "save_models.py"],
+        cwd=servers.ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    code = (
+        "import json, bentoml\n"
+        "from despliegue.artifacts import ARTIFACT_FILE\n"
+        "from despliegue.config import settings\n"
+        "files = {}\n"
+        "for name, family in settings().families.items():\n"
+        "    stored = bentoml.models.get(family.tag)\n"
+        "    files[name] = stored.path_of(ARTIFACT_FILE[stored.info.metadata['framework']])\n"
+        "print(json.dumps(files))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=servers.ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_points(
+    url: str,
+    path: BenchPath,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    client_cpus: Sequence[int],
+    metrics: bool,
+) -> list[dict[str, Any]]:
+    """One closed-loop measurement per concurrency against one running server."""
+    points = []
+    for concurrency in args.concurrency:
+        argv = [
+            "benchmarks.loadgen",
+            "--url",
+            url,
+            "--path",
+            path.name,
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(args.seconds),
+            "--warmup",
+            str(args.warmup),
+        ]
+        if not metrics:
+            argv.append("--no-metrics")
+        timeout = args.seconds + args.warmup + 180
+        point = servers.run_json(argv, env, client_cpus, timeout)
+        before, after = point.pop("metrics_before"), point.pop("metrics_after")
+        point["mean_batch_size"] = (
+            mean_batch_size(before, after, path.runner_class_name, path.method) if metrics else None
+        )
+        print(
+            f"  {path.name:<10} {concurrency:>3} clients: {point['throughput_rps']:8.1f} req/s"
+            f"  p99 {point['p99_ms']:7.1f} ms  errors {point['errors']}",
+            flush=True,
+        )
+        points.append(point)
+    return points
+
+
+def measure_service(
+    label: str,
+    paths: Sequence[BenchPath],
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cpus: tuple[list[int], list[int]],
+    workdir: Path,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    print(f"service ({label})", flush=True)
+    server = servers.start_bentoml(env, cpus[0], workdir / f"serve-{label}.log")
+    try:
+        reached = servers.wait_for(server, ["/readyz", "/models"])
+        print(f"  ready: /readyz {reached['/readyz']:.1f} s, /models {reached['/models']:.1f} s")
+        per_path = {
+            path.name: load_points(server.url, path, args, env, cpus[1], metrics=True)
+            for path in paths
+        }
+        if label == "batching-off":
+            for name, points in per_path.items():
+                if any(point["mean_batch_size"] is not None for point in points):
+                    print(f"  WARNING: {name} still batched: its runner ignores batching.enabled")
+    finally:
+        servers.stop(server)
+    cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"]}
+    return per_path, cold
+
+
+def measure_seed(
+    path: BenchPath,
+    model_file: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cpus: tuple[list[int], list[int]],
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    print(f"seed design ({path.baseline})", flush=True)
+    seed_env = {**env, "MODEL_FILE": model_file}
+    server = servers.start_uvicorn(path.baseline, seed_env, cpus[0], workdir / f"{path.name}.log")
+    try:
+        servers.wait_for(server, ["/openapi.json"], timeout=120)
+        return load_points(server.url, path, args, env, cpus[1], metrics=False)
+    finally:
+        servers.stop(server)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    paths = [by_name(name) for name in args.paths] if args.paths else list(PATHS)
+    cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
+    workdir = Path(tempfile.mkdtemp(prefix="despliegue-bench-"))
+    home = args.home or str(workdir / "bentoml")
+    base_config = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
+    env = {
+        **os.environ,
+        "BENTOML_HOME": home,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "DESPLIEGUE_CONFIG": str(base_config),
+    }
+    off_config = servers.batching_off_config(base_config, workdir / "batching-off.yaml")
+    off_env = {**env, "DESPLIEGUE_CONFIG": str(off_config)}
+    print(f"server CPUs {cpus[0]}, client CPUs {cpus[1]}; work dir {workdir}", flush=True)
+
+    model_files = prepare_store(home, env)
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": servers.machine(*cpus),
+        "settings": {
+            "quick": args.quick,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "limit_seconds": args.limit_seconds,
+            "configuration": str(base_config),
+        },
+        "paths": {},
+    }
+    for path in paths:
+        print(f"physical limit: {path.name}", flush=True)
+        limit = servers.run_json(
+            ["benchmarks.limit", "--path", path.name, "--seconds", str(args.limit_seconds)],
+            env,
+            cpus[0],
+            timeout=600,
+        )
+        print(f"  best {limit['best_items_per_s']:.0f} items/s at {limit['best_batch_size']}")
+        result["paths"][path.name] = {
+            "route": path.route,
+            "items_per_request": path.items_per_request,
+            "limit": limit,
+            "designs": {},
+        }
+
+    on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
+    off, _ = measure_service("batching-off", paths, args, off_env, cpus, workdir)
+    result["cold_start"] = cold
+    for path in paths:
+        designs = result["paths"][path.name]["designs"]
+        designs["batching_on"] = on[path.name]
+        designs["batching_off"] = off[path.name]
+        if path.baseline:
+            designs["seed"] = measure_seed(path, model_files[path.family], args, env, cpus, workdir)
+        result["paths"][path.name]["ratios"] = {
+            str(c): ratios_for(result["paths"][path.name], c) for c in args.concurrency
+        }
+    result["duration_s"] = time.monotonic() - started
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    json_path = args.out_dir / f"{day}{suffix}.json"
+    md_path = args.out_dir / f"latest{suffix}.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(render_markdown(result), encoding="utf-8")
+    print(f"wrote {json_path} and {md_path} in {result['duration_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Start, time and stop what the benchmark measures: the real `bentoml serve`, the seed-style
+uvicorn apps, and the pinned helper processes (load generator, in-process limit, locust).
+
+Every child is started in its own session with its CPU set fixed by os.sched_setaffinity
+before exec (inherited by BentoML's worker processes), and stopped by its process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+VERSIONED = ("bentoml", "scikit-learn", "numpy", "fastapi", "uvicorn", "aiohttp", "locust")
+
+
+def split_cpus(available: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Server CPUs and client CPUs: the client gets the last CPU, the server the others.
+
+    On 2 cores that is one core each: the load generator cannot take the server's core, and
+    the server (every BentoML process) cannot take the client's. With one CPU they share it.
+    """
+    cpus = sorted(available)
+    if len(cpus) < 2:
+        return cpus, cpus
+    return cpus[:-1], cpus[-1:]
+
+
+def pinned(cpus: Sequence[int]):
+    """A preexec_fn that pins the child (and everything it forks) to `cpus`."""
+
+    def pin() -> None:
+        os.sched_setaffinity(0, set(cpus))
+
+    return pin
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str], cpus: Sequence[int], log_path: Path, port: int
+) -> Server:
+    started_at = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pinned(cpus),
+        )
+    return Server(process, f"http://127.0.0.1:{port}", log_path, started_at)
+
+
+def start_bentoml(env: dict[str, str], cpus: Sequence[int], log_path: Path) -> Server:
+    port = free_port()
+    argv = [str(BIN / "bentoml"), "serve", "service:Despliegue", "--host", "127.0.0.1"]
+    return _spawn([*argv, "--port", str(port)], env, cpus, log_path, port)
+
+
+def start_uvicorn(app: str, env: dict[str, str], cpus: Sequence[int], log_path: Path) -> Server:
+    """One uvicorn process, one worker: the seeds' own way of serving."""
+    port = free_port()
+    argv = [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn([*argv, "--log-level", "warning", "--no-access-log"], env, cpus, log_path, port)
+
+
+def wait_for(server: Server, routes: Sequence[str], timeout: float = 240.0) -> dict[str, float]:
+    """Seconds from the server's start to the first 200 on each route, in order."""
+    reached: dict[str, float] = {}
+    deadline = server.started_at + timeout
+    for route in routes:
+        while True:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no 200 on {route} within {timeout:g} s:\n{server.log_tail()}")
+            try:
+                if httpx.get(server.url + route, timeout=5).status_code == 200:
+                    reached[route] = time.monotonic() - server.started_at
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+    return reached
+
+
+def stop(server: Server) -> None:
+    """SIGTERM the server's process group and wait, so the next one starts on a quiet CPU."""
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=10)
+
+
+def run_json(argv: list[str], env: dict[str, str], cpus: Sequence[int], timeout: float) -> Any:
+    """Run a pinned helper (`python -m benchmarks.X ...`) and parse the JSON it prints."""
+    completed = subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=pinned(cpus),
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout)
+
+
+def batching_off_config(source: Path, target: Path) -> Path:
+    """A copy of the configuration with `batching.enabled: false` for every family: each
+    request's items reach the runner method as they came, one call per request."""
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    for family in raw["families"].values():
+        family["batching"]["enabled"] = False
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def machine(server_cpus: Sequence[int], client_cpus: Sequence[int]) -> dict[str, Any]:
+    cpu_model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name in (*VERSIONED, "tensorflow-cpu"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "server_cpus": list(server_cpus),
+        "client_cpus": list(client_cpus),
+        "load_average_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }

@@ -1,0 +1,233 @@
+"""The pure parts of the benchmark: percentiles, /metrics parsing, ratios, the markdown table.
+
+Nothing here does I/O or measures time, so it is unit-tested (tests/unit/test_bench_stats.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+BATCH_METRIC = "bentoml_service_adaptive_batch_size"
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<v>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation (numpy's default); NaN if empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds."""
+    ms = [value * 1000.0 for value in latencies_s]
+    summary = {f"p{q}_ms": percentile(ms, q) for q in (50, 95, 99)}
+    summary["max_ms"] = max(ms) if ms else math.nan
+    return summary
+
+
+def parse_metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of one metric in a Prometheus text exposition: (labels, value)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None or match["name"] != name:
+            continue
+        labels = dict(_LABEL.findall(match["labels"] or ""))
+        samples.append((labels, float(match["v"])))
+    return samples
+
+
+def batch_totals(text: str, runner: str, method: str) -> tuple[float, float]:
+    """(sum, count) of the adaptive batch size histogram of one runner method, over workers."""
+
+    def total(suffix: str) -> float:
+        return sum(
+            value
+            for labels, value in parse_metric_samples(text, BATCH_METRIC + suffix)
+            if labels.get("runner_name") == runner and labels.get("method_name") == method
+        )
+
+    return total("_sum"), total("_count")
+
+
+def mean_batch_size(before: str, after: str, runner: str, method: str) -> float | None:
+    """Mean batch size of the batches dispatched between two /metrics scrapes."""
+    sum_before, count_before = batch_totals(before, runner, method)
+    sum_after, count_after = batch_totals(after, runner, method)
+    batches = count_after - count_before
+    return (sum_after - sum_before) / batches if batches > 0 else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator or math.isnan(denominator) or math.isnan(numerator):
+        return None
+    return numerator / denominator
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _fmt_ratio(value: float | None) -> str:
+    """Three significant digits: a ratio of 0.004 must not print as 0.00."""
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def point_at(points: Sequence[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    return next((p for p in points if p["concurrency"] == concurrency), None)
+
+
+def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float | None]:
+    """The compared figures of one path at one concurrency: all from the same run.
+
+    The service is compared in items/s with the in-process limit (one item per request unless
+    the path says otherwise), and in requests/s with batching off and with the seed's design.
+    """
+    on = point_at(path_result["designs"].get("batching_on", []), concurrency)
+    off = point_at(path_result["designs"].get("batching_off", []), concurrency)
+    seed = point_at(path_result["designs"].get("seed", []), concurrency)
+    limit = (path_result.get("limit") or {}).get("best_items_per_s")
+    items = path_result.get("items_per_request", 1)
+    rps = lambda point: point["throughput_rps"] if point else None
+    p99 = lambda point: point["p99_ms"] if point else None
+    on_items = rps(on) * items if on else None
+    return {
+        "service_vs_limit": ratio(on_items, limit),
+        "batching_on_vs_off": ratio(rps(on), rps(off)),
+        "service_vs_seed": ratio(rps(on), rps(seed)),
+        "p99_service_vs_seed": ratio(p99(on), p99(seed)),
+    }
+
+
+DESIGN_LABELS = {
+    "batching_on": "service, batching on",
+    "batching_off": "service, batching off",
+    "seed": "seed design (FastAPI)",
+}
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The results table: absolutes per design and concurrency, then the ratios."""
+    machine = result["machine"]
+    lines = [
+        f"# Benchmark {result['date']}",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['cores']} cores; "
+        f"server on CPUs {machine['server_cpus']}, load generator on CPUs "
+        f"{machine['client_cpus']}; Python {machine['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+        + f". {result['settings']['seconds']:g} s per point after "
+        f"{result['settings']['warmup']:g} s warm-up.",
+        "",
+    ]
+    cold = result.get("cold_start") or {}
+    if cold:
+        lines += [
+            f"Cold start (`bentoml serve` to 200): /readyz {_fmt(cold.get('readyz_s'), 2)} s, "
+            f"/models (every family loaded) {_fmt(cold.get('models_s'), 2)} s.",
+            "",
+        ]
+    lines += ["## Physical limit (runner method called in-process)", ""]
+    limit_rows = []
+    for name, path in result["paths"].items():
+        limit = path.get("limit") or {}
+        per_size = ", ".join(
+            f"{size}: {_fmt(rate, 0)}" for size, rate in limit.get("items_per_s", {}).items()
+        )
+        limit_rows.append(
+            [
+                name,
+                _fmt(limit.get("best_items_per_s"), 0),
+                _fmt(limit.get("best_batch_size")),
+                per_size or "–",
+            ]
+        )
+    lines += _table(["path", "best items/s", "at batch", "items/s by batch size"], limit_rows)
+    lines += ["", "## Through HTTP", ""]
+    rows = []
+    for name, path in result["paths"].items():
+        for design, points in path["designs"].items():
+            for point in points:
+                rows.append(
+                    [
+                        name,
+                        DESIGN_LABELS.get(design, design),
+                        str(point["concurrency"]),
+                        _fmt(point["throughput_rps"]),
+                        _fmt(point["p50_ms"]),
+                        _fmt(point["p95_ms"]),
+                        _fmt(point["p99_ms"]),
+                        str(point["errors"]),
+                        _fmt(point.get("mean_batch_size")),
+                        _fmt(point.get("client_cpu_util"), 2),
+                    ]
+                )
+    lines += _table(
+        [
+            "path",
+            "design",
+            "clients",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors",
+            "mean batch",
+            "client CPU",
+        ],
+        rows,
+    )
+    lines += ["", "## Ratios (same run)", ""]
+    ratio_rows = []
+    for name, path in result["paths"].items():
+        for concurrency in result["settings"]["concurrency"]:
+            r = ratios_for(path, concurrency)
+            ratio_rows.append(
+                [
+                    name,
+                    str(concurrency),
+                    _fmt_ratio(r["service_vs_limit"]),
+                    _fmt_ratio(r["batching_on_vs_off"]),
+                    _fmt_ratio(r["service_vs_seed"]),
+                    _fmt_ratio(r["p99_service_vs_seed"]),
+                ]
+            )
+    lines += _table(
+        [
+            "path",
+            "clients",
+            "service / limit",
+            "batching on / off",
+            "service / seed design",
+            "p99 service / seed",
+        ],
+        ratio_rows,
+    )
+    lines += [
+        "",
+        "service / limit compares items/s; the other ratios compare req/s (> 1: the service "
+        "leads), except p99 (< 1: the service answers faster). A client CPU near 1.00 means "
+        "the load generator, not the server, was the bottleneck for that point.",
+        "",
+    ]
+    return "\n".join(lines)
