@@ -108,14 +108,17 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
     seed = point_at(path_result["designs"].get("seed", []), concurrency)
     limit = (path_result.get("limit") or {}).get("best_items_per_s")
     items = path_result.get("items_per_request", 1)
-    rps = lambda point: point["throughput_rps"] if point else None
-    p99 = lambda point: point["p99_ms"] if point else None
-    on_items = rps(on) * items if on else None
+
+    def field(point: dict[str, Any] | None, key: str) -> float | None:
+        return point[key] if point else None
+
+    on_rps = field(on, "throughput_rps")
+    on_items = on_rps * items if on_rps is not None else None
     return {
         "service_vs_limit": ratio(on_items, limit),
-        "batching_on_vs_off": ratio(rps(on), rps(off)),
-        "service_vs_seed": ratio(rps(on), rps(seed)),
-        "p99_service_vs_seed": ratio(p99(on), p99(seed)),
+        "batching_on_vs_off": ratio(on_rps, field(off, "throughput_rps")),
+        "service_vs_seed": ratio(on_rps, field(seed, "throughput_rps")),
+        "p99_service_vs_seed": ratio(field(on, "p99_ms"), field(seed, "p99_ms")),
     }
 
 
