@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build clean
+.PHONY: help venv models serve test lint build bench bench-quick stress clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,6 +31,15 @@ lint: venv  ## ruff lint + format check
 
 build: models  ## bentoml build: one Bento with code, configuration and models
 	$(BIN)/bentoml build
+
+bench: venv  ## benchmark: physical limit, batching on/off, seed designs (< 20 min)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: venv  ## the whole benchmark with short points (~2 min), to check the harness
+	$(BIN)/python -m benchmarks.run --quick
+
+stress: venv  ## locust stress: users doubling until the configured SLO breaks, per endpoint
+	$(BIN)/python -m benchmarks.stress
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

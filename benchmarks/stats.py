@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 BATCH_METRIC = "bentoml_service_adaptive_batch_size"
@@ -66,6 +66,86 @@ def mean_batch_size(before: str, after: str, runner: str, method: str) -> float 
     sum_after, count_after = batch_totals(after, runner, method)
     batches = count_after - count_before
     return (sum_after - sum_before) / batches if batches > 0 else None
+
+
+def step_verdict(
+    users: int,
+    seconds: float,
+    latencies_ms: Sequence[float],
+    errors: Mapping[str, int],
+    *,
+    slo_p99_ms: float,
+    slo_max_error_rate: float,
+) -> dict[str, Any]:
+    """One stress step's figures and which SLO clause (if any) it broke."""
+    failed = sum(errors.values())
+    total = len(latencies_ms)
+    p99 = percentile(latencies_ms, 99)
+    error_rate = failed / total if total else 1.0
+    broken = []
+    if error_rate > slo_max_error_rate:
+        broken.append(f"error rate {error_rate:.1%} > {slo_max_error_rate:.1%}")
+    if not total:
+        broken.append("no request answered")
+    elif p99 > slo_p99_ms:
+        broken.append(f"p99 {p99:.0f} ms > {slo_p99_ms:g} ms")
+    return {
+        "users": users,
+        "requests": total,
+        "ok_rps": (total - failed) / seconds,
+        "p50_ms": percentile(latencies_ms, 50),
+        "p99_ms": p99,
+        "error_rate": error_rate,
+        "errors": dict(sorted(errors.items(), key=lambda item: -item[1])[:5]),
+        "broken": broken,
+    }
+
+
+def stress_summary(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The highest sustainable rate (best step within the SLO) and the first broken step."""
+    sustained = [step for step in steps if not step["broken"]]
+    best = max(sustained, key=lambda step: step["ok_rps"]) if sustained else None
+    return {
+        "max_sustainable_rps": best["ok_rps"] if best else None,
+        "at_users": best["users"] if best else None,
+        "failed_first": next((step for step in steps if step["broken"]), None),
+        "steps": list(steps),
+    }
+
+
+def render_stress_markdown(result: dict[str, Any]) -> str:
+    """One row per endpoint: the highest rate within the SLO and what broke it first."""
+    slo = result["slo"]
+    lines = [
+        f"# Stress {result['date']}",
+        "",
+        f"Locust, closed-loop users doubled every {result['step_seconds']:g} s up to "
+        f"{result['max_users']}; SLO: p99 <= {slo['p99_ms']:g} ms and error rate <= "
+        f"{slo['max_error_rate']:.1%} per step. Machine: {result['machine']['cpu_model']}, "
+        f"{result['machine']['cores']} cores (server CPUs {result['machine']['server_cpus']}, "
+        f"locust CPUs {result['machine']['client_cpus']}).",
+        "",
+    ]
+    rows = []
+    for endpoint in result["endpoints"]:
+        failed = endpoint["failed_first"]
+        rows.append(
+            [
+                endpoint["route"],
+                _fmt(endpoint["max_sustainable_rps"]),
+                _fmt(endpoint["at_users"]),
+                f"{failed['users']} users: " + "; ".join(failed["broken"])
+                if failed
+                else f"nothing up to {result['max_users']} users",
+                ", ".join(f"{k} ×{v}" for k, v in failed["errors"].items())
+                if failed and failed["errors"]
+                else "–",
+            ]
+        )
+    lines += _table(
+        ["endpoint", "max sustainable req/s", "at users", "failed first", "errors seen"], rows
+    )
+    return "\n".join(lines) + "\n"
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
