@@ -187,7 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     off_config = servers.batching_off_config(base_config, workdir / "batching-off.yaml")
     off_env = {**env, "DESPLIEGUE_CONFIG": str(off_config)}
-    print(f"server CPUs {cpus[0]}, client CPUs {cpus[1]}; work dir {workdir}", flush=True)
+    designs = 2 + sum(1 for path in paths if path.baseline) / len(paths)
+    points = len(paths) * len(args.concurrency) * designs
+    estimate = points * (args.seconds + args.warmup) + len(paths) * args.limit_seconds
+    print(
+        f"server CPUs {cpus[0]}, client CPUs {cpus[1]}; work dir {workdir}; "
+        f"{points:.0f} points, ~{estimate / 60:.0f} min of load plus server starts",
+        flush=True,
+    )
 
     model_files = prepare_store(home, env)
     result: dict[str, Any] = {
