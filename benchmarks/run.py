@@ -56,32 +56,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def prepare_store(home: str, env: dict[str, str]) -> dict[str, str]:
     """Build the reference models into `home`; return each family's artifact file."""
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "save_models.py"],
         cwd=servers.ROOT,
         env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    code = (
-        "import json, bentoml\n"
-        "from despliegue.artifacts import ARTIFACT_FILE\n"
-        "from despliegue.config import settings\n"
-        "files = {}\n"
-        "for name, family in settings().families.items():\n"
-        "    stored = bentoml.models.get(family.tag)\n"
-        "    files[name] = stored.path_of(ARTIFACT_FILE[stored.info.metadata['framework']])\n"
-        "print(json.dumps(files))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=servers.ROOT,
-        env=env,
-        check=True,
         capture_output=True,
         text=True,
+        check=False,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if built.returncode != 0:
+        raise RuntimeError(f"save_models.py failed:\n{built.stdout[-2000:]}{built.stderr[-2000:]}")
+    return servers.run_json(["benchmarks.store"], env, sorted(os.sched_getaffinity(0)), 120)
 
 
 def load_points(
