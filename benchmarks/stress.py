@@ -81,16 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--stop-timeout", "5",
             ]  # fmt: skip
             print(f"stress {path.route}: steps of {step_seconds:g} s up to {max_users} users")
-            subprocess.run(
+            ran = subprocess.run(
                 argv,
                 cwd=servers.ROOT,
                 env=locust_env,
                 preexec_fn=servers.pinned(cpus[1]),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
                 timeout=steps * step_seconds + 120,
                 check=False,
             )
+            if not result_file.exists():
+                raise RuntimeError(f"locust wrote no result:\n{ran.stderr[-3000:]}")
             endpoint = json.loads(result_file.read_text(encoding="utf-8"))
             failed = endpoint["failed_first"]
             print(
