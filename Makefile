@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build bench bench-quick stress clean
+.PHONY: help venv models serve test lint build bench bench-quick stress profile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,9 @@ bench-quick: venv  ## the whole benchmark with short points (~2 min), to check t
 
 stress: venv  ## locust stress: users doubling until the configured SLO breaks, per endpoint
 	$(BIN)/python -m benchmarks.stress
+
+profile: venv  ## py-spy profile of every worker under load: make profile BENCH_PATH=heatflow
+	$(BIN)/python -m benchmarks.profile --path $(or $(BENCH_PATH),heatflow)
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

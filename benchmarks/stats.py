@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -146,6 +147,77 @@ def render_stress_markdown(result: dict[str, Any]) -> str:
         ["endpoint", "max sustainable req/s", "at users", "failed first", "errors seen"], rows
     )
     return "\n".join(lines) + "\n"
+
+
+def fold_profile(lines: Iterable[str]) -> dict[str, Any]:
+    """Aggregate py-spy's folded stacks (`frame;frame;... count`): samples, self counts per
+    frame (function and line) and inclusive counts per function (once per stack)."""
+    samples = 0
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        samples += int(count)
+        own[short_frame(frames[-1])] += int(count)
+        functions = {re.sub(r":\d+\)$", ")", short_frame(frame)) for frame in frames}
+        for function in functions:
+            inclusive[function] += int(count)
+    return {"samples": samples, "self": own, "inclusive": inclusive}
+
+
+def short_frame(frame: str) -> str:
+    """`func (/venv/lib/python3.11/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py:12)`;
+    standard library frames get `stdlib/`, the project's own keep their relative path."""
+    match = re.search(r"^(.*) \((.+)\)$", frame)
+    if match is None:
+        return frame
+    function, location = match[1], match[2]
+    for marker, prefix in (("/site-packages/", ""), ("/lib/python3.11/", "stdlib/")):
+        if marker in location:
+            location = prefix + location.rsplit(marker, 1)[1]
+            break
+    else:
+        location = re.sub(r"^.*/(benchmarks|despliegue|runners)/", r"\1/", location)
+    return f"{function} ({location})"
+
+
+def frame_package(frame: str) -> str:
+    """The package a frame belongs to (`sklearn`, `opentelemetry`, `stdlib/asyncio`, ...)."""
+    match = re.search(r"\(([^()]+?)(?::\d+)?\)$", short_frame(frame))
+    if match is None:
+        return "?"
+    parts = match[1].split("/")
+    package = "/".join(parts[:2]) if parts[0] == "stdlib" else parts[0]
+    return package or "?"
+
+
+def render_profile(name: str, profile: dict[str, Any], top: int = 15) -> str:
+    """One process's profile: self samples by package (where the CPU goes: the model's
+    libraries vs the HTTP stack vs tracing), then the heaviest functions, inclusive and self.
+    The trunk every sample passes through (event loop, CLI) is left out of the inclusive list.
+    """
+    samples = profile["samples"] or 1
+    lines = [f"## {name} ({profile['samples']} samples)", "", "Self samples by package:", ""]
+    packages: Counter[str] = Counter()
+    for frame, count in profile["self"].items():
+        packages[frame_package(frame)] += count
+    lines += [
+        f"- {count / samples:6.1%}  {package}" for package, count in packages.most_common(top)
+    ]
+    trunk = 0.95 * max(profile["inclusive"].values(), default=0)
+    inclusive = [
+        (function, count) for function, count in profile["inclusive"].most_common() if count < trunk
+    ][:top]
+    lines += ["", "Inclusive (with callees):", ""]
+    lines += [f"- {count / samples:6.1%}  {function}" for function, count in inclusive]
+    lines += ["", "Self:", ""]
+    lines += [
+        f"- {count / samples:6.1%}  {frame}" for frame, count in profile["self"].most_common(top)
+    ]
+    return "\n".join(lines)
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

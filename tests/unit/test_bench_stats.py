@@ -12,12 +12,16 @@ from benchmarks.paths import PATHS, by_name, encode
 from benchmarks.servers import batching_off_config, split_cpus
 from benchmarks.stats import (
     batch_totals,
+    fold_profile,
+    frame_package,
     latency_summary,
     mean_batch_size,
     percentile,
     ratios_for,
     render_markdown,
+    render_profile,
     render_stress_markdown,
+    short_frame,
     step_verdict,
     stress_summary,
 )
@@ -189,3 +193,39 @@ def test_every_path_makes_a_body_and_a_batch(path) -> None:
     assert encode(path, path.make_body(rng))
     assert len(path.make_batch(rng, 8)) == 8
     assert path.family in load_settings(DEFAULT_CONFIG_PATH).families
+
+
+SITE = "/srv/.venv/lib/python3.11/site-packages"
+FOLDED = [
+    f"main (/usr/lib/python3.11/asyncio/runners.py:10);predict (/repo/runners/heatflow.py:24);"
+    f"predict ({SITE}/sklearn/svm/_base.py:400) 3",
+    f"main (/usr/lib/python3.11/asyncio/runners.py:10);start_span "
+    f"({SITE}/opentelemetry/sdk/trace/__init__.py:794) 5",
+    f"main (/usr/lib/python3.11/asyncio/runners.py:11);start_span "
+    f"({SITE}/opentelemetry/sdk/trace/__init__.py:800) 2",
+    "not a stack line",
+]
+
+
+def test_profile_folds_self_by_frame_and_inclusive_by_function() -> None:
+    profile = fold_profile(FOLDED)
+    assert profile["samples"] == 10
+    assert profile["self"]["predict (sklearn/svm/_base.py:400)"] == 3
+    assert profile["inclusive"]["main (stdlib/asyncio/runners.py)"] == 10
+    assert profile["inclusive"]["start_span (opentelemetry/sdk/trace/__init__.py)"] == 7
+    assert profile["inclusive"]["predict (runners/heatflow.py)"] == 3
+
+
+def test_frames_are_attributed_to_their_package() -> None:
+    assert frame_package(f"f ({SITE}/opentelemetry/sdk/trace/x.py:1)") == "opentelemetry"
+    assert frame_package("f (/usr/lib/python3.11/asyncio/events.py:80)") == "stdlib/asyncio"
+    assert frame_package("f (/repo/runners/heatflow.py:3)") == "runners"
+    assert short_frame(f"f ({SITE}/sklearn/base.py:9)") == "f (sklearn/base.py:9)"
+
+
+def test_profile_report_leaves_out_the_trunk_and_shows_packages() -> None:
+    text = render_profile("HeatFlowRegressor-1", fold_profile(FOLDED))
+    assert "## HeatFlowRegressor-1 (10 samples)" in text
+    assert "-  70.0%  opentelemetry" in text
+    assert "-  30.0%  sklearn" in text
+    assert "main (stdlib/asyncio/runners.py)" not in text.split("Inclusive")[1].split("Self:")[0]
