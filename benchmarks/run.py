@@ -127,10 +127,6 @@ def measure_service(
             path.name: load_points(server.url, path, args, env, cpus[1], metrics=True)
             for path in paths
         }
-        if label == "batching-off":
-            for name, points in per_path.items():
-                if any(point["mean_batch_size"] is not None for point in points):
-                    print(f"  WARNING: {name} still batched: its runner ignores batching.enabled")
     finally:
         servers.stop(server)
     cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"]}
@@ -214,6 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
     off, _ = measure_service("batching-off", paths, args, off_env, cpus, workdir)
     result["cold_start"] = cold
+    result["warnings"] = [
+        f"{name}: the batching-off run still dispatched batches; its runner ignores "
+        "`batching.enabled` (use `@bentoml.api(**FAMILY.batching.api_options())`)"
+        for name, points in off.items()
+        if any(point["mean_batch_size"] is not None for point in points)
+    ]
+    for warning in result["warnings"]:
+        print(f"WARNING: {warning}")
     for path in paths:
         designs = result["paths"][path.name]["designs"]
         designs["batching_on"] = on[path.name]

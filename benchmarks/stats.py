@@ -302,6 +302,9 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"/models (every family loaded) {_fmt(cold.get('models_s'), 2)} s.",
             "",
         ]
+    lines += [f"**Warning:** {warning}" for warning in result.get("warnings", [])]
+    if result.get("warnings"):
+        lines.append("")
     lines += ["## Physical limit (runner method called in-process)", ""]
     limit_rows = []
     for name, path in result["paths"].items():

@@ -139,6 +139,12 @@ def test_markdown_shows_machine_absolutes_and_ratios() -> None:
     assert "| heatflow | 8,000 | 64 |" in text
     assert "| heatflow | service, batching on | 32 | 400.0 | 25.0 | 45.0 | 50.0 | 0 |" in text
     assert "| heatflow | 32 | 0.1 | 4 | 2 | 0.5 |" in text
+    assert "Warning" not in text
+
+
+def test_markdown_shows_warnings() -> None:
+    result = {**result_with(), "warnings": ["heatflow: still batched"]}
+    assert "**Warning:** heatflow: still batched" in render_markdown(result)
 
 
 def test_a_step_breaks_the_slo_on_p99_or_on_errors() -> None:
