@@ -20,8 +20,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 models: venv  ## build the reference models missing from the BentoML model store
 	$(BIN)/python save_models.py
 
-serve: models  ## serve every family on localhost:$(PORT) (Swagger UI at /)
-	$(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
+serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
+	DESPLIEGUE_AUTH=off $(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
 
 test: venv  ## run the whole test suite (unit, integration against a real server, build)
 	$(BIN)/python -m pytest
