@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build clean
+.PHONY: help venv models serve test fuzz lint build clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,9 @@ serve: models  ## serve every family on localhost:$(PORT), auth OFF (local devel
 
 test: venv  ## run the whole test suite (unit, integration against a real server, build)
 	$(BIN)/python -m pytest
+
+fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
+	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s -p no:randomly
 
 lint: venv  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -20,8 +20,9 @@ from despliegue.artifacts import ModelCard, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import BearerAuth, token_book
 from despliegue.config import settings
+from despliegue.docs_ui import PrivateDocs
 from despliegue.errors import install_log_filter
-from despliegue.http import BodySizeLimit
+from despliegue.http import BodySizeLimit, ContentTypeGuard
 from despliegue.schemas import (
     FalseTrueRequest,
     FalseTrueResponse,
@@ -97,4 +98,13 @@ class Despliegue:
 # The first added is the outermost: the audit line covers refusals by auth and size limits.
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
+Despliegue.add_asgi_middleware(PrivateDocs, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
+Despliegue.add_asgi_middleware(
+    ContentTypeGuard,
+    json_routes=frozenset(
+        api.route
+        for api in Despliegue.apis.values()
+        if api.input_spec.mime_type() == "application/json"
+    ),
+)

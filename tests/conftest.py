@@ -100,7 +100,8 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     """Start the real `bentoml serve` in its own process group, logging to `log_path`.
 
-    It accepts the session's tokens unless `extra_env` says otherwise."""
+    It accepts the session's tokens unless `extra_env` says otherwise. Give each server its
+    own `home`: `bentoml serve` empties the Prometheus folder of its home when it starts."""
     env = {**os.environ, "BENTOML_HOME": home, TOKENS_ENV: SESSION_TOKEN_LINES, **(extra_env or {})}
     port = env.pop("DESPLIEGUE_TEST_PORT", None) or str(free_port())
     with log_path.open("wb") as log:
