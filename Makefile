@@ -27,7 +27,7 @@ test: venv  ## run the whole test suite (unit, integration against a real server
 	$(BIN)/python -m pytest
 
 fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
-	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s -p no:randomly
+	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s
 
 lint: venv  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
