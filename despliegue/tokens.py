@@ -36,6 +36,7 @@ ALGORITHM = "pbkdf2_sha256"
 # are kept modest because a wrong token costs one derivation per request.
 DEFAULT_ITERATIONS = 20_000
 TOKEN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+ITERATIONS = re.compile(r"^[1-9][0-9]{2,6}$")  # 100 to 9,999,999
 SCOPE = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,63})$")
 TOKENS_ENV = "DESPLIEGUE_TOKENS"
 TOKENS_FILE_ENV = "DESPLIEGUE_TOKENS_FILE"
@@ -104,7 +105,7 @@ def parse_line(line: str, where: str = "token line") -> TokenRecord:
     if not TOKEN_ID.match(token_id):
         raise TokenLineError(f"{where}: bad token id {token_id!r}")
     fields = encoded.split("$")
-    if len(fields) != 4 or fields[0] != ALGORITHM or not fields[1].isdigit():
+    if len(fields) != 4 or fields[0] != ALGORITHM or not ITERATIONS.match(fields[1]):
         raise TokenLineError(f"{where}: hash must be {ALGORITHM}$<iterations>$<salt>$<hash>")
     try:
         salt, digest = _unb64(fields[2]), _unb64(fields[3])
