@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build bench bench-quick stress profile clean
+.PHONY: help venv models serve test fuzz lint build bench bench-quick stress profile clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,11 +20,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 models: venv  ## build the reference models missing from the BentoML model store
 	$(BIN)/python save_models.py
 
-serve: models  ## serve every family on localhost:$(PORT) (Swagger UI at /)
-	$(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
+serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
+	DESPLIEGUE_AUTH=off $(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
 
 test: venv  ## run the whole test suite (unit, integration against a real server, build)
 	$(BIN)/python -m pytest
+
+fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
+	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s
 
 lint: venv  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

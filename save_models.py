@@ -3,6 +3,8 @@
     python save_models.py                         build the reference models that are missing
     python save_models.py import NAME FILE        import your own artifact under a model name
     python save_models.py list                    show what the store holds
+    python save_models.py backup DIR              export the served models + sha256 manifest
+    python save_models.py restore DIR             verify a backup, then import it
 
 Reference models are small models trained on data the project generates or ships (their
 metadata says `reference: true`); replace any of them by importing your own artifact. An
@@ -22,6 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from despliegue.artifacts import stored_models
+from despliegue.backup import BackupRefused, backup, restore
 from despliegue.families import RECIPES
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
 
@@ -78,11 +81,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     imports.add_argument("model_name", help="store name, e.g. heatflow_svr")
     imports.add_argument("path", type=Path, help="artifact file: .joblib or .pkl (trusted only)")
     commands.add_parser("list", help="list the models in the store")
+    backups = commands.add_parser("backup", help="export the served models with a manifest")
+    backups.add_argument("folder", type=Path, help="a new folder for this backup")
+    restores = commands.add_parser("restore", help="verify a backup's sha256 sums, import it")
+    restores.add_argument("folder", type=Path, help="a folder made by `backup`")
     return parser.parse_args(argv)
+
+
+def run_backup_command(command: str, folder: Path) -> int:
+    try:
+        done = backup(folder) if command == "backup" else restore(folder)
+    except BackupRefused as exc:
+        console.print(f"[bold red]{command} refused:[/] {exc}")
+        if command == "restore":
+            console.print("The model store is unchanged.")
+        return 1
+    table = Table(title=f"{command}: {folder}")
+    for column in ("tag", "file", "action"):
+        table.add_column(column)
+    for item in done:
+        table.add_row(item.tag, item.file, item.action)
+    console.print(table)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command in {"backup", "restore"}:
+        return run_backup_command(args.command, args.folder)
     if args.command == "list":
         print_store()
         return 0

@@ -16,10 +16,13 @@ import bentoml
 import numpy as np
 from fastapi import FastAPI
 
-from despliegue.artifacts import ModelCard
+from despliegue.artifacts import ModelCard, require_models_in_store
+from despliegue.audit import AuditLog
+from despliegue.auth import BearerAuth, token_book
 from despliegue.config import settings
+from despliegue.docs_ui import PrivateDocs
 from despliegue.errors import install_log_filter
-from despliegue.http import BodySizeLimit
+from despliegue.http import BodySizeLimit, ContentTypeGuard
 from despliegue.schemas import (
     FalseTrueRequest,
     FalseTrueResponse,
@@ -42,6 +45,13 @@ catalog = FastAPI(title="Model catalog")
 class Despliegue:
     heatflow = bentoml.depends(HeatFlowRegressor)
     falsetrue = bentoml.depends(FalseTrueClassifier)
+
+    @bentoml.on_deployment
+    def preflight() -> None:
+        """Once, when `bentoml serve` starts (not at build): stop with a message naming what is
+        wrong, if auth is on with no tokens or a configured model is not in the store."""
+        token_book(settings().security.auth)
+        require_models_in_store(family.tag for family in settings().families.values())
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
@@ -85,4 +95,16 @@ class Despliegue:
         return ServedModels(models=[card for cards in per_family for card in cards])
 
 
+# The first added is the outermost: the audit line covers refusals by auth and size limits.
+Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
+Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
+Despliegue.add_asgi_middleware(PrivateDocs, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
+Despliegue.add_asgi_middleware(
+    ContentTypeGuard,
+    json_routes=frozenset(
+        api.route
+        for api in Despliegue.apis.values()
+        if api.input_spec.mime_type() == "application/json"
+    ),
+)

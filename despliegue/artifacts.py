@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -77,6 +77,27 @@ def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
             f"`python save_models.py import {ref.tag.name} FILE` to import your own."
         )
     return load_artifact(stored), ModelCard.of(stored)
+
+
+def require_models_in_store(tags: Iterable[str]) -> None:
+    """Pre-flight for `bentoml serve`: stop with the import command if a model is missing.
+
+    BentoML would also stop, but with a message about a cloud context that tells an operator
+    nothing about how to put the model there.
+    """
+    missing = []
+    for tag in tags:
+        try:
+            bentoml.models.get(tag)
+        except bentoml.exceptions.NotFound:
+            missing.append(tag)
+    if missing:
+        names = ", ".join(missing)
+        raise ModelMissing(
+            f"model(s) {names} not in the BentoML model store ({bentoml_home()}). "
+            f"Run `python save_models.py` to build the reference models, or "
+            f"`python save_models.py import {missing[0].split(':')[0]} FILE` to import your own."
+        )
 
 
 def bentoml_home() -> str:

@@ -79,6 +79,32 @@ class ServiceLevelObjective(StrictModel):
 
     p99_ms: float = Field(default=500.0, gt=0, le=600_000)
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
+class AuthSettings(StrictModel):
+    """Bearer tokens. Probes (/livez, /readyz, /healthz) are always open."""
+
+    # Off only for local development; DESPLIEGUE_AUTH=off does the same without editing.
+    enabled: bool = True
+    # A file of hash lines (see despliegue/tokens.py); $DESPLIEGUE_TOKENS_FILE overrides it.
+    tokens_file: str | None = None
+    docs_need_token: bool = False
+    metrics_need_token: bool = True
+
+
+class AuditSettings(StrictModel):
+    """One JSON line per call, to stdout and/or a rotating file."""
+
+    stdout: bool = True
+    file: str | None = None
+    max_file_bytes: int = Field(default=10_485_760, ge=4096)
+    backup_count: int = Field(default=5, ge=0, le=1000)
+    # The request body is personal data in most deployments: off unless an operator opts in.
+    include_input: bool = False
+    max_input_chars: int = Field(default=2000, ge=0, le=1_000_000)
+
+
+class SecuritySettings(StrictModel):
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
 class BentoMLSettings(StrictModel):
@@ -91,6 +117,7 @@ class BentoMLSettings(StrictModel):
 class Settings(StrictModel):
     families: dict[str, FamilyConfig]
     limits: Limits
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     bentoml: BentoMLSettings = Field(default_factory=BentoMLSettings)
     slo: ServiceLevelObjective = Field(default_factory=ServiceLevelObjective)
 

@@ -52,21 +52,56 @@ class BodySizeLimit:
 
     async def _refuse(self, send: Send) -> None:
         limit = self.max_body_bytes
-        body = json.dumps(
-            {
-                "error": f"request body: larger than the limit of {limit} bytes",
-                "detail": [{"loc": ["body"], "msg": f"at most {limit} bytes", "type": "too_large"}],
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await send_client_error(
+            send, 413, ["body"], f"larger than the limit of {limit} bytes", "too_large", close=True
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
+
+
+class ContentTypeGuard:
+    """Refuse bodies BentoML would turn into a 500 while parsing them as a form.
+
+    A `multipart/*` body without a boundary, or a form sent to an endpoint that takes JSON,
+    makes Starlette's form parser raise inside BentoML, which answers 500. Here: 400 for the
+    first, 415 for the second, naming the header.
+    """
+
+    def __init__(self, app: ASGIApp, json_routes: frozenset[str]) -> None:
+        self.app = app
+        self.json_routes = json_routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in {"GET", "HEAD", "OPTIONS"}:
+            content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
+            loc = ["header", "content-type"]
+            if scope["path"] in self.json_routes and content_type.startswith(FORM_TYPES):
+                msg = "this endpoint takes application/json"
+                await send_client_error(send, 415, loc, msg, "unsupported_media_type")
+                return
+            if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
+                msg = "multipart body without a boundary parameter"
+                await send_client_error(send, 400, loc, msg, "value_error")
+                return
+        await self.app(scope, receive, send)
+
+
+async def send_client_error(
+    send: Send, status: int, loc: list[str], msg: str, kind: str, *, close: bool = False
+) -> None:
+    """Answer with the service's error body: {"error": "<field>: <msg>", "detail": [...]}."""
+    body = json.dumps(
+        {
+            "error": f"{'.'.join(loc)}: {msg}",
+            "detail": [{"loc": loc, "msg": msg, "type": kind}],
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -21,12 +21,23 @@ import bentoml
 import httpx
 import pytest
 
+from despliegue.tokens import TOKENS_ENV, TOKENS_FILE_ENV, new_token
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="despliegue-test-home-"))
 os.environ["BENTOML_HOME"] = str(SESSION_HOME / "bentoml")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+for _name in (TOKENS_ENV, TOKENS_FILE_ENV, "DESPLIEGUE_AUTH"):
+    os.environ.pop(_name, None)
+
+# Servers run with auth on. Tokens are made for this session only: one that may call
+# everything (used by every helper below) and one that may call heatflow only.
+ADMIN_TOKEN, ADMIN_RECORD = new_token("test-admin", ["*"])
+HEATFLOW_TOKEN, HEATFLOW_RECORD = new_token("test-heatflow", ["heatflow"])
+SESSION_TOKEN_LINES = "\n".join((ADMIN_RECORD.line(), HEATFLOW_RECORD.line()))
+SESSION_TOKENS = (ADMIN_TOKEN, HEATFLOW_TOKEN)
 
 
 def free_port() -> int:
@@ -59,14 +70,18 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    token: str = ADMIN_TOKEN
+
     @property
     def headers(self) -> dict[str, str]:
-        return {}
+        return {"authorization": f"Bearer {self.token}"}
 
-    def post(self, path: str, body: object, **kwargs: object) -> httpx.Response:
+    def post(
+        self, path: str, body: object, headers: dict[str, str] | None = None, **kwargs: object
+    ) -> httpx.Response:
         """POST a JSON body; a str body is sent as is (for malformed JSON)."""
         content = body if isinstance(body, str | bytes) else json.dumps(body)
-        headers = {"content-type": "application/json", **self.headers}
+        headers = {"content-type": "application/json", **self.headers, **(headers or {})}
         url = f"{self.url}{path}"
         return httpx.post(url, content=content, headers=headers, timeout=60, **kwargs)
 
@@ -74,7 +89,7 @@ class LiveServer:
         return httpx.get(f"{self.url}{path}", headers=self.headers, timeout=60)
 
     def client(self) -> bentoml.SyncHTTPClient:
-        return bentoml.SyncHTTPClient(self.url)
+        return bentoml.SyncHTTPClient(self.url, token=self.token)
 
     def async_client(self, **kwargs: object) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=60, **kwargs)
@@ -83,8 +98,11 @@ class LiveServer:
 def start_server(
     home: str, log_path: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start the real `bentoml serve` in its own process group, logging to `log_path`."""
-    env = {**os.environ, "BENTOML_HOME": home, **(extra_env or {})}
+    """Start the real `bentoml serve` in its own process group, logging to `log_path`.
+
+    It accepts the session's tokens unless `extra_env` says otherwise. Give each server its
+    own `home`: `bentoml serve` empties the Prometheus folder of its home when it starts."""
+    env = {**os.environ, "BENTOML_HOME": home, TOKENS_ENV: SESSION_TOKEN_LINES, **(extra_env or {})}
     port = env.pop("DESPLIEGUE_TEST_PORT", None) or str(free_port())
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -107,14 +125,18 @@ def start_server(
     return process
 
 
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, **httpx_options: object
+) -> None:
     """Wait for /models to answer 200: it calls every runner, so all models are loaded."""
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{url}/models", timeout=5).status_code == 200:
+            answer = httpx.get(f"{url}/models", headers=headers, timeout=5, **httpx_options)
+            if answer.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -153,3 +175,5 @@ def live_server(
         yield LiveServer(url=url, log_path=log_path, process=process)
     finally:
         stop_server(process)
+    leaked = [t[:12] + "…" for t in SESSION_TOKENS if t in log_path.read_text(errors="replace")]
+    assert not leaked, f"token values in the server log {log_path}: {leaked}"

@@ -1,0 +1,154 @@
+"""Audit log: one JSON line per call of the public service, as an ASGI middleware.
+
+Each line holds the time, request id (taken from a well-formed `X-Request-ID` or made here,
+and echoed in the response), token id (never the token), method, endpoint, model tags (read
+from the JSON response's `model` / `models[].tag`), status and latency. The request body is
+left out unless `security.audit.include_input` is set. It is the outermost middleware, so
+refusals (401, 403, 413) are audited too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from despliegue.auth import PROBES
+from despliegue.config import AuditSettings
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+NOT_AUDITED_PREFIXES = ("/static_content/", "/ui/")
+MAX_SNIFFED_BODY = 1 << 20  # responses larger than this are not parsed for model tags
+
+
+def audit_logger(audit: AuditSettings) -> logging.Logger:
+    """A logger of bare JSON lines with its own handlers (not BentoML's formatting)."""
+    logger = logging.getLogger("despliegue.audit")
+    logger.propagate = False
+    logger.disabled = False  # BentoML's logging set-up disables loggers that exist before it
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(message)s")
+    handlers: list[logging.Handler] = []
+    if audit.stdout:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    if audit.file:
+        Path(audit.file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            RotatingFileHandler(
+                audit.file,
+                maxBytes=audit.max_file_bytes,
+                backupCount=audit.backup_count,
+                encoding="utf-8",
+            )
+        )
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+def model_tags(body: bytes) -> list[str]:
+    """The tags a JSON response names: `model` (one) or `models[].tag` (the catalogue)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(parsed, dict):
+        return []
+    if isinstance(parsed.get("model"), str):
+        return [parsed["model"]]
+    models = parsed.get("models")
+    if isinstance(models, list):
+        return [m["tag"] for m in models if isinstance(m, dict) and isinstance(m.get("tag"), str)]
+    return []
+
+
+class AuditLog:
+    """Write one audit line per request (probes and UI assets excepted)."""
+
+    def __init__(self, app: ASGIApp, audit: AuditSettings) -> None:
+        self.app = app
+        self.audit = audit
+        self.logger = audit_logger(audit) if (audit.stdout or audit.file) else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or self.logger is None
+            or path in PROBES
+            or path.startswith(NOT_AUDITED_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        record: dict[str, Any] = {"status": 500}
+        response_body = bytearray()
+        sniff = True
+        request_body = bytearray()
+        keep_input = self.audit.include_input
+        input_cap = self.audit.max_input_chars
+
+        async def receive_and_keep() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(request_body) <= input_cap:
+                request_body.extend(message.get("body", b"")[: input_cap + 1])
+            return message
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal sniff
+            if message["type"] == "http.response.start":
+                record["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                content_type = dict(headers).get(b"content-type", b"")
+                sniff = content_type.startswith(b"application/json")
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and sniff:
+                response_body.extend(message.get("body", b""))
+                if len(response_body) > MAX_SNIFFED_BODY:
+                    sniff = False
+                    response_body.clear()
+            await send(message)
+
+        try:
+            await self.app(scope, receive_and_keep if keep_input else receive, send_and_watch)
+        finally:
+            line = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "request_id": request_id,
+                "token_id": scope.get("despliegue", {}).get("token_id"),
+                "method": scope.get("method"),
+                "endpoint": path,
+                "models": model_tags(bytes(response_body)) if response_body else [],
+                "status": record["status"],
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": (scope.get("client") or [None])[0],
+            }
+            if keep_input:
+                text = request_body.decode("utf-8", "replace")
+                line["input"] = text[:input_cap]
+                line["input_truncated"] = len(text) > input_cap
+            self.logger.info(json.dumps(line, ensure_ascii=False))
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex

@@ -1,0 +1,124 @@
+"""Back up the served models to a folder, and restore them only from an intact backup.
+
+    python save_models.py backup DIR     export every served model + manifest.json (sha256)
+    python save_models.py restore DIR    verify every sum first, then import what is missing
+
+A backup folder holds one `<name>-<version>.bentomodel` archive per model (BentoML's own
+export format, metadata included) and `manifest.json` listing each file with its sha256 and
+size. Restore checks every file before it imports any, so a damaged backup changes nothing
+and the error names the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import bentoml
+
+from despliegue.artifacts import sha256_of
+from despliegue.config import settings
+
+MANIFEST = "manifest.json"
+FORMAT = "despliegue-model-backup/1"
+
+
+class BackupRefused(Exception):
+    """The backup cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class BackedUp:
+    tag: str
+    file: str
+    action: str  # "exported", "restored", "kept"
+
+
+def served_models() -> list[bentoml.Model]:
+    """The stored model behind every configured family (its version or the latest)."""
+    models = []
+    for name, family in settings().families.items():
+        try:
+            models.append(bentoml.models.get(family.tag))
+        except bentoml.exceptions.NotFound:
+            raise BackupRefused(
+                f"family {name}: model {family.tag} is not in the store; nothing to back up"
+            ) from None
+    return models
+
+
+def backup(folder: Path) -> list[BackedUp]:
+    """Export the served models into `folder` (created; must not hold a backup already)."""
+    if (folder / MANIFEST).exists():
+        raise BackupRefused(f"{folder / MANIFEST}: a backup is already there; use a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    entries, done = [], []
+    for model in served_models():
+        file_name = f"{model.tag.name}-{model.tag.version}.bentomodel"
+        bentoml.models.export_model(str(model.tag), str(folder / file_name))
+        path = folder / file_name
+        entries.append(
+            {
+                "tag": str(model.tag),
+                "file": file_name,
+                "sha256": sha256_of(path),
+                "bytes": path.stat().st_size,
+            }
+        )
+        done.append(BackedUp(str(model.tag), file_name, "exported"))
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "models": entries,
+    }
+    # The manifest is written last: a backup interrupted before it is not a backup.
+    partial = folder / f"{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    partial.replace(folder / MANIFEST)
+    return done
+
+
+def verify(folder: Path) -> list[dict[str, object]]:
+    """The manifest's entries, after checking every listed file's size and sha256."""
+    manifest_path = folder / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BackupRefused(f"{manifest_path}: cannot be read ({exc.strerror})") from None
+    except ValueError:
+        raise BackupRefused(f"{manifest_path}: not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupRefused(f"{manifest_path}: not a {FORMAT} manifest")
+    entries = manifest.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise BackupRefused(f"{manifest_path}: lists no models")
+    for entry in entries:
+        name = Path(str(entry.get("file", "")))
+        if name.name != str(name) or not name.name.endswith(".bentomodel"):
+            raise BackupRefused(f"{manifest_path}: bad file name {str(name)!r}")
+        path = folder / name
+        if not path.is_file():
+            raise BackupRefused(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
+            raise BackupRefused(f"{path}: sha256 does not match the manifest (damaged backup)")
+    return entries
+
+
+def restore(folder: Path) -> list[BackedUp]:
+    """Verify the whole backup, then import every model the store does not hold yet."""
+    done = []
+    for entry in verify(folder):
+        tag, file_name = str(entry["tag"]), str(entry["file"])
+        try:
+            bentoml.models.get(tag)
+            done.append(BackedUp(tag, file_name, "kept"))
+            continue
+        except bentoml.exceptions.NotFound:
+            pass
+        imported = bentoml.models.import_model(str(folder / file_name))
+        if str(imported.tag) != tag:
+            raise BackupRefused(f"{folder / file_name}: holds {imported.tag}, manifest says {tag}")
+        done.append(BackedUp(tag, file_name, "restored"))
+    return done

@@ -1,0 +1,129 @@
+"""Bearer tokens, scopes and the audit log on the shared live server (auth on)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import HEATFLOW_TOKEN, SESSION_TOKENS, LiveServer
+
+pytestmark = pytest.mark.integration
+
+HEAT_BODY = {"sediment_thickness_m": [100.0]}
+WRONG_TOKENS = (
+    "dsp.test-admin.this-is-not-the-secret-0123456789",
+    "dsp.nobody.this-is-not-the-secret-0123456789",
+    "not-even-our-format",
+)
+
+
+def call(live_server: LiveServer, method: str, path: str, headers: dict[str, str]):
+    body = json.dumps(HEAT_BODY) if method == "POST" else None
+    headers = {"content-type": "application/json", **headers}
+    return httpx.request(method, f"{live_server.url}{path}", content=body, headers=headers)
+
+
+def assert_json_refusal(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"].startswith("authorization: ")
+    assert body["detail"][0]["loc"] == ["header", "authorization"]
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz"])
+def test_probes_need_no_token(live_server: LiveServer, path: str) -> None:
+    assert httpx.get(f"{live_server.url}{path}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/heatflow"), ("POST", "/falsetrue"), ("GET", "/models"), ("GET", "/metrics")],
+)
+def test_missing_token_is_401_with_json_body(live_server: LiveServer, method, path) -> None:
+    response = call(live_server, method, path, {})
+    assert_json_refusal(response, 401)
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "missing bearer token" in response.json()["error"]
+
+
+@pytest.mark.parametrize("token", WRONG_TOKENS)
+def test_wrong_token_is_401(live_server: LiveServer, token: str) -> None:
+    response = call(live_server, "POST", "/heatflow", {"authorization": f"Bearer {token}"})
+    assert_json_refusal(response, 401)
+    assert "invalid token" in response.json()["error"]
+
+
+def test_other_schemes_than_bearer_are_401(live_server: LiveServer) -> None:
+    response = call(
+        live_server, "POST", "/heatflow", {"authorization": f"Basic {SESSION_TOKENS[0]}"}
+    )
+    assert_json_refusal(response, 401)
+
+
+def test_token_without_the_family_is_403(live_server: LiveServer) -> None:
+    limited = {"authorization": f"Bearer {HEATFLOW_TOKEN}"}
+    assert call(live_server, "POST", "/heatflow", limited).status_code == 200
+    forbidden = call(live_server, "POST", "/falsetrue", limited)
+    assert_json_refusal(forbidden, 403)
+    assert "'test-heatflow' may not call 'falsetrue'" in forbidden.json()["error"]
+    assert_json_refusal(call(live_server, "GET", "/models", limited), 403)
+
+
+def test_metrics_need_a_token_and_docs_do_not(live_server: LiveServer) -> None:
+    assert live_server.get("/metrics").status_code == 200
+    assert httpx.get(f"{live_server.url}/docs.json").status_code == 200
+
+
+def audit_lines(live_server: LiveServer, request_id: str) -> list[dict]:
+    """The audit lines of one request, waiting briefly for the worker to flush stdout."""
+    for _ in range(40):
+        found = []
+        for line in live_server.log().splitlines():
+            if line.startswith("{") and request_id in line:
+                found.append(json.loads(line))
+        if found:
+            return found
+        time.sleep(0.25)
+    return []
+
+
+def test_every_call_writes_one_audit_line(live_server: LiveServer) -> None:
+    response = live_server.post("/heatflow", HEAT_BODY, headers={"x-request-id": "audit-ok-1"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "audit-ok-1"
+    [line] = audit_lines(live_server, "audit-ok-1")
+    assert line["token_id"] == "test-admin"
+    assert line["endpoint"] == "/heatflow"
+    assert line["method"] == "POST"
+    assert line["status"] == 200
+    assert line["models"] == [response.json()["model"]]
+    assert line["latency_ms"] > 0
+    assert line["time"].endswith("+00:00")
+    assert "input" not in line and "100.0" not in json.dumps(line)
+
+
+def test_refusals_are_audited_too(live_server: LiveServer) -> None:
+    headers = {"x-request-id": "audit-refused-1", "content-type": "application/json"}
+    httpx.post(f"{live_server.url}/heatflow", content=json.dumps(HEAT_BODY), headers=headers)
+    [line] = audit_lines(live_server, "audit-refused-1")
+    assert line["status"] == 401 and line["token_id"] is None
+
+
+def test_a_bad_request_id_is_replaced(live_server: LiveServer) -> None:
+    response = live_server.post("/heatflow", HEAT_BODY, headers={"x-request-id": "bad id\t!"})
+    assert response.headers["x-request-id"] != "bad id\t!"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_no_token_value_in_the_server_log(live_server: LiveServer) -> None:
+    for token in WRONG_TOKENS:
+        call(live_server, "POST", "/heatflow", {"authorization": f"Bearer {token}"})
+    live_server.post("/heatflow", {"sediment_thickness_m": [-1]})  # a logged client error
+    time.sleep(1)
+    log = live_server.log()
+    for token in (*SESSION_TOKENS, *WRONG_TOKENS):
+        assert token not in log
+        assert token.rsplit(".", 1)[-1] not in log
