@@ -18,20 +18,39 @@ from fastapi import FastAPI
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
-from despliegue.errors import install_log_filter
+from despliegue.errors import answers_client_errors, install_log_filter
+from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.http import BodySizeLimit
+from despliegue.images import decode_images, encode_png
 from despliegue.schemas import (
+    FaceRequest,
+    FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
+    FlowerAnswer,
+    FlowerClass,
+    FlowersRequest,
+    FlowersResponse,
     HeatFlowRequest,
     HeatFlowResponse,
+    ImageFaces,
+    ImageVerdict,
     ServedModels,
+    SuperResponse,
+    ValidatedFace,
 )
+from runners.faces import FaceAnalyzer
 from runners.falsetrue import FalseTrueClassifier
+from runners.flowers import FlowerClassifier
 from runners.heatflow import HeatFlowRegressor
 
-# Attribute names of the runner dependencies below, one per model family.
-FAMILIES = ("heatflow", "falsetrue")
+# Attribute names of the runner dependencies below, one per runner.
+FAMILIES = ("heatflow", "falsetrue", "flowers", "faces")
+UNIDENTIFIED_FLOWER = "Flor no identificada"
+# Thresholds are required for these families (checked when the configuration is loaded).
+FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
+DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
+VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
 
 install_log_filter()
 catalog = FastAPI(title="Model catalog")
@@ -42,6 +61,8 @@ catalog = FastAPI(title="Model catalog")
 class Despliegue:
     heatflow = bentoml.depends(HeatFlowRegressor)
     falsetrue = bentoml.depends(FalseTrueClassifier)
+    flowers = bentoml.depends(FlowerClassifier)
+    faces = bentoml.depends(FaceAnalyzer)
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
@@ -53,9 +74,13 @@ class Despliegue:
             self._cards[family] = [ModelCard.model_validate(card) for card in described]
         return self._cards[family]
 
-    async def tag(self, family: str) -> str:
-        """The tag that answers for a single-model family."""
-        return (await self.cards(family))[0].tag
+    async def tag(self, runner: str, family: str | None = None) -> str:
+        """The tag a runner serves for a family (its only model when `family` is not given)."""
+        cards = await self.cards(runner)
+        return next(card.tag for card in cards if family is None or card.family == family)
+
+    async def card(self, runner: str, family: str) -> ModelCard:
+        return next(card for card in await self.cards(runner) if card.family == family)
 
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
@@ -76,6 +101,89 @@ class Despliegue:
             is_falsetrue=[int(label) for label in rows[:, 0]],
             probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
             model=await self.tag("falsetrue"),
+        )
+
+    @bentoml.api(route="/flowers", input_spec=FlowersRequest)
+    @answers_client_errors
+    async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
+        """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
+        pixels = decode_images(images, "images")
+        probabilities = await self.flowers.to_async.classify(pixels)
+        card = await self.card("flowers", "flowers")
+        classes = card.metadata["classes"]
+        threshold = FLOWER_THRESHOLD
+        answers = []
+        for row in probabilities:
+            ranked = np.argsort(row)[::-1][:top_k]
+            top = [
+                FlowerClass(
+                    class_id=classes[i]["id"],
+                    name=classes[i]["name"],
+                    confidence=round(float(row[i]), 4),
+                )
+                for i in ranked
+            ]
+            known = top[0].confidence >= threshold
+            answers.append(
+                FlowerAnswer(
+                    class_id=top[0].class_id if known else None,
+                    name=top[0].name if known else UNIDENTIFIED_FLOWER,
+                    confidence=top[0].confidence,
+                    top_k=top,
+                )
+            )
+        return FlowersResponse(predictions=answers, threshold=threshold, model=card.tag)
+
+    @bentoml.api(route="/face", input_spec=FaceRequest)
+    @answers_client_errors
+    async def face_detect(self, input_data: list[str], annotate: bool = False) -> FaceResponse:
+        """Find the faces in each image: box (x, y, width, height), confidence, landmarks."""
+        pixels = decode_images(input_data, "input_data")
+        detections = await self.faces.to_async.detect(pixels)
+        minimum = DETECTION_THRESHOLD
+        answers = []
+        for image, rows in zip(pixels, detections, strict=True):
+            faces = faces_of(rows, minimum)
+            drawn = encode_png(annotate_image(image, faces)) if annotate else None
+            answers.append(ImageFaces(faces=faces, annotated_png=drawn))
+        return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
+
+    @bentoml.api(route="/super", input_spec=FaceRequest)
+    @answers_client_errors
+    async def face_validate(self, input_data: list[str], annotate: bool = False) -> SuperResponse:
+        """Detect faces, crop each, score the crops with the validation CNN: TRUE/FALSE."""
+        pixels = decode_images(input_data, "input_data")
+        detections = await self.faces.to_async.detect(pixels)
+        minimum = DETECTION_THRESHOLD
+        threshold = VALIDATION_THRESHOLD
+        per_image = [faces_of(rows, minimum) for rows in detections]
+        crops = [
+            crop(image, face.box)
+            for image, faces in zip(pixels, per_image, strict=True)
+            for face in faces
+        ]
+        scores = iter(await self.faces.to_async.validate(crops) if crops else [])
+        verdicts = []
+        for image, faces in zip(pixels, per_image, strict=True):
+            validated = [
+                ValidatedFace(**face.model_dump(), score=round(s, 4), result=s >= threshold)
+                for face, s in ((face, float(next(scores))) for face in faces)
+            ]
+            best = max((face.score for face in validated), default=0.0)
+            drawn = encode_png(annotate_image(image, validated)) if annotate else None
+            verdicts.append(
+                ImageVerdict(
+                    result=best >= threshold and bool(validated),
+                    score=best,
+                    faces=validated,
+                    annotated_png=drawn,
+                )
+            )
+        return SuperResponse(
+            images=verdicts,
+            threshold=threshold,
+            detector=await self.tag("faces", "face_detector"),
+            model=await self.tag("faces", "face_validator"),
         )
 
     @catalog.get("/models", response_model=ServedModels)

@@ -1,0 +1,69 @@
+"""img_super runner (seed 001): the `face_detector` (MTCNN) and the `face_validator` CNN.
+
+Both models live in one process: a request to /super needs both, and a second TensorFlow
+process would cost ~600 MB for nothing. Each model has its own batchable method, so
+concurrent requests are merged per model. Cropping and the verdict are the API's job.
+"""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+
+from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.config import settings
+from despliegue.images import resize
+
+DETECTOR = settings().family("face_detector")
+VALIDATOR = settings().family("face_validator")
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@bentoml.service(**settings().service_options("FaceAnalyzer"))
+class FaceAnalyzer:
+    detector_ref = bentoml.models.BentoModel(DETECTOR.tag)
+    validator_ref = bentoml.models.BentoModel(VALIDATOR.tag)
+
+    def __init__(self) -> None:
+        from despliegue.tensorflow_runtime import configure_tensorflow
+
+        tf = configure_tensorflow()
+        self.detector, self.detector_card = load_served_model(type(self).detector_ref)
+        self.validator, self.validator_card = load_served_model(type(self).validator_ref)
+        preprocessing = self.validator_card.metadata["preprocessing"]
+        self.crop_size = (int(preprocessing["size"][0]), int(preprocessing["size"][1]))
+        self.scale = np.float32(preprocessing["scale"])
+        self.offset = np.float32(preprocessing["offset"])
+        self.score_crops = tf.function(
+            lambda batch: self.validator(batch, training=False),
+            input_signature=[tf.TensorSpec([None, *self.crop_size, 3], tf.float32)],
+        )
+
+    @bentoml.api(batchable=True, **DETECTOR.batching.model_dump())
+    def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image, rows of (x, y, width, height, confidence, 5 landmark (x, y) pairs)."""
+        found = self.detector.detect_faces([np.asarray(image, dtype=np.uint8) for image in images])
+        return [
+            np.array(
+                [
+                    [*face["box"], face["confidence"]]
+                    + [coord for name in LANDMARKS for coord in face["keypoints"][name]]
+                    for face in faces
+                ],
+                dtype=np.float32,
+            ).reshape(-1, 15)
+            for faces in found
+        ]
+
+    @bentoml.api(batchable=True, **VALIDATOR.batching.model_dump())
+    def validate(self, crops: list[np.ndarray]) -> list[float]:
+        """Validation score in [0, 1] per face crop (any size; resized as the model expects)."""
+        batch = np.stack(
+            [resize(np.asarray(crop, dtype=np.uint8), self.crop_size) for crop in crops]
+        )
+        scores = self.score_crops(batch.astype(np.float32) * self.scale + self.offset)
+        return [float(score) for score in np.asarray(scores).reshape(-1)]
+
+    @bentoml.api
+    def describe(self) -> list[ModelCard]:
+        return [self.detector_card, self.validator_card]
