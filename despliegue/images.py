@@ -75,8 +75,9 @@ def decode_image(text: str, loc: list[str | int], limits: ImageLimits) -> np.nda
         image = Image.open(io.BytesIO(raw))
     except UnidentifiedImageError:
         raise ClientError(loc, "not an image in a known format", kind="image_error") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ClientError(loc, _too_many_pixels(limits), kind="too_large") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's guard read the size from the header; its message gives the pixel count.
+        raise ClientError(loc, f"{_too_many_pixels(limits)}: {exc}", kind="too_large") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ClientError(loc, f"unreadable image header: {exc}", kind="image_error") from None
     width, height = image.size

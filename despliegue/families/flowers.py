@@ -44,8 +44,14 @@ CLASSES = [{"id": key, "name": name} for key, name in OXFORD102_NAMES.items()]
 INPUT_SIZE = (224, 224)
 PREPROCESSING = {"size": list(INPUT_SIZE), "scale": 1 / 255, "offset": 0.0, "channels": "RGB"}
 
-PETAL_COLOURS = [(220, 40, 40), (240, 200, 30), (150, 60, 200), (250, 250, 250), (240, 120, 180),
-                 (40, 90, 220)]  # fmt: skip
+PETAL_COLOURS = [
+    (220, 40, 40),
+    (240, 200, 30),
+    (150, 60, 200),
+    (250, 250, 250),
+    (240, 120, 180),
+    (40, 90, 220),
+]
 CENTRE_COLOURS = [(250, 160, 0), (30, 30, 30), (60, 200, 60)]
 SEED = 2026
 TRAIN_PER_CLASS = 40
@@ -75,8 +81,10 @@ def draw_flower(
     for k in range(petals):
         angle = turn + 2 * np.pi * k / petals
         px, py = cx + np.cos(angle) * reach, cy + np.sin(angle) * reach
-        draw.ellipse([px - petal_radius, py - petal_radius, px + petal_radius, py + petal_radius],
-                     fill=petal_colour)  # fmt: skip
+        draw.ellipse(
+            [px - petal_radius, py - petal_radius, px + petal_radius, py + petal_radius],
+            fill=petal_colour,
+        )
     core = radius * 0.25
     draw.ellipse([cx - core, cy - core, cx + core, cy + core], fill=jitter(centre))
     return np.asarray(image)
