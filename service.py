@@ -11,17 +11,21 @@ Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Annotated
 
 import bentoml
 import numpy as np
+from bentoml.validators import ContentType
 from fastapi import FastAPI
+from pydantic import Field
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.errors import answers_client_errors, install_log_filter
 from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.http import BodySizeLimit
-from despliegue.images import decode_images, encode_png
+from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.schemas import (
     FaceRequest,
     FaceResponse,
@@ -107,7 +111,19 @@ class Despliegue:
     @answers_client_errors
     async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
         """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
-        pixels = decode_images(images, "images")
+        return await self.answer_flowers(decode_images(images, "images"), top_k)
+
+    @bentoml.api(route="/flowers/upload")
+    @answers_client_errors
+    async def flowers_upload(
+        self,
+        images: Annotated[list[Path], ContentType("image/*")],
+        top_k: Annotated[int, Field(ge=1, le=18)] = 3,
+    ) -> FlowersResponse:
+        """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
+        return await self.answer_flowers(decode_uploads(images, "images"), top_k)
+
+    async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
         probabilities = await self.flowers.to_async.classify(pixels)
         card = await self.card("flowers", "flowers")
         classes = card.metadata["classes"]
@@ -138,7 +154,17 @@ class Despliegue:
     @answers_client_errors
     async def face_detect(self, input_data: list[str], annotate: bool = False) -> FaceResponse:
         """Find the faces in each image: box (x, y, width, height), confidence, landmarks."""
-        pixels = decode_images(input_data, "input_data")
+        return await self.answer_faces(decode_images(input_data, "input_data"), annotate)
+
+    @bentoml.api(route="/face/upload")
+    @answers_client_errors
+    async def face_upload(
+        self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
+    ) -> FaceResponse:
+        """/face with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
+        return await self.answer_faces(decode_uploads([input_data], "input_data"), annotate)
+
+    async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
         detections = await self.faces.to_async.detect(pixels)
         minimum = DETECTION_THRESHOLD
         answers = []
@@ -152,7 +178,17 @@ class Despliegue:
     @answers_client_errors
     async def face_validate(self, input_data: list[str], annotate: bool = False) -> SuperResponse:
         """Detect faces, crop each, score the crops with the validation CNN: TRUE/FALSE."""
-        pixels = decode_images(input_data, "input_data")
+        return await self.answer_super(decode_images(input_data, "input_data"), annotate)
+
+    @bentoml.api(route="/super/upload")
+    @answers_client_errors
+    async def super_upload(
+        self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
+    ) -> SuperResponse:
+        """/super with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
+        return await self.answer_super(decode_uploads([input_data], "input_data"), annotate)
+
+    async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
         detections = await self.faces.to_async.detect(pixels)
         minimum = DETECTION_THRESHOLD
         threshold = VALIDATION_THRESHOLD

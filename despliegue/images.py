@@ -1,8 +1,9 @@
-"""Image input shared by every image endpoint: Base64 text -> RGB pixel arrays, safely.
+"""Image input shared by every image endpoint: Base64 text or uploaded files -> RGB arrays.
 
 Each image passes the same gates, cheapest first, so a hostile image costs little:
-1. encoded size (from the Base64 length, before decoding) <= `limits.images.max_image_bytes`;
-2. strict Base64 (an optional `data:image/...;base64,` prefix is accepted);
+1. encoded size (from the Base64 length, or the uploaded file's size, before decoding)
+   <= `limits.images.max_image_bytes`;
+2. strict Base64 (an optional `data:image/...;base64,` prefix is accepted; not for uploads);
 3. the header names a known format, and width x height <= `limits.images.max_pixels`, read
    before any pixel is decoded (Pillow opens lazily), so a decompression bomb is refused
    without allocating it;
@@ -20,6 +21,7 @@ import io
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,12 +51,7 @@ def decode_images(
 ) -> list[np.ndarray]:
     """Decode every image of a request to an (H, W, 3) uint8 array, or raise ClientError."""
     limits = limits or settings().limits.images
-    if not encoded:
-        raise ClientError([field], "at least one image is required")
-    if len(encoded) > limits.max_images:
-        raise ClientError(
-            [field], f"{len(encoded)} images sent; at most {limits.max_images} per request"
-        )
+    _check_count(len(encoded), field, limits)
     _guard_pillow(limits.max_pixels)
     return [decode_image(text, [field, index], limits) for index, text in enumerate(encoded)]
 
@@ -62,13 +59,32 @@ def decode_images(
 def decode_image(text: str, loc: list[str | int], limits: ImageLimits) -> np.ndarray:
     payload = _WHITESPACE.sub("", _DATA_URL.sub("", text, count=1))
     if len(payload) * 3 // 4 > limits.max_image_bytes:
-        raise ClientError(
-            loc, f"image is larger than {limits.max_image_bytes} bytes", kind="too_large"
-        )
+        raise ClientError(loc, _too_many_bytes(limits), kind="too_large")
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ClientError(loc, "not valid Base64", kind="base64_error") from None
+    return decode_bytes(raw, loc, limits)
+
+
+def decode_uploads(
+    files: Sequence[Path], field: str, limits: ImageLimits | None = None
+) -> list[np.ndarray]:
+    """Decode uploaded image files (multipart/form-data) through the same gates."""
+    limits = limits or settings().limits.images
+    _check_count(len(files), field, limits)
+    _guard_pillow(limits.max_pixels)
+    pixels = []
+    for index, path in enumerate(files):
+        loc: list[str | int] = [field, index]
+        if path.stat().st_size > limits.max_image_bytes:
+            raise ClientError(loc, _too_many_bytes(limits), kind="too_large")
+        pixels.append(decode_bytes(path.read_bytes(), loc, limits))
+    return pixels
+
+
+def decode_bytes(raw: bytes, loc: list[str | int], limits: ImageLimits) -> np.ndarray:
+    """Header check (format, pixel count), then full decode, orientation and RGB."""
     if not raw:
         raise ClientError(loc, "empty image", kind="image_error")
     try:
@@ -103,6 +119,17 @@ def decode_image(text: str, loc: list[str | int], limits: ImageLimits) -> np.nda
     if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) < 1:
         raise ClientError(loc, f"decoded to unexpected shape {pixels.shape}", kind="image_error")
     return pixels
+
+
+def _check_count(count: int, field: str, limits: ImageLimits) -> None:
+    if count == 0:
+        raise ClientError([field], "at least one image is required")
+    if count > limits.max_images:
+        raise ClientError([field], f"{count} images sent; at most {limits.max_images} per request")
+
+
+def _too_many_bytes(limits: ImageLimits) -> str:
+    return f"image is larger than {limits.max_image_bytes} bytes"
 
 
 def _too_many_pixels(limits: ImageLimits) -> str:

@@ -171,3 +171,40 @@ def test_concurrent_image_requests_are_batched(
         batches = after_count - before[method][1]
         assert items == requests, method  # one image (one face) per request went through
         assert batches < requests, f"{method}: no two requests ever shared a batch"
+
+
+def upload(name: str) -> tuple[str, bytes, str]:
+    return (f"{name}.jpg", encode(photo(name), "JPEG"), "image/jpeg")
+
+
+def test_upload_endpoints_take_files_like_the_swagger_ui_sends(live_server: LiveServer) -> None:
+    faces = live_server.upload("/face/upload", [("input_data", upload("astronaut"))])
+    assert faces.status_code == 200, faces.text
+    assert len(faces.json()["images"][0]["faces"]) == 1
+    verdict = live_server.upload(
+        "/super/upload", [("input_data", upload("astronaut"))], data={"annotate": "true"}
+    )
+    assert verdict.status_code == 200, verdict.text
+    assert verdict.json()["images"][0]["result"] is True
+    assert verdict.json()["images"][0]["annotated_png"]
+    files = [("images", upload("coffee")), ("images", upload("chelsea"))]
+    flowers = live_server.upload("/flowers/upload", files, data={"top_k": "2"})
+    assert flowers.status_code == 200, flowers.text
+    assert [len(p["top_k"]) for p in flowers.json()["predictions"]] == [2, 2]
+
+
+@pytest.mark.parametrize("case", ["text-as-jpg", "bomb-20000x20000"])
+def test_uploaded_hostile_file_gets_a_4xx_naming_it(live_server: LiveServer, case: str) -> None:
+    raw = base64.b64decode(HOSTILE[case])
+    files = [("images", upload("camera")), ("images", ("photo.jpg", raw, "image/jpeg"))]
+    response = live_server.upload("/flowers/upload", files)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["images", 1]
+
+
+def test_swagger_document_offers_a_file_upload(live_server: LiveServer) -> None:
+    paths = live_server.get("/docs.json").json()["paths"]
+    for path in ("/flowers/upload", "/face/upload", "/super/upload"):
+        assert "multipart/form-data" in paths[path]["post"]["requestBody"]["content"], path
+    for path in ("/flowers", "/face", "/super"):
+        assert "application/json" in paths[path]["post"]["requestBody"]["content"], path
