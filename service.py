@@ -57,6 +57,17 @@ DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # typ
 VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
 
 install_log_filter()
+
+
+async def decoded(images: list[str], field: str) -> list[np.ndarray]:
+    """Decode Base64 images off the event loop (a large JPEG takes tens of milliseconds)."""
+    return await asyncio.to_thread(decode_images, images, field)
+
+
+async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
+    return await asyncio.to_thread(decode_uploads, files, field)
+
+
 catalog = FastAPI(title="Model catalog")
 
 
@@ -111,7 +122,7 @@ class Despliegue:
     @answers_client_errors
     async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
         """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
-        return await self.answer_flowers(decode_images(images, "images"), top_k)
+        return await self.answer_flowers(await decoded(images, "images"), top_k)
 
     @bentoml.api(route="/flowers/upload")
     @answers_client_errors
@@ -121,7 +132,7 @@ class Despliegue:
         top_k: Annotated[int, Field(ge=1, le=18)] = 3,
     ) -> FlowersResponse:
         """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_flowers(decode_uploads(images, "images"), top_k)
+        return await self.answer_flowers(await uploaded(images, "images"), top_k)
 
     async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
         probabilities = await self.flowers.to_async.classify(pixels)
@@ -154,7 +165,7 @@ class Despliegue:
     @answers_client_errors
     async def face_detect(self, input_data: list[str], annotate: bool = False) -> FaceResponse:
         """Find the faces in each image: box (x, y, width, height), confidence, landmarks."""
-        return await self.answer_faces(decode_images(input_data, "input_data"), annotate)
+        return await self.answer_faces(await decoded(input_data, "input_data"), annotate)
 
     @bentoml.api(route="/face/upload")
     @answers_client_errors
@@ -162,7 +173,7 @@ class Despliegue:
         self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
     ) -> FaceResponse:
         """/face with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_faces(decode_uploads([input_data], "input_data"), annotate)
+        return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
         detections = await self.faces.to_async.detect(pixels)
@@ -178,7 +189,7 @@ class Despliegue:
     @answers_client_errors
     async def face_validate(self, input_data: list[str], annotate: bool = False) -> SuperResponse:
         """Detect faces, crop each, score the crops with the validation CNN: TRUE/FALSE."""
-        return await self.answer_super(decode_images(input_data, "input_data"), annotate)
+        return await self.answer_super(await decoded(input_data, "input_data"), annotate)
 
     @bentoml.api(route="/super/upload")
     @answers_client_errors
@@ -186,7 +197,7 @@ class Despliegue:
         self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
     ) -> SuperResponse:
         """/super with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_super(decode_uploads([input_data], "input_data"), annotate)
+        return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
         detections = await self.faces.to_async.detect(pixels)

@@ -12,11 +12,11 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
+from despliegue.faces import LANDMARKS
 from despliegue.images import resize
 
 DETECTOR = settings().family("face_detector")
 VALIDATOR = settings().family("face_validator")
-LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
 @bentoml.service(**settings().service_options("FaceAnalyzer"))
