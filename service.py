@@ -138,7 +138,6 @@ class Despliegue:
         probabilities = await self.flowers.to_async.classify(pixels)
         card = await self.card("flowers", "flowers")
         classes = card.metadata["classes"]
-        threshold = FLOWER_THRESHOLD
         answers = []
         for row in probabilities:
             ranked = np.argsort(row)[::-1][:top_k]
@@ -150,7 +149,7 @@ class Despliegue:
                 )
                 for i in ranked
             ]
-            known = top[0].confidence >= threshold
+            known = top[0].confidence >= FLOWER_THRESHOLD
             answers.append(
                 FlowerAnswer(
                     class_id=top[0].class_id if known else None,
@@ -159,7 +158,7 @@ class Despliegue:
                     top_k=top,
                 )
             )
-        return FlowersResponse(predictions=answers, threshold=threshold, model=card.tag)
+        return FlowersResponse(predictions=answers, threshold=FLOWER_THRESHOLD, model=card.tag)
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
     @answers_client_errors
@@ -177,10 +176,9 @@ class Despliegue:
 
     async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
         detections = await self.faces.to_async.detect(pixels)
-        minimum = DETECTION_THRESHOLD
         answers = []
         for image, rows in zip(pixels, detections, strict=True):
-            faces = faces_of(rows, minimum)
+            faces = faces_of(rows, DETECTION_THRESHOLD)
             drawn = encode_png(annotate_image(image, faces)) if annotate else None
             answers.append(ImageFaces(faces=faces, annotated_png=drawn))
         return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
@@ -201,34 +199,35 @@ class Despliegue:
 
     async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
         detections = await self.faces.to_async.detect(pixels)
-        minimum = DETECTION_THRESHOLD
-        threshold = VALIDATION_THRESHOLD
-        per_image = [faces_of(rows, minimum) for rows in detections]
+        per_image = [faces_of(rows, DETECTION_THRESHOLD) for rows in detections]
+        # Every face of every image goes to the validation CNN in one call (one batch).
         crops = [
             crop(image, face.box)
             for image, faces in zip(pixels, per_image, strict=True)
             for face in faces
         ]
-        scores = iter(await self.faces.to_async.validate(crops) if crops else [])
-        verdicts = []
+        scores = await self.faces.to_async.validate(crops) if crops else []
+        verdicts, start = [], 0
         for image, faces in zip(pixels, per_image, strict=True):
+            own, start = scores[start : start + len(faces)], start + len(faces)
             validated = [
-                ValidatedFace(**face.model_dump(), score=round(s, 4), result=s >= threshold)
-                for face, s in ((face, float(next(scores))) for face in faces)
+                ValidatedFace(
+                    **face.model_dump(), score=round(score, 4), result=score >= VALIDATION_THRESHOLD
+                )
+                for face, score in zip(faces, own, strict=True)
             ]
-            best = max((face.score for face in validated), default=0.0)
             drawn = encode_png(annotate_image(image, validated)) if annotate else None
             verdicts.append(
                 ImageVerdict(
-                    result=best >= threshold and bool(validated),
-                    score=best,
+                    result=any(face.result for face in validated),
+                    score=max((face.score for face in validated), default=0.0),
                     faces=validated,
                     annotated_png=drawn,
                 )
             )
         return SuperResponse(
             images=verdicts,
-            threshold=threshold,
+            threshold=VALIDATION_THRESHOLD,
             detector=await self.tag("faces", "face_detector"),
             model=await self.tag("faces", "face_validator"),
         )

@@ -7,6 +7,8 @@ concurrent requests are merged per model. Cropping and the verdict are the API's
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import bentoml
 import numpy as np
 
@@ -17,6 +19,16 @@ from despliegue.images import resize
 
 DETECTOR = settings().family("face_detector")
 VALIDATOR = settings().family("face_validator")
+
+
+def as_rows(faces: list[dict]) -> np.ndarray:
+    """mtcnn's answer for one image as rows of 15 numbers (no HTTP schema in the runner)."""
+    rows = [
+        [*face["box"], face["confidence"]]
+        + [coord for name in LANDMARKS for coord in face["keypoints"][name]]
+        for face in faces
+    ]
+    return np.array(rows, dtype=np.float32).reshape(-1, 15)
 
 
 @bentoml.service(**settings().service_options("FaceAnalyzer"))
@@ -42,18 +54,18 @@ class FaceAnalyzer:
     @bentoml.api(batchable=True, **DETECTOR.batching.model_dump())
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, rows of (x, y, width, height, confidence, 5 landmark (x, y) pairs)."""
-        found = self.detector.detect_faces([np.asarray(image, dtype=np.uint8) for image in images])
-        return [
-            np.array(
-                [
-                    [*face["box"], face["confidence"]]
-                    + [coord for name in LANDMARKS for coord in face["keypoints"][name]]
-                    for face in faces
-                ],
-                dtype=np.float32,
-            ).reshape(-1, 15)
-            for faces in found
-        ]
+        # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
+        # some images by another image's padding; images of one size need no padding, so
+        # each group of same-sized images is one detector call.
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_shape[np.shape(image)].append(index)
+        answers: list[np.ndarray] = [np.empty((0, 15), dtype=np.float32)] * len(images)
+        for indices in by_shape.values():
+            group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
+            for index, faces in zip(indices, self.detector.detect_faces(group), strict=True):
+                answers[index] = as_rows(faces)
+        return answers
 
     @bentoml.api(batchable=True, **VALIDATOR.batching.model_dump())
     def validate(self, crops: list[np.ndarray]) -> list[float]:

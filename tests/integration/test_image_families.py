@@ -52,11 +52,17 @@ def test_face_accepts_the_seeds_single_base64_string(live_server: LiveServer) ->
 
 def test_super_validates_the_face_with_its_coordinates(live_server: LiveServer) -> None:
     response = live_server.post(
-        "/super", {"input_data": [jpeg("astronaut"), jpeg("chelsea")], "annotate": True}
+        "/super",
+        {"input_data": [jpeg("astronaut"), jpeg("chelsea"), jpeg("camera")], "annotate": True},
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    astronaut, cat = body["images"]
+    astronaut, cat, cameraman = body["images"]
+    assert cameraman["result"] is True and len(cameraman["faces"]) == 1
+    # Images of different sizes share one request (and batch); the cameraman's face must be
+    # where it is in his own photo (about x 197-256, y 117-199), not shifted by padding.
+    box = cameraman["faces"][0]["box"]
+    assert 200 < box["x"] + box["width"] / 2 < 255 and 130 < box["y"] + box["height"] / 2 < 185
     assert astronaut["result"] is True and astronaut["score"] >= body["threshold"]
     (face,) = astronaut["faces"]
     assert set(face["box"]) == {"x", "y", "width", "height"} and face["result"] is True
