@@ -1,6 +1,7 @@
 """Put every model the service needs into the BentoML model store.
 
     python save_models.py                         build the reference models that are missing
+    python save_models.py reference [NAME ...]    the same, for some model names only
     python save_models.py import NAME FILE        import your own artifact under a model name
     python save_models.py list                    show what the store holds
     python save_models.py backup DIR              export the served models + sha256 manifest
@@ -31,11 +32,12 @@ from despliegue.importing import ImportRefused, Outcome, ensure_reference, impor
 console = Console(stderr=True)
 
 
-def build_missing_references() -> list[Outcome]:
+def build_missing_references(names: list[str] | None = None) -> list[Outcome]:
     outcomes: list[Outcome] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    recipes = [r for r in RECIPES.values() if not names or r.model_name in names]
     with Progress(*columns, console=console, transient=True) as progress:
-        for recipe in RECIPES.values():
+        for recipe in recipes:
             task = progress.add_task(f"{recipe.model_name}: {recipe.description}", total=None)
             outcomes.append(ensure_reference(recipe))
             progress.remove_task(task)
@@ -76,10 +78,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("reference", help="build the reference models that are missing (default)")
+    reference = commands.add_parser(
+        "reference", help="build the reference models that are missing (default)"
+    )
+    reference.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="only these model names (default: all)",
+    )
     imports = commands.add_parser("import", help="probe a user's artifact and store it")
     imports.add_argument("model_name", help="store name, e.g. heatflow_svr")
-    imports.add_argument("path", type=Path, help="artifact file: .joblib or .pkl (trusted only)")
+    imports.add_argument(
+        "path",
+        type=Path,
+        help="artifact file: .joblib or .pkl (trusted only) for sklearn models, "
+        ".keras or .h5 for Keras models",
+    )
     commands.add_parser("list", help="list the models in the store")
     backups = commands.add_parser("backup", help="export the served models with a manifest")
     backups.add_argument("folder", type=Path, help="a new folder for this backup")
@@ -121,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print_outcomes([outcome])
         return 0
-    print_outcomes(build_missing_references())
+    names = getattr(args, "names", None) or []
+    unknown = sorted(set(names) - {r.model_name for r in RECIPES.values()})
+    if unknown:
+        console.print(f"[bold red]unknown model names:[/] {', '.join(unknown)}")
+        return 2
+    print_outcomes(build_missing_references(names))
     return 0
 
 

@@ -11,32 +11,66 @@ Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Annotated
 
 import bentoml
 import numpy as np
+from bentoml.validators import ContentType
 from fastapi import FastAPI
+from pydantic import Field
 
 from despliegue.artifacts import ModelCard, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import BearerAuth, token_book
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs
-from despliegue.errors import install_log_filter
+from despliegue.errors import answers_client_errors, install_log_filter
+from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.http import BodySizeLimit, ContentTypeGuard
+from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.schemas import (
+    FaceRequest,
+    FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
+    FlowerAnswer,
+    FlowerClass,
+    FlowersRequest,
+    FlowersResponse,
     HeatFlowRequest,
     HeatFlowResponse,
+    ImageFaces,
+    ImageVerdict,
     ServedModels,
+    SuperResponse,
+    ValidatedFace,
 )
+from runners.faces import FaceAnalyzer
 from runners.falsetrue import FalseTrueClassifier
+from runners.flowers import FlowerClassifier
 from runners.heatflow import HeatFlowRegressor
 
-# Attribute names of the runner dependencies below, one per model family.
-FAMILIES = ("heatflow", "falsetrue")
+# Attribute names of the runner dependencies below, one per runner.
+FAMILIES = ("heatflow", "falsetrue", "flowers", "faces")
+UNIDENTIFIED_FLOWER = "Flor no identificada"
+# Thresholds are required for these families (checked when the configuration is loaded).
+FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
+DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
+VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
 
 install_log_filter()
+
+
+async def decoded(images: list[str], field: str) -> list[np.ndarray]:
+    """Decode Base64 images off the event loop (a large JPEG takes tens of milliseconds)."""
+    return await asyncio.to_thread(decode_images, images, field)
+
+
+async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
+    return await asyncio.to_thread(decode_uploads, files, field)
+
+
 catalog = FastAPI(title="Model catalog")
 
 
@@ -45,6 +79,8 @@ catalog = FastAPI(title="Model catalog")
 class Despliegue:
     heatflow = bentoml.depends(HeatFlowRegressor)
     falsetrue = bentoml.depends(FalseTrueClassifier)
+    flowers = bentoml.depends(FlowerClassifier)
+    faces = bentoml.depends(FaceAnalyzer)
 
     @bentoml.on_deployment
     def preflight() -> None:
@@ -63,9 +99,13 @@ class Despliegue:
             self._cards[family] = [ModelCard.model_validate(card) for card in described]
         return self._cards[family]
 
-    async def tag(self, family: str) -> str:
-        """The tag that answers for a single-model family."""
-        return (await self.cards(family))[0].tag
+    async def tag(self, runner: str, family: str | None = None) -> str:
+        """The tag a runner serves for a family (its only model when `family` is not given)."""
+        cards = await self.cards(runner)
+        return next(card.tag for card in cards if family is None or card.family == family)
+
+    async def card(self, runner: str, family: str) -> ModelCard:
+        return next(card for card in await self.cards(runner) if card.family == family)
 
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
@@ -86,6 +126,120 @@ class Despliegue:
             is_falsetrue=[int(label) for label in rows[:, 0]],
             probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
             model=await self.tag("falsetrue"),
+        )
+
+    @bentoml.api(route="/flowers", input_spec=FlowersRequest)
+    @answers_client_errors
+    async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
+        """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
+        return await self.answer_flowers(await decoded(images, "images"), top_k)
+
+    @bentoml.api(route="/flowers/upload")
+    @answers_client_errors
+    async def flowers_upload(
+        self,
+        images: Annotated[list[Path], ContentType("image/*")],
+        top_k: Annotated[int, Field(ge=1, le=18)] = 3,
+    ) -> FlowersResponse:
+        """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
+        return await self.answer_flowers(await uploaded(images, "images"), top_k)
+
+    async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
+        probabilities = await self.flowers.to_async.classify(pixels)
+        card = await self.card("flowers", "flowers")
+        classes = card.metadata["classes"]
+        answers = []
+        for row in probabilities:
+            ranked = np.argsort(row)[::-1][:top_k]
+            top = [
+                FlowerClass(
+                    class_id=classes[i]["id"],
+                    name=classes[i]["name"],
+                    confidence=round(float(row[i]), 4),
+                )
+                for i in ranked
+            ]
+            known = top[0].confidence >= FLOWER_THRESHOLD
+            answers.append(
+                FlowerAnswer(
+                    class_id=top[0].class_id if known else None,
+                    name=top[0].name if known else UNIDENTIFIED_FLOWER,
+                    confidence=top[0].confidence,
+                    top_k=top,
+                )
+            )
+        return FlowersResponse(predictions=answers, threshold=FLOWER_THRESHOLD, model=card.tag)
+
+    @bentoml.api(route="/face", input_spec=FaceRequest)
+    @answers_client_errors
+    async def face_detect(self, input_data: list[str], annotate: bool = False) -> FaceResponse:
+        """Find the faces in each image: box (x, y, width, height), confidence, landmarks."""
+        return await self.answer_faces(await decoded(input_data, "input_data"), annotate)
+
+    @bentoml.api(route="/face/upload")
+    @answers_client_errors
+    async def face_upload(
+        self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
+    ) -> FaceResponse:
+        """/face with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
+        return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
+
+    async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
+        detections = await self.faces.to_async.detect(pixels)
+        answers = []
+        for image, rows in zip(pixels, detections, strict=True):
+            faces = faces_of(rows, DETECTION_THRESHOLD)
+            drawn = encode_png(annotate_image(image, faces)) if annotate else None
+            answers.append(ImageFaces(faces=faces, annotated_png=drawn))
+        return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
+
+    @bentoml.api(route="/super", input_spec=FaceRequest)
+    @answers_client_errors
+    async def face_validate(self, input_data: list[str], annotate: bool = False) -> SuperResponse:
+        """Detect faces, crop each, score the crops with the validation CNN: TRUE/FALSE."""
+        return await self.answer_super(await decoded(input_data, "input_data"), annotate)
+
+    @bentoml.api(route="/super/upload")
+    @answers_client_errors
+    async def super_upload(
+        self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
+    ) -> SuperResponse:
+        """/super with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
+        return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
+
+    async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
+        detections = await self.faces.to_async.detect(pixels)
+        per_image = [faces_of(rows, DETECTION_THRESHOLD) for rows in detections]
+        # Every face of every image goes to the validation CNN in one call (one batch).
+        crops = [
+            crop(image, face.box)
+            for image, faces in zip(pixels, per_image, strict=True)
+            for face in faces
+        ]
+        scores = await self.faces.to_async.validate(crops) if crops else []
+        verdicts, start = [], 0
+        for image, faces in zip(pixels, per_image, strict=True):
+            own, start = scores[start : start + len(faces)], start + len(faces)
+            validated = [
+                ValidatedFace(
+                    **face.model_dump(), score=round(score, 4), result=score >= VALIDATION_THRESHOLD
+                )
+                for face, score in zip(faces, own, strict=True)
+            ]
+            drawn = encode_png(annotate_image(image, validated)) if annotate else None
+            verdicts.append(
+                ImageVerdict(
+                    result=any(face.result for face in validated),
+                    score=max((face.score for face in validated), default=0.0),
+                    faces=validated,
+                    annotated_png=drawn,
+                )
+            )
+        return SuperResponse(
+            images=verdicts,
+            threshold=VALIDATION_THRESHOLD,
+            detector=await self.tag("faces", "face_detector"),
+            model=await self.tag("faces", "face_validator"),
         )
 
     @catalog.get("/models", response_model=ServedModels)

@@ -19,8 +19,13 @@ from typing import Any, Literal
 import bentoml
 from pydantic import BaseModel, Field
 
-Framework = Literal["sklearn", "keras"]
-ARTIFACT_FILE: dict[str, str] = {"sklearn": "model.joblib", "keras": "model.keras"}
+Framework = Literal["sklearn", "keras", "mtcnn"]
+# The file `framework` loads from; an mtcnn model is a manifest next to its three weight files.
+ARTIFACT_FILE: dict[str, str] = {
+    "sklearn": "model.joblib",
+    "keras": "model.keras",
+    "mtcnn": "mtcnn.json",
+}
 
 
 class ModelCard(BaseModel):
@@ -118,7 +123,37 @@ def _load_keras(path: Path) -> Any:
     return keras.models.load_model(path, compile=False)
 
 
-LOADERS: dict[str, Callable[[Path], Any]] = {"sklearn": _load_joblib, "keras": _load_keras}
+def _load_mtcnn(path: Path) -> Any:
+    """An MTCNN detector built from the weight files stored beside its manifest (not from the
+    copy inside the installed package), after checking each file's sha256."""
+    import json
+
+    from mtcnn import MTCNN
+    from mtcnn.stages import StageONet, StagePNet, StageRNet
+
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    weights = {}
+    for stage, entry in manifest["weights"].items():
+        file = path.parent / entry["file"]
+        if sha256_of(file) != entry["sha256"]:
+            raise ValueError(
+                f"{file}: sha256 differs from the manifest; the stored model is damaged"
+            )
+        weights[stage] = str(file)
+    return MTCNN(
+        stages=[
+            StagePNet(weights=weights["pnet"]),
+            StageRNet(weights=weights["rnet"]),
+            StageONet(weights=weights["onet"]),
+        ]
+    )
+
+
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "sklearn": _load_joblib,
+    "keras": _load_keras,
+    "mtcnn": _load_mtcnn,
+}
 
 
 def save_to_store(

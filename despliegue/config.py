@@ -22,6 +22,13 @@ DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configuration.yaml"
 CONFIG_ENV_VAR = "DESPLIEGUE_CONFIG"
 
 
+REQUIRED_FAMILIES = frozenset(
+    {"heatflow", "falsetrue", "flowers", "face_detector", "face_validator"}
+)
+
+THRESHOLD_FAMILIES = ("flowers", "face_detector", "face_validator")
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +58,8 @@ class FamilyConfig(StrictModel):
     model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: str = Field(default="latest", pattern=r"^[A-Za-z0-9_.-]+$")
     batching: Batching
+    # Decision threshold on the model's score, for families that answer yes/no or "unknown".
+    threshold: float | None = Field(default=None, ge=0, le=1)
 
     @property
     def tag(self) -> str:
@@ -67,10 +76,26 @@ class FalseTrueLimits(StrictModel):
     max_text_chars: int = Field(ge=1, le=10_000_000)
 
 
+class ImageLimits(StrictModel):
+    """Bounds on the images of one request, checked before any pixel is decoded."""
+
+    max_images: int = Field(ge=1, le=1024)
+    max_image_bytes: int = Field(ge=1024, le=1 << 30)
+    max_pixels: int = Field(ge=1024, le=1 << 31)
+
+
 class Limits(StrictModel):
     max_body_bytes: int = Field(ge=1024)
     heatflow: HeatFlowLimits
     falsetrue: FalseTrueLimits
+    images: ImageLimits
+
+
+class TensorFlowSettings(StrictModel):
+    """Thread pools of every TensorFlow runner process (set before the first op runs)."""
+
+    intra_op_threads: int = Field(ge=0, le=256)
+    inter_op_threads: int = Field(ge=0, le=256)
 
 
 class ServiceLevelObjective(StrictModel):
@@ -79,6 +104,8 @@ class ServiceLevelObjective(StrictModel):
 
     p99_ms: float = Field(default=500.0, gt=0, le=600_000)
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
+
+
 class AuthSettings(StrictModel):
     """Bearer tokens. Probes (/livez, /readyz, /healthz) are always open."""
 
@@ -118,15 +145,19 @@ class Settings(StrictModel):
     families: dict[str, FamilyConfig]
     limits: Limits
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    tensorflow: TensorFlowSettings
     bentoml: BentoMLSettings = Field(default_factory=BentoMLSettings)
     slo: ServiceLevelObjective = Field(default_factory=ServiceLevelObjective)
 
     @field_validator("families")
     @classmethod
     def _known_families(cls, families: dict[str, FamilyConfig]) -> dict[str, FamilyConfig]:
-        missing = {"heatflow", "falsetrue"} - families.keys()
+        missing = REQUIRED_FAMILIES - families.keys()
         if missing:
             raise ValueError(f"missing families: {sorted(missing)}")
+        unset = sorted(n for n in THRESHOLD_FAMILIES if families[n].threshold is None)
+        if unset:
+            raise ValueError(f"families {unset} need a threshold")
         return families
 
     def family(self, name: str) -> FamilyConfig:

@@ -67,6 +67,9 @@ def import_artifact(model_name: str, path: Path) -> Outcome:
     except Exception as exc:  # any failure of user code is a refusal, reported as such
         raise ImportRefused(f"{path}: probe call failed: {exc}") from exc
     digest = sha256_of(path)
+    write = copy_file(path)
+    if recipe.framework == "keras" and path.suffix.lower() != ".keras":
+        write = _writer(recipe, model)  # the store keeps one format: .keras
     stored = save_to_store(
         model_name,
         family=recipe.family,
@@ -78,7 +81,7 @@ def import_artifact(model_name: str, path: Path) -> Outcome:
             "imported_at": _now(),
             **provenance,
         },
-        write=copy_file(path),
+        write=write,
         labels={"source": "file"},
     )
     return Outcome(model_name, str(stored.tag), "imported", f"sha256 {digest[:12]}…", warning)
@@ -87,7 +90,29 @@ def import_artifact(model_name: str, path: Path) -> Outcome:
 def _load_user_artifact(recipe: Recipe, path: Path) -> tuple[Any, dict[str, Any], str]:
     if recipe.framework == "sklearn":
         return _load_sklearn(path)
+    if recipe.framework == "keras":
+        model, provenance = _load_keras(path)
+        extra = recipe.import_metadata(model) if recipe.import_metadata else {}
+        return model, {**provenance, **extra}, ""
     raise ImportRefused(f"{path}: importing {recipe.framework} artifacts is not supported yet")
+
+
+def _load_keras(path: Path) -> tuple[Any, dict[str, Any]]:
+    """Load a .keras or .h5 file (a SavedModel folder is converted to .keras by the caller)."""
+    if path.suffix.lower() not in {".keras", ".h5", ".hdf5"}:
+        raise ImportRefused(f"{path}: a Keras model must be a .keras or .h5 file")
+    from despliegue.tensorflow_runtime import configure_tensorflow
+
+    configure_tensorflow()
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ImportRefused(
+            f"{path}: cannot be loaded by Keras {keras.__version__}: {exc}"
+        ) from exc
+    return model, {"keras_version_installed": keras.__version__, "source_format": path.suffix}
 
 
 def _load_sklearn(path: Path) -> tuple[Any, dict[str, Any], str]:

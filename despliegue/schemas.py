@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
+from despliegue.images import encoded_size_bound
 
 LIMITS = settings().limits
 
@@ -96,3 +97,126 @@ class FalseTrueResponse(BaseModel):
 
 class ServedModels(BaseModel):
     models: list[ModelCard]
+
+
+# Image endpoints. Only the length of each Base64 text is bounded here (it shows in the
+# OpenAPI page); decoding, pixel limits and format checks happen in despliegue.images.
+IMAGES = LIMITS.images
+Base64Image = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=encoded_size_bound(IMAGES)),
+]
+_IMAGE_RULES = (
+    f"Base64 text (a `data:image/...;base64,` prefix is accepted) of a JPEG/PNG/... file of at "
+    f"most {IMAGES.max_image_bytes} bytes and {IMAGES.max_pixels} pixels"
+)
+# A 32x32 PNG so "Try it out" works at once.
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAK0lEQVR4nO3NQREAAAQAQeTSf8RSgt9egNuc7visXu8"
+    "AAAAAAAAAAADgsAW3HAGAoQdf+gAAAABJRU5ErkJggg=="
+)
+
+
+def _one_or_many_images(value: object) -> object:
+    """The seed's clients send one Base64 string; a list is accepted too."""
+    return [value] if isinstance(value, str) else value
+
+
+class FlowersRequest(Request):
+    images: list[Base64Image] = Field(
+        min_length=1,
+        max_length=IMAGES.max_images,
+        description=f"1 to {IMAGES.max_images} images, each {_IMAGE_RULES}.",
+        examples=[[EXAMPLE_IMAGE]],
+    )
+    top_k: int = Field(default=3, ge=1, le=18, description="How many classes to list per image.")
+
+
+class FlowerClass(BaseModel):
+    class_id: int = Field(description="Oxford-102 category id.", examples=[74])
+    name: str = Field(examples=["rose"])
+    confidence: float = Field(ge=0, le=1, examples=[0.93])
+
+
+class FlowerAnswer(BaseModel):
+    class_id: int | None = Field(
+        description="Oxford-102 id of the top class; null when below the threshold.",
+        examples=[74],
+    )
+    name: str = Field(
+        description='Flower name, or "Flor no identificada" below the threshold.',
+        examples=["rose"],
+    )
+    confidence: float = Field(ge=0, le=1, examples=[0.93])
+    top_k: list[FlowerClass]
+
+
+class FlowersResponse(BaseModel):
+    predictions: list[FlowerAnswer] = Field(description="One answer per image, in order.")
+    threshold: float = Field(examples=[0.5])
+    model: str = Field(
+        description="Tag of the model that answered.", examples=["flower_classifier:v1"]
+    )
+
+
+class FaceRequest(Request):
+    input_data: Annotated[list[Base64Image], BeforeValidator(_one_or_many_images)] = Field(
+        min_length=1,
+        max_length=IMAGES.max_images,
+        description=f"One image (or a list of 1 to {IMAGES.max_images}), each {_IMAGE_RULES}.",
+        examples=[EXAMPLE_IMAGE],
+    )
+    annotate: bool = Field(
+        default=False, description="Also return each image as a PNG with the boxes drawn."
+    )
+
+
+class Box(BaseModel):
+    x: int = Field(description="Left edge, pixels from the left.", examples=[176])
+    y: int = Field(description="Top edge, pixels from the top.", examples=[48])
+    width: int = Field(examples=[82])
+    height: int = Field(examples=[106])
+
+
+class Face(BaseModel):
+    box: Box
+    confidence: float = Field(ge=0, le=1, description="Detector confidence.", examples=[0.999])
+    landmarks: dict[str, tuple[int, int]] = Field(
+        description="(x, y) of eyes, nose and mouth corners.",
+        examples=[{"left_eye": [205, 90], "right_eye": [240, 88]}],
+    )
+
+
+class ImageFaces(BaseModel):
+    faces: list[Face]
+    annotated_png: str | None = Field(
+        default=None, description="Base64 PNG with the boxes drawn (annotate=true)."
+    )
+
+
+class FaceResponse(BaseModel):
+    images: list[ImageFaces] = Field(description="One entry per input image, in order.")
+    model: str = Field(description="Tag of the detector.", examples=["face_detector:v1"])
+
+
+class ValidatedFace(Face):
+    score: float = Field(ge=0, le=1, description="Validation CNN score.", examples=[0.97])
+    result: bool = Field(description="score >= threshold.", examples=[True])
+
+
+class ImageVerdict(BaseModel):
+    result: bool = Field(
+        description="TRUE when at least one detected face passes validation.", examples=[True]
+    )
+    score: float = Field(
+        ge=0, le=1, description="Best validation score (0 with no face).", examples=[0.97]
+    )
+    faces: list[ValidatedFace] = Field(description="Every detected face with its coordinates.")
+    annotated_png: str | None = None
+
+
+class SuperResponse(BaseModel):
+    images: list[ImageVerdict] = Field(description="One verdict per input image, in order.")
+    threshold: float = Field(examples=[0.5])
+    detector: str = Field(examples=["face_detector:v1"])
+    model: str = Field(description="Tag of the validation CNN.", examples=["face_validator:v1"])

@@ -85,6 +85,13 @@ class LiveServer:
         url = f"{self.url}{path}"
         return httpx.post(url, content=content, headers=headers, timeout=60, **kwargs)
 
+    def upload(
+        self, path: str, files: list[tuple[str, tuple[str, bytes, str]]], data: dict | None = None
+    ) -> httpx.Response:
+        """POST multipart/form-data: files as (field, (filename, bytes, content type))."""
+        url = f"{self.url}{path}"
+        return httpx.post(url, files=files, data=data, headers=self.headers, timeout=60)
+
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers=self.headers, timeout=60)
 

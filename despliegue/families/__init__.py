@@ -5,9 +5,15 @@ runners never import these modules, so training code stays out of the serving pa
 """
 
 from despliegue.families.base import Recipe
+from despliegue.families.faces import DETECTOR as FACE_DETECTOR
+from despliegue.families.faces import VALIDATOR as FACE_VALIDATOR
 from despliegue.families.falsetrue import RECIPE as FALSETRUE
+from despliegue.families.flowers import RECIPE as FLOWERS
 from despliegue.families.heatflow import RECIPE as HEATFLOW
 
-RECIPES: dict[str, Recipe] = {recipe.family: recipe for recipe in (HEATFLOW, FALSETRUE)}
+RECIPES: dict[str, Recipe] = {
+    recipe.family: recipe
+    for recipe in (HEATFLOW, FALSETRUE, FLOWERS, FACE_DETECTOR, FACE_VALIDATOR)
+}
 
 __all__ = ["RECIPES", "Recipe"]

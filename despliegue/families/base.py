@@ -26,3 +26,5 @@ class Recipe:
     build_reference: Callable[[], ReferenceModel]
     # Calls a loaded artifact on a small known input; raises ValueError saying what is wrong.
     probe: Callable[[Any], None]
+    # Metadata an imported artifact of this family needs to be served (e.g. preprocessing).
+    import_metadata: Callable[[Any], dict[str, Any]] | None = None

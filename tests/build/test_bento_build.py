@@ -1,4 +1,4 @@
-"""`bentoml build` makes one Bento holding the service code, configuration.yaml and both models."""
+"""`bentoml build` makes one Bento holding the service code, configuration.yaml and every model."""
 
 from __future__ import annotations
 
@@ -46,12 +46,23 @@ def test_bento_holds_code_configuration_and_models(built_bento: Path) -> None:
         "src/service.py",
         "src/configuration.yaml",
         "src/runners/heatflow.py",
+        "src/runners/flowers.py",
+        "src/runners/faces.py",
+        "src/despliegue/images.py",
         "src/despliegue/families/data/falsetrue_corpus.csv",
     ):
         assert path in names, path
     assert not any(name.startswith("src/tests/") or "/.venv/" in name for name in names)
     packed_models = {name.split("/")[1] for name in names if name.startswith("models/")}
-    assert {"heatflow_svr", "falsetrue_classifier"} <= packed_models
+    assert {
+        "heatflow_svr",
+        "falsetrue_classifier",
+        "flower_classifier",
+        "face_detector",
+        "face_validator",
+    } <= packed_models
+    detector_files = {name.rsplit("/", 1)[-1] for name in names if "/face_detector/" in name}
+    assert {"mtcnn.json", "pnet.lz4", "rnet.lz4", "onet.lz4"} <= detector_files
     assert manifest["entry_service"] == "Despliegue"
     services = {service["name"]: service for service in manifest["services"]}
     assert services["Despliegue"]["config"]["runner_connection"]["max_requests"] == 1_000_000
@@ -64,3 +75,4 @@ def test_bento_locks_the_installed_bentoml(built_bento: Path) -> None:
         requirements = archive.extractfile("./env/python/requirements.txt").read().decode()
     assert "bentoml==1.4.39" in requirements
     assert "tensorflow-cpu==" in requirements and "scikit-learn==" in requirements
+    assert "mtcnn==1.0.0" in requirements

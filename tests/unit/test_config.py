@@ -22,6 +22,9 @@ def test_shipped_configuration_is_valid() -> None:
     settings = load_settings(DEFAULT_CONFIG_PATH)
     assert settings.family("heatflow").tag == "heatflow_svr:latest"
     assert settings.limits.heatflow.max_values >= 1
+    assert settings.family("flowers").tag == "flower_classifier:latest"
+    assert settings.family("face_validator").threshold is not None
+    assert settings.limits.images.max_images >= 1
 
 
 def test_service_options_merge_defaults_with_the_service_entry() -> None:
@@ -48,6 +51,10 @@ def test_service_options_merge_defaults_with_the_service_entry() -> None:
         (lambda raw: raw.update(unexpected=1), "unexpected"),
         (lambda raw: raw["slo"].update(p99_ms=0), "slo.p99_ms"),
         (lambda raw: raw["slo"].update(max_error_rate=2), "slo.max_error_rate"),
+        (lambda raw: raw["families"]["flowers"].pop("threshold"), "need a threshold"),
+        (lambda raw: raw["families"]["face_validator"].update(threshold=1.5), "threshold"),
+        (lambda raw: raw["limits"]["images"].update(max_pixels=10), "limits.images.max_pixels"),
+        (lambda raw: raw["tensorflow"].pop("intra_op_threads"), "tensorflow.intra_op_threads"),
     ],
 )
 def test_bad_value_is_refused_with_the_key_named(tmp_path: Path, mutate, named_key: str) -> None:

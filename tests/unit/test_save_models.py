@@ -14,6 +14,10 @@ from sklearn.linear_model import LinearRegression
 
 from tests.conftest import run_save_models
 
+# The sklearn references build in seconds; the image families' references are built (and
+# checked) once per session by the live server's fixture.
+SKLEARN_REFERENCES = ("reference", "heatflow_svr", "falsetrue_classifier")
+
 
 def stored(home: Path, name: str) -> list[dict]:
     """model.yaml of every stored version of `name`, read straight from the store folder."""
@@ -33,7 +37,7 @@ def fitted_heatflow_model() -> LinearRegression:
 
 
 def test_reference_models_are_built_once_then_kept(home: Path) -> None:
-    first = run_save_models(home=str(home))
+    first = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert first.returncode == 0, first.stderr
     assert "built" in first.stderr
     heatflow = stored(home, "heatflow_svr")
@@ -43,7 +47,7 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     assert metadata["metrics_held_out"]["r2"] > 0.5
     assert set(metadata["baseline"]["sediment_thickness_m"]) >= {"mean", "std", "quantiles"}
 
-    second = run_save_models(home=str(home))
+    second = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert second.returncode == 0, second.stderr
     assert "Nothing to do" in second.stderr
     assert stored(home, "heatflow_svr") == heatflow
@@ -66,7 +70,7 @@ def test_import_probes_then_stores_with_provenance(home: Path, tmp_path: Path) -
     version_dir = next((home / "models" / "heatflow_svr").glob("*/model.joblib"))
     assert version_dir.read_bytes() == artifact.read_bytes()
     # A reference build afterwards keeps the imported model.
-    again = run_save_models(home=str(home))
+    again = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert len(stored(home, "heatflow_svr")) == 1, again.stderr
 
 
@@ -87,7 +91,7 @@ class NaNRegressor(DummyRegressor):
 def test_failed_import_leaves_the_store_unchanged(
     home: Path, tmp_path: Path, make_artifact, reason: str
 ) -> None:
-    run_save_models(home=str(home))
+    run_save_models(*SKLEARN_REFERENCES, home=str(home))
     before = stored(home, "heatflow_svr")
     artifact = tmp_path / "broken.joblib"
     make_artifact(artifact)

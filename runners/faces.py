@@ -1,0 +1,81 @@
+"""img_super runner (seed 001): the `face_detector` (MTCNN) and the `face_validator` CNN.
+
+Both models live in one process: a request to /super needs both, and a second TensorFlow
+process would cost ~600 MB for nothing. Each model has its own batchable method, so
+concurrent requests are merged per model. Cropping and the verdict are the API's job.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import bentoml
+import numpy as np
+
+from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.config import settings
+from despliegue.faces import LANDMARKS
+from despliegue.images import resize
+
+DETECTOR = settings().family("face_detector")
+VALIDATOR = settings().family("face_validator")
+
+
+def as_rows(faces: list[dict]) -> np.ndarray:
+    """mtcnn's answer for one image as rows of 15 numbers (no HTTP schema in the runner)."""
+    rows = [
+        [*face["box"], face["confidence"]]
+        + [coord for name in LANDMARKS for coord in face["keypoints"][name]]
+        for face in faces
+    ]
+    return np.array(rows, dtype=np.float32).reshape(-1, 15)
+
+
+@bentoml.service(**settings().service_options("FaceAnalyzer"))
+class FaceAnalyzer:
+    detector_ref = bentoml.models.BentoModel(DETECTOR.tag)
+    validator_ref = bentoml.models.BentoModel(VALIDATOR.tag)
+
+    def __init__(self) -> None:
+        from despliegue.tensorflow_runtime import configure_tensorflow
+
+        tf = configure_tensorflow()
+        self.detector, self.detector_card = load_served_model(type(self).detector_ref)
+        self.validator, self.validator_card = load_served_model(type(self).validator_ref)
+        preprocessing = self.validator_card.metadata["preprocessing"]
+        self.crop_size = (int(preprocessing["size"][0]), int(preprocessing["size"][1]))
+        self.scale = np.float32(preprocessing["scale"])
+        self.offset = np.float32(preprocessing["offset"])
+        self.score_crops = tf.function(
+            lambda batch: self.validator(batch, training=False),
+            input_signature=[tf.TensorSpec([None, *self.crop_size, 3], tf.float32)],
+        )
+
+    @bentoml.api(**DETECTOR.batching.api_options())
+    def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image, rows of (x, y, width, height, confidence, 5 landmark (x, y) pairs)."""
+        # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
+        # some images by another image's padding; images of one size need no padding, so
+        # each group of same-sized images is one detector call.
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_shape[np.shape(image)].append(index)
+        answers: list[np.ndarray] = [np.empty((0, 15), dtype=np.float32)] * len(images)
+        for indices in by_shape.values():
+            group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
+            for index, faces in zip(indices, self.detector.detect_faces(group), strict=True):
+                answers[index] = as_rows(faces)
+        return answers
+
+    @bentoml.api(**VALIDATOR.batching.api_options())
+    def validate(self, crops: list[np.ndarray]) -> list[float]:
+        """Validation score in [0, 1] per face crop (any size; resized as the model expects)."""
+        batch = np.stack(
+            [resize(np.asarray(crop, dtype=np.uint8), self.crop_size) for crop in crops]
+        )
+        scores = self.score_crops(batch.astype(np.float32) * self.scale + self.offset)
+        return [float(score) for score in np.asarray(scores).reshape(-1)]
+
+    @bentoml.api
+    def describe(self) -> list[ModelCard]:
+        return [self.detector_card, self.validator_card]

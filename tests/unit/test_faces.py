@@ -1,0 +1,32 @@
+"""despliegue.faces: detector rows -> answers, crops and drawn boxes (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from despliegue.faces import annotate_image, crop, faces_of
+from despliegue.schemas import Box
+
+ROW = [182.4, 61.0, 84.0, 112.0, 0.99, 204, 100, 246, 103, 224, 128, 202, 138, 245, 140]
+
+
+def test_rows_below_the_detection_threshold_are_dropped() -> None:
+    rows = np.array([ROW, [*ROW[:4], 0.5, *ROW[5:]]], dtype=np.float32)
+    (face,) = faces_of(rows, minimum_confidence=0.9)
+    assert face.box == Box(x=182, y=61, width=84, height=112)
+    assert face.landmarks["nose"] == (224, 128)
+    assert faces_of(np.empty((0, 15), dtype=np.float32), 0.9) == []
+
+
+def test_crop_is_clipped_to_the_image() -> None:
+    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    assert crop(image, Box(x=15, y=5, width=10, height=10)).shape == (5, 5, 3)
+    assert crop(image, Box(x=30, y=30, width=4, height=4)).shape == (1, 1, 3)
+
+
+def test_annotation_draws_the_box_and_keeps_the_image_size() -> None:
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    (face,) = faces_of(np.array([[10, 10, 20, 20, 0.99, *ROW[5:]]], dtype=np.float32), 0.9)
+    drawn = annotate_image(image, [face])
+    assert drawn.shape == image.shape and drawn[10, 15].any() and not drawn[40, 40].any()
+    assert not image.any()  # the input is left untouched
