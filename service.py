@@ -27,7 +27,7 @@ from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs
 from despliegue.errors import answers_client_errors, install_log_filter
 from despliegue.faces import annotate_image, crop, faces_of
-from despliegue.http import BodySizeLimit, ContentTypeGuard
+from despliegue.http import BodySizeLimit, ContentTypeGuard, UploadFieldGuard
 from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.schemas import (
     FaceRequest,
@@ -261,4 +261,13 @@ Despliegue.add_asgi_middleware(
         for api in Despliegue.apis.values()
         if api.input_spec.mime_type() == "application/json"
     ),
+)
+Despliegue.add_asgi_middleware(
+    UploadFieldGuard,
+    file_fields={
+        api.route: frozenset(api.input_spec.multipart_fields)
+        for api in Despliegue.apis.values()
+        if api.input_spec.mime_type() == "multipart/form-data"
+    },
+    max_body_bytes=settings().limits.max_body_bytes,
 )

@@ -87,13 +87,85 @@ class ContentTypeGuard:
         await self.app(scope, receive, send)
 
 
+class UploadFieldGuard:
+    """Refuse a multipart string where an endpoint expects an uploaded file.
+
+    BentoML reads such a string as a URL and downloads it from the server, a request made on
+    the client's behalf (and a 500 when its URL guard cannot load). Only real file parts pass;
+    a malformed multipart body is a 400. The body is read here (up to the size limit) and
+    replayed to the app.
+    """
+
+    def __init__(
+        self, app: ASGIApp, file_fields: dict[str, frozenset[str]], max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.file_fields = file_fields
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fields = self.file_fields.get(scope.get("path", "")) if scope["type"] == "http" else None
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").lower()
+        if not fields or not content_type.startswith(b"multipart/"):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                limit = f"larger than the limit of {self.max_body_bytes} bytes"
+                await send_client_error(send, 413, ["body"], limit, "too_large", close=True)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        refusal = await self._refusal(scope, messages, fields)
+        if refusal is not None:
+            status, loc, msg = refusal
+            await send_client_error(send, status, loc, msg, "value_error")
+            return
+        pending = list(messages)
+
+        async def replay() -> Message:
+            return pending.pop(0) if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refusal(
+        scope: Scope, messages: list[Message], fields: frozenset[str]
+    ) -> tuple[int, list[str | int], str] | None:
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        pending = list(messages)
+
+        async def replay() -> Message:
+            return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+        try:
+            form = await Request(scope, replay).form()
+        except Exception as exc:  # python-multipart raises several types for broken bodies
+            return 400, ["body"], f"malformed multipart body: {exc}"
+        try:
+            for field in sorted(fields):
+                for index, value in enumerate(form.getlist(field)):
+                    if not isinstance(value, UploadFile):
+                        return 422, [field, index], "must be an uploaded file, not a text value"
+        finally:
+            await form.close()
+        return None
+
+
 async def send_client_error(
-    send: Send, status: int, loc: list[str], msg: str, kind: str, *, close: bool = False
+    send: Send, status: int, loc: list[str | int], msg: str, kind: str, *, close: bool = False
 ) -> None:
     """Answer with the service's error body: {"error": "<field>: <msg>", "detail": [...]}."""
     body = json.dumps(
         {
-            "error": f"{'.'.join(loc)}: {msg}",
+            "error": f"{'.'.join(str(part) for part in loc)}: {msg}",
             "detail": [{"loc": loc, "msg": msg, "type": kind}],
         }
     ).encode()

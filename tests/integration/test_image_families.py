@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -206,6 +207,26 @@ def test_uploaded_hostile_file_gets_a_4xx_naming_it(live_server: LiveServer, cas
     response = live_server.upload("/flowers/upload", files)
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["images", 1]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"), [("/flowers/upload", "images"), ("/face/upload", "input_data")]
+)
+def test_upload_field_sent_as_text_is_refused_not_fetched(
+    live_server: LiveServer, path: str, field: str
+) -> None:
+    """BentoML would read a text value in a file field as a URL and download it server-side."""
+    url = f"{live_server.url}/models"
+    response = httpx.post(
+        f"{live_server.url}{path}",
+        data={field: url},
+        files=[("unused", ("x", b"", "text/plain"))],
+        headers=live_server.headers,
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == [field, 0]
+    assert "uploaded file" in response.json()["detail"][0]["msg"]
 
 
 def test_swagger_document_offers_a_file_upload(live_server: LiveServer) -> None:
