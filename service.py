@@ -11,6 +11,7 @@ Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 import bentoml
 import numpy as np
@@ -18,20 +19,27 @@ from fastapi import FastAPI
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
-from despliegue.errors import install_log_filter
+from despliegue.errors import ClientError, answers_client_errors, install_log_filter
 from despliegue.http import BodySizeLimit
 from despliegue.schemas import (
+    AntibioticPanelListing,
+    AntibioticResult,
+    AntibioticsRequest,
+    AntibioticsResponse,
     FalseTrueRequest,
     FalseTrueResponse,
     HeatFlowRequest,
     HeatFlowResponse,
+    PanelEntry,
+    Prediction,
     ServedModels,
 )
+from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
 from runners.falsetrue import FalseTrueClassifier
 from runners.heatflow import HeatFlowRegressor
 
 # Attribute names of the runner dependencies below, one per model family.
-FAMILIES = ("heatflow", "falsetrue")
+FAMILIES = ("heatflow", "falsetrue", "antibiotics")
 
 install_log_filter()
 catalog = FastAPI(title="Model catalog")
@@ -42,6 +50,7 @@ catalog = FastAPI(title="Model catalog")
 class Despliegue:
     heatflow = bentoml.depends(HeatFlowRegressor)
     falsetrue = bentoml.depends(FalseTrueClassifier)
+    antibiotics = bentoml.depends(AntibioticPanel)
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
@@ -77,6 +86,82 @@ class Despliegue:
             probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
             model=await self.tag("falsetrue"),
         )
+
+    async def panel(self) -> dict[str, ModelCard]:
+        """The served antibiotic models by code."""
+        return {card.metadata["code"]: card for card in await self.cards("antibiotics")}
+
+    @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
+    @answers_client_errors
+    async def antibiotics_predict(
+        self, features: list[list[float]], codes: list[str] | None = None
+    ) -> AntibioticsResponse:
+        """S / I / R for each feature vector, from each requested antibiotic's model."""
+        panel = await self.panel()
+        if not panel:
+            raise ClientError(
+                ["codes"],
+                "no antibiotic model is served: import one (python save_models.py import "
+                f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel, then restart",
+                status=HTTPStatus.NOT_FOUND,
+            )
+        wanted = list(dict.fromkeys(codes)) if codes else list(panel)
+        for index, code in enumerate(wanted):
+            if code not in panel:
+                raise ClientError(
+                    ["codes", index],
+                    f"unknown antibiotic {code!r}; available: {', '.join(sorted(panel))}",
+                )
+        for code in wanted:
+            expected = int(panel[code].metadata["input_length"])
+            for index, vector in enumerate(features):
+                if len(vector) != expected:
+                    raise ClientError(
+                        ["features", index],
+                        f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
+                    )
+        rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
+        probabilities = iter(await self.antibiotics.to_async.predict(rows))
+        results = []
+        for code in wanted:
+            card = panel[code]
+            classes = card.metadata["classes"]
+            predictions = []
+            for _ in features:
+                p = next(probabilities)
+                by_class = {c: round(float(v), 4) for c, v in zip(classes, p, strict=True)}
+                predictions.append(
+                    Prediction(predicted_class=classes[int(np.argmax(p))], probabilities=by_class)
+                )
+            results.append(
+                AntibioticResult(
+                    code=code,
+                    model=card.tag,
+                    version=card.tag.partition(":")[2],
+                    registered_version=card.labels.get("mlflow_version"),
+                    predictions=predictions,
+                )
+            )
+        return AntibioticsResponse(results=results)
+
+    @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
+    async def antibiotic_panel(self) -> AntibioticPanelListing:
+        """The antibiotic panel: one model per code, its input length, classes and origin."""
+        entries = [
+            PanelEntry(
+                code=code,
+                model=card.tag,
+                version=card.tag.partition(":")[2],
+                input_length=int(card.metadata["input_length"]),
+                classes=card.metadata["classes"],
+                features=card.metadata.get("features"),
+                preprocessing=(card.metadata.get("preprocessing") or {}).get("kind", "none"),
+                reference=card.reference,
+                source={k: v for k, v in card.labels.items() if k not in {"family", "reference"}},
+            )
+            for code, card in sorted((await self.panel()).items())
+        ]
+        return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
 
     @catalog.get("/models", response_model=ServedModels)
     async def served_models(self) -> ServedModels:

@@ -4,10 +4,13 @@ Each module exposes a `RECIPE` (see `base.Recipe`). `save_models.py` walks `RECI
 runners never import these modules, so training code stays out of the serving path.
 """
 
+from despliegue.families.antibiotics import RECIPE as ANTIBIOTICS
 from despliegue.families.base import Recipe
 from despliegue.families.falsetrue import RECIPE as FALSETRUE
 from despliegue.families.heatflow import RECIPE as HEATFLOW
 
-RECIPES: dict[str, Recipe] = {recipe.family: recipe for recipe in (HEATFLOW, FALSETRUE)}
+RECIPES: dict[str, Recipe] = {
+    recipe.family: recipe for recipe in (HEATFLOW, FALSETRUE, ANTIBIOTICS)
+}
 
 __all__ = ["RECIPES", "Recipe"]

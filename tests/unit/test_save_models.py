@@ -66,7 +66,7 @@ def test_import_probes_then_stores_with_provenance(home: Path, tmp_path: Path) -
     version_dir = next((home / "models" / "heatflow_svr").glob("*/model.joblib"))
     assert version_dir.read_bytes() == artifact.read_bytes()
     # A reference build afterwards keeps the imported model.
-    again = run_save_models(home=str(home))
+    again = run_save_models("reference", "heatflow", home=str(home))
     assert len(stored(home, "heatflow_svr")) == 1, again.stderr
 
 
@@ -87,7 +87,7 @@ class NaNRegressor(DummyRegressor):
 def test_failed_import_leaves_the_store_unchanged(
     home: Path, tmp_path: Path, make_artifact, reason: str
 ) -> None:
-    run_save_models(home=str(home))
+    run_save_models("reference", "heatflow", home=str(home))
     before = stored(home, "heatflow_svr")
     artifact = tmp_path / "broken.joblib"
     make_artifact(artifact)
