@@ -46,12 +46,14 @@ def test_bento_holds_code_configuration_and_models(built_bento: Path) -> None:
         "src/service.py",
         "src/configuration.yaml",
         "src/runners/heatflow.py",
+        "src/runners/antibiotics.py",
         "src/despliegue/families/data/falsetrue_corpus.csv",
     ):
         assert path in names, path
     assert not any(name.startswith("src/tests/") or "/.venv/" in name for name in names)
     packed_models = {name.split("/")[1] for name in names if name.startswith("models/")}
-    assert {"heatflow_svr", "falsetrue_classifier"} <= packed_models
+    panel = {f"modelo_{code}_nm" for code in ("amk", "amp", "atm", "cas", "caz")}
+    assert {"heatflow_svr", "falsetrue_classifier", *panel} <= packed_models
     assert manifest["entry_service"] == "Despliegue"
     services = {service["name"]: service for service in manifest["services"]}
     assert services["Despliegue"]["config"]["runner_connection"]["max_requests"] == 1_000_000
