@@ -89,7 +89,8 @@ class Despliegue:
 
     async def panel(self) -> dict[str, ModelCard]:
         """The served antibiotic models by code."""
-        return {card.metadata["code"]: card for card in await self.cards("antibiotics")}
+        cards = await self.cards("antibiotics")
+        return {PANEL.code_of(card.tag.partition(":")[0]) or card.tag: card for card in cards}
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
     @answers_client_errors
