@@ -122,7 +122,7 @@ class Despliegue:
                         f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
                     )
         rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
-        probabilities = iter(await self.antibiotics.to_async.predict(rows))
+        probabilities = iter(await self.antibiotics.to_async.susceptibility(rows))
         results = []
         for code in wanted:
             card = panel[code]

@@ -77,7 +77,7 @@ class AntibioticPanel:
         self.cards = [member.card for member in self.members.values()]
 
     @bentoml.api(batchable=True, **PANEL.batching.model_dump())
-    def predict(self, rows: list[PanelRow]) -> list[list[float]]:
+    def susceptibility(self, rows: list[PanelRow]) -> list[list[float]]:
         """Class probabilities per row, in the row's model's class order."""
         by_code: dict[str, list[int]] = defaultdict(list)
         for index, row in enumerate(rows):

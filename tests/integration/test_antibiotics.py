@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest import LiveServer
+from tests.integration.test_concurrency import batch_histogram
 
 pytestmark = pytest.mark.integration
 
@@ -104,13 +105,17 @@ def test_served_models_include_the_panel(live_server: LiveServer) -> None:
     assert all(model["labels"]["reference"] == "true" for model in panel)
 
 
-def test_concurrent_requests_all_answer(live_server: LiveServer) -> None:
+def test_concurrent_requests_answer_and_share_batches(live_server: LiveServer) -> None:
     async def call_many() -> list[int]:
         async with live_server.async_client() as client:
             calls = [
                 client.post("/antibiotics", json={"features": VECTOR, "codes": [code]})
-                for code in REFERENCE_CODES * 6
+                for code in REFERENCE_CODES * 12
             ]
             return [response.status_code for response in await asyncio.gather(*calls)]
 
-    assert asyncio.run(call_many()) == [200] * 30
+    before_rows, before_batches = batch_histogram(live_server, "susceptibility")
+    assert asyncio.run(call_many()) == [200] * 60
+    after_rows, after_batches = batch_histogram(live_server, "susceptibility")
+    assert after_rows - before_rows == 60  # one row per request, all through the batcher
+    assert after_batches - before_batches < 60, "no two requests ever shared a batch"
