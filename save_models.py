@@ -3,6 +3,9 @@
     python save_models.py                         build the reference models that are missing
     python save_models.py reference [NAME ...]    the same, for some model names only
     python save_models.py import NAME FILE        import your own artifact under a model name
+    python save_models.py import NAME models:/NAME/VERSION | models:/NAME@ALIAS | MLFLOW_FOLDER
+                                                  import a Keras model from MLflow (the registry
+                                                  at $MLFLOW_TRACKING_URI, or a local folder)
     python save_models.py list                    show what the store holds
     python save_models.py backup DIR              export the served models + sha256 manifest
     python save_models.py restore DIR             verify a backup, then import it
@@ -20,26 +23,46 @@ import argparse
 import sys
 from pathlib import Path
 
+import bentoml
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from despliegue.artifacts import stored_models
 from despliegue.backup import BackupRefused, backup, restore
-from despliegue.families import RECIPES
+from despliegue.families import RECIPES, Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
+from despliegue.mlflow_import import import_mlflow, is_mlflow_source
 
 console = Console(stderr=True)
 
 
-def build_missing_references(names: list[str] | None = None) -> list[Outcome]:
+def reference_targets(selection: list[str]) -> list[tuple[Recipe, str]]:
+    """(recipe, store name) pairs to build: all, or those named by family or model name."""
+    everything = [(recipe, name) for recipe in RECIPES.values() for name in recipe.references()]
+    if not selection:
+        return everything
+    unknown = [
+        item
+        for item in selection
+        if item not in RECIPES and not any(recipe.matches(item) for recipe in RECIPES.values())
+    ]
+    if unknown:
+        raise ValueError(f"unknown families or model names: {', '.join(unknown)}")
+    return [
+        (recipe, name)
+        for recipe, name in everything
+        if recipe.family in selection or name in selection
+    ]
+
+
+def build_missing_references(selection: list[str] | None = None) -> list[Outcome]:
     outcomes: list[Outcome] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    recipes = [r for r in RECIPES.values() if not names or r.model_name in names]
     with Progress(*columns, console=console, transient=True) as progress:
-        for recipe in recipes:
-            task = progress.add_task(f"{recipe.model_name}: {recipe.description}", total=None)
-            outcomes.append(ensure_reference(recipe))
+        for recipe, name in reference_targets(selection or []):
+            task = progress.add_task(f"{name}: {recipe.description}", total=None)
+            outcomes.append(ensure_reference(recipe, name))
             progress.remove_task(task)
     return outcomes
 
@@ -62,12 +85,21 @@ def print_store() -> None:
     table = Table(title="Models in the store")
     for column in ("tag", "family", "reference", "created"):
         table.add_column(column)
+    names = sorted({model.tag.name for model in bentoml.models.list()})
     for recipe in RECIPES.values():
-        for model in stored_models(recipe.model_name):
+        for model in (m for name in names if recipe.matches(name) for m in stored_models(name)):
             meta = model.info.metadata
             created = model.info.creation_time.isoformat(timespec="seconds")
             table.add_row(str(model.tag), recipe.family, str(meta.get("reference")), created)
     console.print(table)
+
+
+def import_source(model_name: str, source: str, classes: str | None) -> Outcome:
+    """An MLflow URI or folder goes through MLflow; any other source is an artifact file."""
+    if is_mlflow_source(source):
+        return import_mlflow(source, model_name)
+    declared = {"classes": classes.split(",")} if classes else None
+    return import_artifact(model_name, Path(source), declared=declared)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,18 +114,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "reference", help="build the reference models that are missing (default)"
     )
     reference.add_argument(
-        "names",
+        "selection",
         nargs="*",
         metavar="NAME",
-        help="only these model names (default: all)",
+        help="only these families or model names, e.g. heatflow or face_validator (default: all)",
     )
     imports = commands.add_parser("import", help="probe a user's artifact and store it")
-    imports.add_argument("model_name", help="store name, e.g. heatflow_svr")
+    imports.add_argument("model_name", help="store name, e.g. heatflow_svr or modelo_CIP_NM")
     imports.add_argument(
-        "path",
-        type=Path,
-        help="artifact file: .joblib or .pkl (trusted only) for sklearn models, "
-        ".keras or .h5 for Keras models",
+        "source",
+        help="artifact file (.joblib/.pkl, trusted only; .keras or .h5), or an MLflow model: "
+        "models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH, or a local MLflow folder",
+    )
+    imports.add_argument(
+        "--classes",
+        help="class labels of a Keras classifier file, in output order (default S,I,R); "
+        "MLflow models declare them in their MLmodel metadata",
     )
     commands.add_parser("list", help="list the models in the store")
     backups = commands.add_parser("backup", help="export the served models with a manifest")
@@ -129,19 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import":
         try:
-            outcome = import_artifact(args.model_name, args.path)
+            outcome = import_source(args.model_name, args.source, args.classes)
         except ImportRefused as exc:
             console.print(f"[bold red]import refused:[/] {exc}")
             console.print("The model store is unchanged.")
             return 1
         print_outcomes([outcome])
         return 0
-    names = getattr(args, "names", None) or []
-    unknown = sorted(set(names) - {r.model_name for r in RECIPES.values()})
-    if unknown:
-        console.print(f"[bold red]unknown model names:[/] {', '.join(unknown)}")
+    try:
+        outcomes = build_missing_references(getattr(args, "selection", None))
+    except ValueError as exc:
+        console.print(f"[bold red]{exc}[/]")
         return 2
-    print_outcomes(build_missing_references(names))
+    print_outcomes(outcomes)
     return 0
 
 

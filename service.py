@@ -11,6 +11,7 @@ Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
@@ -23,13 +24,17 @@ from pydantic import Field
 from despliegue.artifacts import ModelCard, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import BearerAuth, token_book
-from despliegue.config import settings
+from despliegue.config import FamilyConfig, settings
 from despliegue.docs_ui import PrivateDocs
-from despliegue.errors import answers_client_errors, install_log_filter
+from despliegue.errors import ClientError, answers_client_errors, install_log_filter
 from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.http import BodySizeLimit, ContentTypeGuard, UploadFieldGuard
 from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.schemas import (
+    AntibioticPanelListing,
+    AntibioticResult,
+    AntibioticsRequest,
+    AntibioticsResponse,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
@@ -42,17 +47,21 @@ from despliegue.schemas import (
     HeatFlowResponse,
     ImageFaces,
     ImageVerdict,
+    PanelEntry,
+    Prediction,
     ServedModels,
     SuperResponse,
     ValidatedFace,
 )
+from runners.antibiotics import MODELS as PANEL_MODELS
+from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
 from runners.faces import FaceAnalyzer
 from runners.falsetrue import FalseTrueClassifier
 from runners.flowers import FlowerClassifier
 from runners.heatflow import HeatFlowRegressor
 
 # Attribute names of the runner dependencies below, one per runner.
-FAMILIES = ("heatflow", "falsetrue", "flowers", "faces")
+FAMILIES = ("heatflow", "falsetrue", "flowers", "faces", "antibiotics")
 UNIDENTIFIED_FLOWER = "Flor no identificada"
 # Thresholds are required for these families (checked when the configuration is loaded).
 FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
@@ -81,13 +90,21 @@ class Despliegue:
     falsetrue = bentoml.depends(FalseTrueClassifier)
     flowers = bentoml.depends(FlowerClassifier)
     faces = bentoml.depends(FaceAnalyzer)
+    antibiotics = bentoml.depends(AntibioticPanel)
 
     @bentoml.on_deployment
     def preflight() -> None:
         """Once, when `bentoml serve` starts (not at build): stop with a message naming what is
         wrong, if auth is on with no tokens or a configured model is not in the store."""
         token_book(settings().security.auth)
-        require_models_in_store(family.tag for family in settings().families.values())
+        require_models_in_store(
+            [
+                family.tag
+                for family in settings().families.values()
+                if isinstance(family, FamilyConfig)
+            ]
+            + [str(ref.tag) for ref in PANEL_MODELS.values()]
+        )
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
@@ -241,6 +258,83 @@ class Despliegue:
             detector=await self.tag("faces", "face_detector"),
             model=await self.tag("faces", "face_validator"),
         )
+
+    async def panel(self) -> dict[str, ModelCard]:
+        """The served antibiotic models by code."""
+        cards = await self.cards("antibiotics")
+        return {PANEL.code_of(card.tag.partition(":")[0]) or card.tag: card for card in cards}
+
+    @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
+    @answers_client_errors
+    async def antibiotics_predict(
+        self, features: list[list[float]], codes: list[str] | None = None
+    ) -> AntibioticsResponse:
+        """S / I / R for each feature vector, from each requested antibiotic's model."""
+        panel = await self.panel()
+        if not panel:
+            raise ClientError(
+                ["codes"],
+                "no antibiotic model is served: import one (python save_models.py import "
+                f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel, then restart",
+                status=HTTPStatus.NOT_FOUND,
+            )
+        wanted = list(dict.fromkeys(codes)) if codes else list(panel)
+        for index, code in enumerate(wanted):
+            if code not in panel:
+                raise ClientError(
+                    ["codes", index],
+                    f"unknown antibiotic {code!r}; available: {', '.join(sorted(panel))}",
+                )
+        for code in wanted:
+            expected = int(panel[code].metadata["input_length"])
+            for index, vector in enumerate(features):
+                if len(vector) != expected:
+                    raise ClientError(
+                        ["features", index],
+                        f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
+                    )
+        rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
+        probabilities = iter(await self.antibiotics.to_async.susceptibility(rows))
+        results = []
+        for code in wanted:
+            card = panel[code]
+            classes = card.metadata["classes"]
+            predictions = []
+            for _ in features:
+                p = next(probabilities)
+                by_class = {c: round(float(v), 4) for c, v in zip(classes, p, strict=True)}
+                predictions.append(
+                    Prediction(predicted_class=classes[int(np.argmax(p))], probabilities=by_class)
+                )
+            results.append(
+                AntibioticResult(
+                    code=code,
+                    model=card.tag,
+                    version=card.tag.partition(":")[2],
+                    registered_version=card.labels.get("mlflow_version"),
+                    predictions=predictions,
+                )
+            )
+        return AntibioticsResponse(results=results)
+
+    @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
+    async def antibiotic_panel(self) -> AntibioticPanelListing:
+        """The antibiotic panel: one model per code, its input length, classes and origin."""
+        entries = [
+            PanelEntry(
+                code=code,
+                model=card.tag,
+                version=card.tag.partition(":")[2],
+                input_length=int(card.metadata["input_length"]),
+                classes=card.metadata["classes"],
+                features=card.metadata.get("features"),
+                preprocessing=(card.metadata.get("preprocessing") or {}).get("kind", "none"),
+                reference=card.reference,
+                source={k: v for k, v in card.labels.items() if k not in {"family", "reference"}},
+            )
+            for code, card in sorted((await self.panel()).items())
+        ]
+        return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
 
     @catalog.get("/models", response_model=ServedModels)
     async def served_models(self) -> ServedModels:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import bentoml
 from pydantic import BaseModel, Field
 
+from despliegue.config import PanelConfig
+
 Framework = Literal["sklearn", "keras", "mtcnn"]
 # The file `framework` loads from; an mtcnn model is a manifest next to its three weight files.
 ARTIFACT_FILE: dict[str, str] = {
@@ -36,6 +38,9 @@ class ModelCard(BaseModel):
     framework: str = Field(examples=["sklearn"])
     reference: bool = Field(description="True for a reference model built by save_models.py")
     created: datetime
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Where the model came from (file, MLflow run/version)"
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
@@ -47,6 +52,7 @@ class ModelCard(BaseModel):
             framework=str(meta.get("framework", "unknown")),
             reference=bool(meta.get("reference", False)),
             created=stored.info.creation_time,
+            labels=dict(stored.info.labels),
             metadata=meta,
         )
 
@@ -187,6 +193,30 @@ def copy_file(source: Path) -> Callable[[Path], None]:
 
 
 def stored_models(name: str) -> list[bentoml.Model]:
-    """Every version of one model name in the local store, newest first."""
-    found = [m for m in bentoml.models.list() if m.tag.name == name]
+    """Every version of one model name in the local store, newest first.
+
+    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`.
+    """
+    found = [m for m in bentoml.models.list() if m.tag.name == name.lower()]
     return sorted(found, key=lambda m: m.info.creation_time, reverse=True)
+
+
+def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
+    """The models a panel serves, by code, each resolved to a concrete stored tag.
+
+    Read from the store when the runner module is imported (at `bentoml build` and at start-up),
+    so a new `modelo_<CODE>_NM` is picked up by a restart or a rebuild, with no code change.
+    Codes named in configuration but missing from the store keep a tag that fails start-up
+    with instructions (see load_served_model).
+    """
+    in_store = {code for model in bentoml.models.list() if (code := panel.code_of(model.tag.name))}
+    codes = sorted(panel.codes or in_store | set(panel.versions))
+    refs: dict[str, bentoml.models.BentoModel] = {}
+    for code in codes:
+        name = panel.model_name(code)
+        version = panel.versions.get(code)
+        if version is None:
+            newest = stored_models(name)
+            version = newest[0].tag.version if newest else "latest"
+        refs[code] = bentoml.models.BentoModel(f"{name}:{version}")
+    return refs

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configuration.yaml"
@@ -23,7 +32,7 @@ CONFIG_ENV_VAR = "DESPLIEGUE_CONFIG"
 
 
 REQUIRED_FAMILIES = frozenset(
-    {"heatflow", "falsetrue", "flowers", "face_detector", "face_validator"}
+    {"heatflow", "falsetrue", "flowers", "face_detector", "face_validator", "antibiotics"}
 )
 
 THRESHOLD_FAMILIES = ("flowers", "face_detector", "face_validator")
@@ -52,6 +61,9 @@ class Batching(StrictModel):
         return {"batchable": True, **self.model_dump()}
 
 
+CODE_PATTERN = r"^[A-Z0-9]{2,12}$"
+
+
 class FamilyConfig(StrictModel):
     """Which stored model serves a family, and how its calls are batched."""
 
@@ -64,6 +76,57 @@ class FamilyConfig(StrictModel):
     @property
     def tag(self) -> str:
         return f"{self.model}:{self.version}"
+
+
+class PanelConfig(StrictModel):
+    """A family serving an open set of models named by a pattern (one model per code).
+
+    `codes` empty means every model in the store whose name fits the pattern; `versions` pins
+    one code to a stored version (otherwise its latest version is served).
+    """
+
+    model_pattern: str = Field(pattern=r"^[A-Za-z0-9_.-]*\{code\}[A-Za-z0-9_.-]*$")
+    codes: list[Annotated[str, Field(pattern=CODE_PATTERN)]] = Field(default_factory=list)
+    versions: dict[Annotated[str, Field(pattern=CODE_PATTERN)], str] = Field(default_factory=dict)
+    batching: Batching
+
+    @field_validator("versions")
+    @classmethod
+    def _versions_are_names(cls, versions: dict[str, str]) -> dict[str, str]:
+        for code, version in versions.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", version):
+                raise ValueError(f"version of {code} must be a store version, got {version!r}")
+        return versions
+
+    def model_name(self, code: str) -> str:
+        return self.model_pattern.format(code=code)
+
+    def code_of(self, model_name: str) -> str | None:
+        """The code in a model name that fits the pattern, else None.
+
+        BentoML stores tag names in lower case (modelo_amk_nm), so the match ignores case
+        and codes are upper case.
+        """
+        prefix, _, suffix = self.model_pattern.lower().partition("{code}")
+        name = model_name.lower()
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            return None
+        code = name[len(prefix) : len(name) - len(suffix)].upper()
+        return code if re.fullmatch(CODE_PATTERN, code) else None
+
+
+def _family_kind(raw: Any) -> str:
+    """A family entry with a model_pattern is a panel; any other names one model."""
+    if isinstance(raw, PanelConfig) or (isinstance(raw, dict) and "model_pattern" in raw):
+        return "panel"
+    return "single"
+
+
+FamilyEntry = Annotated[
+    Annotated[FamilyConfig, Tag("single")] | Annotated[PanelConfig, Tag("panel")],
+    Discriminator(_family_kind),
+]
+UNION_TAGS = {"single", "panel"}
 
 
 class HeatFlowLimits(StrictModel):
@@ -84,11 +147,17 @@ class ImageLimits(StrictModel):
     max_pixels: int = Field(ge=1024, le=1 << 31)
 
 
+class AntibioticLimits(StrictModel):
+    max_vectors: int = Field(ge=1, le=100_000)
+    max_features: int = Field(ge=1, le=1_000_000)
+
+
 class Limits(StrictModel):
     max_body_bytes: int = Field(ge=1024)
     heatflow: HeatFlowLimits
     falsetrue: FalseTrueLimits
     images: ImageLimits
+    antibiotics: AntibioticLimits
 
 
 class TensorFlowSettings(StrictModel):
@@ -142,7 +211,7 @@ class BentoMLSettings(StrictModel):
 
 
 class Settings(StrictModel):
-    families: dict[str, FamilyConfig]
+    families: dict[str, FamilyEntry]
     limits: Limits
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     tensorflow: TensorFlowSettings
@@ -151,17 +220,26 @@ class Settings(StrictModel):
 
     @field_validator("families")
     @classmethod
-    def _known_families(cls, families: dict[str, FamilyConfig]) -> dict[str, FamilyConfig]:
+    def _known_families(cls, families: dict[str, FamilyEntry]) -> dict[str, FamilyEntry]:
         missing = REQUIRED_FAMILIES - families.keys()
         if missing:
             raise ValueError(f"missing families: {sorted(missing)}")
+        if not isinstance(families["antibiotics"], PanelConfig):
+            raise ValueError("families.antibiotics needs model_pattern (it serves a panel)")
         unset = sorted(n for n in THRESHOLD_FAMILIES if families[n].threshold is None)
         if unset:
             raise ValueError(f"families {unset} need a threshold")
         return families
 
     def family(self, name: str) -> FamilyConfig:
-        return self.families[name]
+        family = self.families[name]
+        assert isinstance(family, FamilyConfig), f"{name} is a panel"
+        return family
+
+    def panel(self, name: str) -> PanelConfig:
+        panel = self.families[name]
+        assert isinstance(panel, PanelConfig), f"{name} is not a panel"
+        return panel
 
     def service_options(self, service_name: str) -> dict[str, Any]:
         """BentoML options for one service: the defaults deep-merged with its own entry."""
@@ -198,10 +276,17 @@ def load_settings(path: Path) -> Settings:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in _plain_loc(err['loc'])) or '(top level)'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration in {path}: {problems}") from None
+
+
+def _plain_loc(loc: tuple[str | int, ...]) -> list[str | int]:
+    """The key path an operator wrote: without the family-kind tag pydantic inserts."""
+    if len(loc) > 2 and loc[0] == "families" and loc[2] in UNION_TAGS:
+        return [*loc[:2], *loc[3:]]
+    return list(loc)
 
 
 @functools.cache

@@ -30,42 +30,59 @@ class Outcome:
 
 
 def recipe_for(model_name: str) -> Recipe:
+    """The recipe whose model name (or name pattern, e.g. modelo_<CODE>_NM) fits."""
     for recipe in RECIPES.values():
-        if recipe.model_name == model_name:
+        if recipe.matches(model_name):
             return recipe
     known = ", ".join(sorted(recipe.model_name for recipe in RECIPES.values()))
     raise ImportRefused(f"unknown model name {model_name!r}; known: {known}")
 
 
-def ensure_reference(recipe: Recipe) -> Outcome:
-    """Build and store the family's reference model unless some version is already stored."""
-    existing = stored_models(recipe.model_name)
+def ensure_reference(recipe: Recipe, model_name: str | None = None) -> Outcome:
+    """Build and store one reference model unless some version of its name is already stored."""
+    name = model_name or recipe.model_name
+    existing = stored_models(name)
     if existing:
         kind = "reference" if existing[0].info.metadata.get("reference") else "imported"
-        return Outcome(recipe.model_name, str(existing[0].tag), "kept", f"{kind}, already stored")
-    reference = recipe.build_reference()
+        return Outcome(name, str(existing[0].tag), "kept", f"{kind}, already stored")
+    reference = recipe.build_reference_for(name)
     stored = save_to_store(
-        recipe.model_name,
+        name,
         family=recipe.family,
         framework=recipe.framework,
         metadata={**reference.metadata, "built_at": _now()},
         write=_writer(recipe, reference.model),
     )
-    return Outcome(
-        recipe.model_name, str(stored.tag), "built", _metrics_summary(reference.metadata)
-    )
+    return Outcome(name, str(stored.tag), "built", _metrics_summary(reference.metadata))
 
 
-def import_artifact(model_name: str, path: Path) -> Outcome:
-    """Probe a user's artifact and, if it answers, store it under `model_name`."""
+def import_artifact(
+    model_name: str,
+    path: Path,
+    *,
+    declared: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Outcome:
+    """Probe a user's artifact and, if it answers, store it under `model_name`.
+
+    `declared` is what the import says about serving the model (class labels, preprocessing);
+    `provenance` and `labels` record where it came from (e.g. an MLflow run and version).
+    """
     recipe = recipe_for(model_name)
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
-    model, provenance, warning = _load_user_artifact(recipe, path)
+    model, loaded_with, warning = _load_user_artifact(recipe, path)
     try:
         recipe.probe(model)
     except Exception as exc:  # any failure of user code is a refusal, reported as such
         raise ImportRefused(f"{path}: probe call failed: {exc}") from exc
+    serving: dict[str, Any] = {}
+    if recipe.serving_metadata is not None:
+        try:
+            serving = recipe.serving_metadata(model_name, model, declared or {})
+        except ValueError as exc:
+            raise ImportRefused(f"{path}: {exc}") from exc
     digest = sha256_of(path)
     write = copy_file(path)
     if recipe.framework == "keras" and path.suffix.lower() != ".keras":
@@ -79,10 +96,12 @@ def import_artifact(model_name: str, path: Path) -> Outcome:
             "source_file": path.name,
             "sha256": digest,
             "imported_at": _now(),
-            **provenance,
+            **loaded_with,
+            **serving,
+            **(provenance or {}),
         },
         write=write,
-        labels={"source": "file"},
+        labels={"source": "file", **(labels or {})},
     )
     return Outcome(model_name, str(stored.tag), "imported", f"sha256 {digest[:12]}…", warning)
 
@@ -91,13 +110,11 @@ def _load_user_artifact(recipe: Recipe, path: Path) -> tuple[Any, dict[str, Any]
     if recipe.framework == "sklearn":
         return _load_sklearn(path)
     if recipe.framework == "keras":
-        model, provenance = _load_keras(path)
-        extra = recipe.import_metadata(model) if recipe.import_metadata else {}
-        return model, {**provenance, **extra}, ""
+        return _load_keras(path)
     raise ImportRefused(f"{path}: importing {recipe.framework} artifacts is not supported yet")
 
 
-def _load_keras(path: Path) -> tuple[Any, dict[str, Any]]:
+def _load_keras(path: Path) -> tuple[Any, dict[str, Any], str]:
     """Load a .keras or .h5 file (a SavedModel folder is converted to .keras by the caller)."""
     if path.suffix.lower() not in {".keras", ".h5", ".hdf5"}:
         raise ImportRefused(f"{path}: a Keras model must be a .keras or .h5 file")
@@ -112,7 +129,7 @@ def _load_keras(path: Path) -> tuple[Any, dict[str, Any]]:
         raise ImportRefused(
             f"{path}: cannot be loaded by Keras {keras.__version__}: {exc}"
         ) from exc
-    return model, {"keras_version_installed": keras.__version__, "source_format": path.suffix}
+    return model, {"keras_version_installed": keras.__version__, "source_format": path.suffix}, ""
 
 
 def _load_sklearn(path: Path) -> tuple[Any, dict[str, Any], str]:

@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from despliegue.artifacts import ModelCard
-from despliegue.config import settings
+from despliegue.config import CODE_PATTERN, settings
 from despliegue.images import encoded_size_bound
 
 LIMITS = settings().limits
@@ -93,6 +93,82 @@ class FalseTrueResponse(BaseModel):
     model: str = Field(
         description="Tag of the model that answered.", examples=["falsetrue_classifier:v1"]
     )
+
+
+AntibioticCode = Annotated[
+    str,
+    StringConstraints(pattern=CODE_PATTERN),
+    Field(description="Antibiotic code, as in modelo_<CODE>_NM", examples=["AMK"]),
+]
+FeatureValue = Annotated[float, Field(allow_inf_nan=False)]
+FeatureVector = Annotated[
+    list[FeatureValue], Field(min_length=1, max_length=LIMITS.antibiotics.max_features)
+]
+
+
+def _one_vector_or_many(value: object) -> object:
+    """Accept one flat vector where a list of vectors is expected."""
+    if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+        return [value]
+    return value
+
+
+class AntibioticsRequest(Request):
+    features: Annotated[list[FeatureVector], BeforeValidator(_one_vector_or_many)] = Field(
+        min_length=1,
+        max_length=LIMITS.antibiotics.max_vectors,
+        description=(
+            "One feature vector of an isolate, or a list of up to "
+            f"{LIMITS.antibiotics.max_vectors} vectors; finite numbers, as many per vector as "
+            "each requested model expects (GET /antibiotics lists input_length per code)."
+        ),
+        examples=[[[1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0]]],
+    )
+    codes: list[AntibioticCode] | None = Field(
+        default=None,
+        min_length=1,
+        description="Antibiotics to answer for; omit for the whole panel.",
+        examples=[["AMK", "CAZ"]],
+    )
+
+
+class Prediction(BaseModel):
+    predicted_class: str = Field(examples=["R"])
+    probabilities: dict[str, float] = Field(examples=[{"S": 0.08, "I": 0.12, "R": 0.8}])
+
+
+class AntibioticResult(BaseModel):
+    code: str = Field(examples=["AMK"])
+    model: str = Field(description="Tag of the model that answered.", examples=["modelo_AMK_NM:v1"])
+    version: str = Field(description="BentoML model version.", examples=["v1"])
+    registered_version: str | None = Field(
+        default=None, description="MLflow registered version, if imported from MLflow."
+    )
+    predictions: list[Prediction] = Field(description="One per feature vector, in order.")
+
+
+class AntibioticsResponse(BaseModel):
+    results: list[AntibioticResult]
+
+
+class PanelEntry(BaseModel):
+    code: str = Field(examples=["AMK"])
+    model: str = Field(examples=["modelo_AMK_NM:v1"])
+    version: str = Field(examples=["v1"])
+    input_length: int = Field(examples=[16])
+    classes: list[str] = Field(examples=[["S", "I", "R"]])
+    features: list[str] | None = None
+    preprocessing: str = Field(examples=["standardize"])
+    reference: bool
+    source: dict[str, str] = Field(
+        description="Labels saying where the model came from (file, mlflow run, version).",
+        examples=[{"source": "mlflow", "mlflow_version": "2", "mlflow_alias": "champion"}],
+    )
+
+
+class AntibioticPanelListing(BaseModel):
+    model_pattern: str = Field(examples=["modelo_{code}_NM"])
+    antibiotics: list[PanelEntry]
 
 
 class ServedModels(BaseModel):

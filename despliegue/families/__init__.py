@@ -4,6 +4,7 @@ Each module exposes a `RECIPE` (see `base.Recipe`). `save_models.py` walks `RECI
 runners never import these modules, so training code stays out of the serving path.
 """
 
+from despliegue.families.antibiotics import RECIPE as ANTIBIOTICS
 from despliegue.families.base import Recipe
 from despliegue.families.faces import DETECTOR as FACE_DETECTOR
 from despliegue.families.faces import VALIDATOR as FACE_VALIDATOR
@@ -13,7 +14,7 @@ from despliegue.families.heatflow import RECIPE as HEATFLOW
 
 RECIPES: dict[str, Recipe] = {
     recipe.family: recipe
-    for recipe in (HEATFLOW, FALSETRUE, FLOWERS, FACE_DETECTOR, FACE_VALIDATOR)
+    for recipe in (HEATFLOW, FALSETRUE, FLOWERS, FACE_DETECTOR, FACE_VALIDATOR, ANTIBIOTICS)
 }
 
 __all__ = ["RECIPES", "Recipe"]

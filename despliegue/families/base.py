@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,33 @@ class ReferenceModel:
 @dataclass(frozen=True)
 class Recipe:
     family: str
+    # The store name; for a family serving an open set of models, a readable pattern.
     model_name: str
     framework: Framework
     description: str
-    build_reference: Callable[[], ReferenceModel]
+    # Single-model families: build_reference(); pattern families: build_reference(model_name).
+    build_reference: Callable[..., ReferenceModel]
     # Calls a loaded artifact on a small known input; raises ValueError saying what is wrong.
     probe: Callable[[Any], None]
-    # Metadata an imported artifact of this family needs to be served (e.g. preprocessing).
-    import_metadata: Callable[[Any], dict[str, Any]] | None = None
+    # Pattern families (one model per code, e.g. modelo_<CODE>_NM): a regex every store name
+    # of the family fully matches, and the names the reference set is built for.
+    name_pattern: str | None = None
+    reference_names: tuple[str, ...] = ()
+    # Metadata the runner needs to serve an imported artifact (input length, labels, ...),
+    # from the loaded model and what the import declared; raises ValueError if inconsistent.
+    serving_metadata: Callable[[str, Any, dict[str, Any]], dict[str, Any]] | None = None
+
+    def matches(self, model_name: str) -> bool:
+        if self.name_pattern is None:
+            return model_name == self.model_name
+        # BentoML keeps tag names in lower case; codes are written in upper case.
+        return re.fullmatch(self.name_pattern, model_name, re.IGNORECASE) is not None
+
+    def references(self) -> tuple[str, ...]:
+        """The store names `save_models.py` builds reference models for."""
+        return self.reference_names or (self.model_name,)
+
+    def build_reference_for(self, model_name: str) -> ReferenceModel:
+        if self.name_pattern is None:
+            return self.build_reference()
+        return self.build_reference(model_name)

@@ -189,7 +189,9 @@ def build_validator_reference() -> ReferenceModel:
     return ReferenceModel(model=model, metadata=metadata)
 
 
-def validator_import_metadata(model: Any) -> dict[str, Any]:
+def validator_serving_metadata(
+    model_name: str, model: Any, declared: dict[str, Any]
+) -> dict[str, Any]:
     _, height, width, _ = model.inputs[0].shape
     return {"preprocessing": {**PREPROCESSING, "size": [int(height), int(width)]}}
 
@@ -220,5 +222,5 @@ VALIDATOR = Recipe(
     description="Keras CNN: 64x64 face crop -> validation score",
     build_reference=build_validator_reference,
     probe=probe_validator,
-    import_metadata=validator_import_metadata,
+    serving_metadata=validator_serving_metadata,
 )

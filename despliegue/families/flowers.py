@@ -151,7 +151,7 @@ def build_reference() -> ReferenceModel:
     return ReferenceModel(model=model, metadata=metadata)
 
 
-def import_metadata(model: Any) -> dict[str, Any]:
+def serving_metadata(model_name: str, model: Any, declared: dict[str, Any]) -> dict[str, Any]:
     """Metadata an imported classifier gets: its own input size, 0..1 scaling, our classes."""
     _, height, width, _ = model.inputs[0].shape
     return {
@@ -178,5 +178,5 @@ RECIPE = Recipe(
     description="Keras CNN: 224x224 RGB photo -> 18 Oxford-102 flower classes",
     build_reference=build_reference,
     probe=probe,
-    import_metadata=import_metadata,
+    serving_metadata=serving_metadata,
 )

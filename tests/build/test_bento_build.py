@@ -49,6 +49,7 @@ def test_bento_holds_code_configuration_and_models(built_bento: Path) -> None:
         "src/runners/flowers.py",
         "src/runners/faces.py",
         "src/despliegue/images.py",
+        "src/runners/antibiotics.py",
         "src/despliegue/families/data/falsetrue_corpus.csv",
     ):
         assert path in names, path
@@ -60,6 +61,7 @@ def test_bento_holds_code_configuration_and_models(built_bento: Path) -> None:
         "flower_classifier",
         "face_detector",
         "face_validator",
+        *(f"modelo_{code}_nm" for code in ("amk", "amp", "atm", "cas", "caz")),
     } <= packed_models
     detector_files = {name.rsplit("/", 1)[-1] for name in names if "/face_detector/" in name}
     assert {"mtcnn.json", "pnet.lz4", "rnet.lz4", "onet.lz4"} <= detector_files

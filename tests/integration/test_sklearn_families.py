@@ -69,6 +69,7 @@ def test_models_lists_each_served_model(live_server: LiveServer) -> None:
         "flowers": "keras",
         "face_detector": "mtcnn",
         "face_validator": "keras",
+        "antibiotics": "keras",
     }
     assert cards.keys() == frameworks.keys()
     for family, card in cards.items():
