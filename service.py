@@ -21,11 +21,11 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
 
-from despliegue.artifacts import ModelCard, require_models_in_store
+from despliegue.artifacts import ModelCard, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
 from despliegue.auth import BearerAuth, token_book
-from despliegue.config import FamilyConfig, settings
-from despliegue.docs_ui import PrivateDocs
+from despliegue.config import settings
+from despliegue.docs_ui import PrivateDocs, api_operations
 from despliegue.errors import ClientError, answers_client_errors, install_log_filter
 from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.http import BodySizeLimit, ContentTypeGuard, UploadFieldGuard
@@ -53,7 +53,6 @@ from despliegue.schemas import (
     SuperResponse,
     ValidatedFace,
 )
-from runners.antibiotics import MODELS as PANEL_MODELS
 from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
 from runners.faces import FaceAnalyzer
 from runners.falsetrue import FalseTrueClassifier
@@ -97,14 +96,7 @@ class Despliegue:
         """Once, when `bentoml serve` starts (not at build): stop with a message naming what is
         wrong, if auth is on with no tokens or a configured model is not in the store."""
         token_book(settings().security.auth)
-        require_models_in_store(
-            [
-                family.tag
-                for family in settings().families.values()
-                if isinstance(family, FamilyConfig)
-            ]
-            + [str(ref.tag) for ref in PANEL_MODELS.values()]
-        )
+        require_models_in_store(served_tags().values())
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
@@ -346,7 +338,9 @@ class Despliegue:
 # The first added is the outermost: the audit line covers refusals by auth and size limits.
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
-Despliegue.add_asgi_middleware(PrivateDocs, auth=settings().security.auth)
+Despliegue.add_asgi_middleware(
+    PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)
+)
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
 Despliegue.add_asgi_middleware(
     ContentTypeGuard,

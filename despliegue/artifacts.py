@@ -90,6 +90,21 @@ def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
     return load_artifact(stored), ModelCard.of(stored)
 
 
+def served_tags() -> dict[str, str]:
+    """Every model tag configuration selects, by the family key (or panel member) serving it."""
+    from despliegue.config import PanelConfig, settings
+
+    tags: dict[str, str] = {}
+    for name, family in settings().families.items():
+        if isinstance(family, PanelConfig):
+            tags.update(
+                {f"{name}.{code}": str(ref.tag) for code, ref in panel_models(family).items()}
+            )
+        else:
+            tags[name] = family.tag
+    return tags
+
+
 def require_models_in_store(tags: Iterable[str]) -> None:
     """Pre-flight for `bentoml serve`: stop with the import command if a model is missing.
 

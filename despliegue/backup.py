@@ -18,8 +18,7 @@ from pathlib import Path
 
 import bentoml
 
-from despliegue.artifacts import sha256_of
-from despliegue.config import settings
+from despliegue.artifacts import served_tags, sha256_of
 
 MANIFEST = "manifest.json"
 FORMAT = "despliegue-model-backup/1"
@@ -37,14 +36,14 @@ class BackedUp:
 
 
 def served_models() -> list[bentoml.Model]:
-    """The stored model behind every configured family (its version or the latest)."""
+    """The stored model behind every configured family and panel member."""
     models = []
-    for name, family in settings().families.items():
+    for name, tag in served_tags().items():
         try:
-            models.append(bentoml.models.get(family.tag))
+            models.append(bentoml.models.get(tag))
         except bentoml.exceptions.NotFound:
             raise BackupRefused(
-                f"family {name}: model {family.tag} is not in the store; nothing to back up"
+                f"family {name}: model {tag} is not in the store; nothing to back up"
             ) from None
     return models
 

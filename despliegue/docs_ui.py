@@ -96,8 +96,17 @@ ERRORS = {
 }
 
 
-def publishable_openapi(doc: dict[str, Any], auth: AuthSettings) -> dict[str, Any]:
-    """BentoML's OpenAPI document, made true to this service and free of third-party links."""
+def publishable_openapi(
+    doc: dict[str, Any], auth: AuthSettings, api_paths: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """BentoML's OpenAPI document, made true to this service and free of third-party links.
+
+    BentoML lets a mounted FastAPI route replace an API route on the same path in the document
+    (GET /antibiotics hides POST /antibiotics); `api_paths` puts the hidden operations back.
+    """
+    for path, operations in (api_paths or {}).items():
+        for method, operation in operations.items():
+            doc.setdefault("paths", {}).setdefault(path, {}).setdefault(method, operation)
     doc["info"] = {"title": "Despliegue", "version": doc.get("info", {}).get("version") or "1"}
     doc["info"]["description"] = DESCRIPTION
     components = doc.setdefault("components", {})
@@ -118,12 +127,25 @@ def publishable_openapi(doc: dict[str, Any], auth: AuthSettings) -> dict[str, An
     return doc
 
 
+def api_operations(service: Any) -> dict[str, dict[str, Any]]:
+    """The OpenAPI operations of a service's own API routes, as BentoML generates them."""
+    from _bentoml_sdk.service.openapi import _get_api_routes
+    from bentoml._internal.utils.cattr import bentoml_cattr
+
+    return {
+        path: bentoml_cattr.unstructure(item) for path, item in _get_api_routes(service).items()
+    }
+
+
 class PrivateDocs:
     """Serve the UI page and initializer, and rewrite /docs.json on its way out."""
 
-    def __init__(self, app: ASGIApp, auth: AuthSettings) -> None:
+    def __init__(
+        self, app: ASGIApp, auth: AuthSettings, api_paths: dict[str, dict[str, Any]]
+    ) -> None:
         self.app = app
         self.auth = auth
+        self.api_paths = api_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET":
@@ -156,7 +178,7 @@ class PrivateDocs:
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": b"".join(chunks)})
             return
-        doc = publishable_openapi(json.loads(b"".join(chunks)), self.auth)
+        doc = publishable_openapi(json.loads(b"".join(chunks)), self.auth, self.api_paths)
         await _answer(send, json.dumps(doc).encode(), b"application/json")
 
 
