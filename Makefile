@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build clean
+.PHONY: help venv models serve test lint build clean container-tools container-base container container-test
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,6 +31,25 @@ lint: venv  ## ruff lint + format check
 
 build: models  ## bentoml build: one Bento with code, configuration and models
 	$(BIN)/bentoml build
+
+# --- Container image (no Docker daemon needed: buildah builds, podman runs) -----------------
+# The engine settings live in the repo: runc, ulimits this host allows, overlay storage.
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
+export CONTAINERS_STORAGE_CONF ?= $(CURDIR)/deploy/containers/storage.conf
+IMAGE ?= despliegue
+# PEM bundle bind-mounted read-only into the build's RUN steps only (TLS-intercepting proxies);
+# never copied into the image. `make container CA_BUNDLE=` builds without it.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+export IMAGE CA_BUNDLE
+
+container-tools:  ## install buildah, podman, skopeo, mmdebstrap, runc (root, apt)
+	scripts/container-tools.sh
+
+container-base: container-tools  ## build the offline Debian/Python 3.11 base image once
+	scripts/container-base.sh
+
+container: models container-base  ## Bento -> OCI image $(IMAGE):<version> + dist/$(IMAGE).oci.tar
+	BENTOML=$(abspath $(BIN))/bentoml PATH=$(abspath $(BIN)):$$PATH scripts/container-image.sh
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
