@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build clean container-tools container-base container container-test
+.PHONY: help venv models serve test lint build clean container-tools container-base container container-test k8s-config
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,13 @@ container-base: container-tools  ## build the offline Debian/Python 3.11 base im
 
 container: models container-base  ## Bento -> OCI image $(IMAGE):<version> + dist/$(IMAGE).oci.tar
 	BENTOML=$(abspath $(BIN))/bentoml PATH=$(abspath $(BIN)):$$PATH scripts/container-image.sh
+
+container-test: container  ## run the image with podman; every family answers; cold start
+	DESPLIEGUE_IMAGE=$$(cat dist/image.txt) DESPLIEGUE_CONTAINER_REPORT=dist/container-test.json \
+		$(BIN)/python -m pytest tests/container -s -q -p no:cacheprovider
+
+k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configuration.yaml
+	$(BIN)/python scripts/k8s_configmap.py
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

@@ -18,7 +18,13 @@ rootfs=$(mktemp -d /var/tmp/despliegue-base.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
 # The image must not ship this host's apt source: remove it (and apt's lists/caches) so the
 # image points at no mirror; whoever extends the image adds their own source.
+# No recommends, manuals, translations or docs (the copyright files stay).
 mmdebstrap --mode=root --variant=minbase \
+    --aptopt='APT::Install-Recommends "false"' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
     --customize-hook='rm -f "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*' \

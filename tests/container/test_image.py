@@ -1,0 +1,164 @@
+"""The OCI image from `make container`, run with podman: every family answers from inside it.
+
+`make container-test` builds the image and runs this module with DESPLIEGUE_IMAGE set. The
+container gets a configuration file mounted at run time (DESPLIEGUE_CONFIG), so the test also
+proves that operators configure the image without rebuilding it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ROOT, LiveServer, free_port
+
+pytestmark = pytest.mark.container
+
+IMAGE = os.environ.get("DESPLIEGUE_IMAGE", "")
+READY_TIMEOUT_S = 300
+# Lower than configuration.yaml's, so a 413 proves the mounted file is the one in force.
+MOUNTED_MAX_BODY_BYTES = 1_048_576
+
+if not IMAGE:
+    pytest.skip("DESPLIEGUE_IMAGE is not set: run `make container-test`", allow_module_level=True)
+if shutil.which("podman") is None:
+    pytest.skip("podman is not installed: run `make container-tools`", allow_module_level=True)
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=120, check=check
+    )
+
+
+def mounted_configuration(folder: Path) -> Path:
+    """configuration.yaml with a lower body limit, as an operator would mount it."""
+    settings = yaml.safe_load((ROOT / "configuration.yaml").read_text(encoding="utf-8"))
+    settings["limits"]["max_body_bytes"] = MOUNTED_MAX_BODY_BYTES
+    path = folder / "configuration.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    path.chmod(0o644)
+    folder.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, float]]:
+    """The image running on a loopback port; yields the server and its cold start in seconds."""
+    folder = tmp_path_factory.mktemp("container")
+    (folder / "config").mkdir()
+    config = mounted_configuration(folder / "config")
+    name = f"despliegue-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    log_path = folder / "container.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                "podman", "run", "--rm", "--name", name,
+                "-p", f"127.0.0.1:{port}:3000",
+                "-v", f"{config.parent}:/etc/despliegue:ro",
+                "-e", "DESPLIEGUE_CONFIG=/etc/despliegue/configuration.yaml",
+                IMAGE,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = LiveServer(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
+    try:
+        cold_start = wait_until_ready(server)
+        yield server, cold_start - started
+    finally:
+        podman("rm", "-f", "-t", "10", name, check=False)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_until_ready(server: LiveServer) -> float:
+    """Poll /readyz until 200; return the monotonic time it first answered.
+
+    Short per-request timeouts: until the server listens, a connection through podman's port
+    forwarding can hang rather than be refused.
+    """
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            log = server.log()[-4000:]
+            pytest.fail(f"container exited with {server.process.returncode}:\n{log}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return time.monotonic()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"container not ready in {READY_TIMEOUT_S} s:\n{server.log()[-4000:]}")
+
+
+def example_arguments(schema: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """Keyword arguments for an endpoint from the examples its request schema documents."""
+    arguments = {}
+    for field, spec in schema.get("properties", {}).items():
+        examples = spec.get("examples") or ([spec["example"]] if "example" in spec else [])
+        if not examples and "default" in spec:
+            examples = [spec["default"]]
+        assert examples, f"{endpoint}: field {field!r} documents no example"
+        arguments[field] = examples[0]
+    return arguments
+
+
+def test_every_family_answers_from_the_image(container: tuple[LiveServer, float]) -> None:
+    server, cold_start_s = container
+    served = server.get("/models").json()["models"]
+    families = sorted({card["family"] for card in served})
+    assert {"heatflow", "falsetrue"} <= set(families)
+    answered = {}
+    with server.client() as client:
+        for family in families:
+            endpoints = [
+                endpoint
+                for endpoint in client.endpoints.values()
+                if endpoint.route.strip("/").split("/")[0] == family
+            ]
+            assert endpoints, f"family {family} has no endpoint under /{family}"
+            endpoint = endpoints[0]
+            result = client.call(endpoint.name, **example_arguments(endpoint.input, endpoint.route))
+            tags = {card["tag"] for card in served if card["family"] == family}
+            assert any(tag in json.dumps(result) for tag in tags), (
+                f"{endpoint.route} answered without naming a served model: {result}"
+            )
+            answered[family] = endpoint.route
+    report = {"image": IMAGE, "cold_start_s": round(cold_start_s, 1), "answered": answered}
+    print(f"\ncontainer test: {json.dumps(report)}")
+    if path := os.environ.get("DESPLIEGUE_CONTAINER_REPORT"):
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def test_mounted_configuration_is_in_force(container: tuple[LiveServer, float]) -> None:
+    server, _ = container
+    oversized = json.dumps({"sediment_thickness_m": [1.0] * 300_000})
+    assert len(oversized) > MOUNTED_MAX_BODY_BYTES
+    response = server.post("/heatflow", oversized)
+    assert response.status_code == 413, response.text
+
+
+def test_image_runs_as_non_root_with_a_readiness_healthcheck(
+    container: tuple[LiveServer, float],
+) -> None:
+    (config,) = json.loads(podman("image", "inspect", IMAGE).stdout)
+    healthcheck = config.get("Healthcheck") or config.get("HealthCheck") or {}
+    assert "/readyz" in " ".join(healthcheck.get("Test", [])), config.get("Config")
+    user = config.get("User") or config["Config"].get("User")
+    assert user and user not in ("root", "0"), user
