@@ -7,6 +7,7 @@ proves that operators configure the image without rebuilding it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,38 +54,44 @@ def mounted_configuration(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, float]]:
-    """The image running on a loopback port; yields the server and its cold start in seconds."""
-    folder = tmp_path_factory.mktemp("container")
-    (folder / "config").mkdir()
-    config = mounted_configuration(folder / "config")
+@contextlib.contextmanager
+def running(
+    folder: Path, *run_options: str, command: tuple[str, ...] = (), port: int
+) -> Iterator[LiveServer]:
+    """`podman run` the image (removed afterwards, whatever happens); the server on `port`."""
     name = f"despliegue-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    log_path = folder / "container.log"
-    started = time.monotonic()
+    log_path = folder / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                "podman", "run", "--rm", "--name", name,
-                "-p", f"127.0.0.1:{port}:3000",
-                "-v", f"{config.parent}:/etc/despliegue:ro",
-                "-e", "DESPLIEGUE_CONFIG=/etc/despliegue/configuration.yaml",
-                IMAGE,
-            ],
+            ["podman", "run", "--rm", "--name", name, *run_options, IMAGE, *command],
             stdout=log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = LiveServer(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
+        )
     try:
-        cold_start = wait_until_ready(server)
-        yield server, cold_start - started
+        yield LiveServer(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
     finally:
         podman("rm", "-f", "-t", "10", name, check=False)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, float]]:
+    """The image running on a loopback port; yields the server and its cold start in seconds."""
+    folder = tmp_path_factory.mktemp("container")
+    (folder / "config").mkdir()
+    config = mounted_configuration(folder / "config")
+    port = free_port()
+    started = time.monotonic()
+    with running(
+        folder,
+        *("-p", f"127.0.0.1:{port}:3000", "-v", f"{config.parent}:/etc/despliegue:ro"),
+        *("-e", "DESPLIEGUE_CONFIG=/etc/despliegue/configuration.yaml"),
+        port=port,
+    ) as server:
+        yield server, wait_until_ready(server) - started
 
 
 def wait_until_ready(server: LiveServer) -> float:
@@ -162,3 +169,36 @@ def test_image_runs_as_non_root_with_a_readiness_healthcheck(
     assert "/readyz" in " ".join(healthcheck.get("Test", [])), config.get("Config")
     user = config.get("User") or config["Config"].get("User")
     assert user and user not in ("root", "0"), user
+
+
+def test_split_tiers_run_from_the_same_image(tmp_path: Path) -> None:
+    """deploy/k8s/split: a runner tier alone, and an API tier that reaches it by URL."""
+    runner_port, api_port = free_port(), free_port()
+    serve = ("python", "-m", "despliegue.serving", "--host", "127.0.0.1", "--port")
+    common = ("--network", "host", "-e", "PYTHONPATH=/home/bentoml/bento/src")
+    with (
+        running(
+            tmp_path,
+            *common,
+            *("-e", "DESPLIEGUE_SERVICE=HeatFlowRegressor"),
+            command=(*serve, str(runner_port)),
+            port=runner_port,
+        ) as runner,
+        running(
+            tmp_path,
+            *common,
+            "-e",
+            f'DESPLIEGUE_REMOTE_SERVICES={{"HeatFlowRegressor": "http://127.0.0.1:{runner_port}"}}',
+            command=(*serve, str(api_port)),
+            port=api_port,
+        ) as api,
+    ):
+        wait_until_ready(runner)
+        wait_until_ready(api)
+        response = api.post("/heatflow", {"sediment_thickness_m": [100.0]})
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10
+        while "path=/predict" not in runner.log():
+            assert time.monotonic() < deadline, runner.log()[-3000:]
+            time.sleep(0.2)
+        assert "service.name=HeatFlowRegressor" not in api.log()
