@@ -5,6 +5,7 @@
 #   3. `bentoml containerize --backend buildah` (the Bento's generated Dockerfile),
 #   4. `buildah push oci-archive:` + `skopeo inspect`, size printed.
 # Environment: BENTOML (the bentoml CLI), IMAGE (repository name, default despliegue),
+# BUILD_BASE_IMAGE (build stage's base, see container-base.sh),
 # CA_BUNDLE (a PEM file bind-mounted read-only during RUN steps only, for networks whose TLS
 # is intercepted; never copied into the image; empty disables), DIST (archive folder).
 set -euo pipefail
@@ -13,13 +14,15 @@ BENTOML=${BENTOML:-bentoml}
 IMAGE=${IMAGE:-despliegue}
 DIST=${DIST:-dist}
 CA_BUNDLE=${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
+# Image for the build stage only (the runtime stage uses the Bento's base image).
+BUILD_BASE_IMAGE=${BUILD_BASE_IMAGE:-localhost/despliegue-build-base:bookworm}
 
-scripts/container-base.sh
+scripts/container-base.sh docker.io/library/python:3.11-slim "$BUILD_BASE_IMAGE"
 tag=$("$BENTOML" build --output tag | tail -n 1)
 tag=${tag#__tag__:}
 version=${tag#*:}
 echo "bento $tag"
-opts=(--opt isolation=chroot --opt format=docker)
+opts=(--opt isolation=chroot --opt format=docker --opt "build-arg=BUILD_BASE_IMAGE=$BUILD_BASE_IMAGE")
 # Cache unchanged steps (base, uv, locked requirements) between builds.
 export BUILDAH_LAYERS=true
 if [ -n "$CA_BUNDLE" ] && [ -f "$CA_BUNDLE" ]; then
