@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test lint build clean container-tools container-base container container-test k8s-config
+.PHONY: help venv models serve test lint build clean container-tools container-base container container-test container-clean k8s-config
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,11 @@ container: models container-base  ## Bento -> OCI image $(IMAGE):<version> + dis
 container-test: container  ## run the image with podman; every family answers; cold start
 	DESPLIEGUE_IMAGE=$$(cat dist/image.txt) DESPLIEGUE_CONTAINER_REPORT=dist/container-test.json \
 		$(BIN)/python -m pytest tests/container -s -q -p no:cacheprovider
+
+container-clean:  ## remove the built images, their build cache and dist/ (keeps the base images)
+	-podman images --format '{{.Repository}}:{{.Tag}}' | grep '/$(IMAGE):' | xargs -r podman rmi -f
+	-podman image prune -f
+	rm -rf dist
 
 k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configuration.yaml
 	$(BIN)/python scripts/k8s_configmap.py

@@ -36,11 +36,11 @@ echo "image built in $(( $(date +%s) - start )) s"
 podman tag "$IMAGE:$version" "$IMAGE:latest"
 mkdir -p "$DIST"
 archive="$DIST/$IMAGE-$version.oci.tar"
-rm -f "$archive"
+rm -f "$DIST/$IMAGE"-*.oci.tar   # one archive: the current image
 buildah push --quiet "$IMAGE:$version" "oci-archive:$archive:$IMAGE:$version"
 ln -sf "$(basename "$archive")" "$DIST/$IMAGE.oci.tar"
-skopeo inspect "oci-archive:$archive" \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print("archive", d["Name"] if "Name" in d else "", "layers", len(d["Layers"]), d["Architecture"], d["Os"])'
+skopeo inspect --format '{{.Digest}} {{.Os}}/{{.Architecture}} {{len .Layers}} layers' \
+    "oci-archive:$archive" | sed "s|^|$archive: |"
 size=$(podman image inspect "$IMAGE:$version" --format '{{.Size}}')
 echo "image $IMAGE:$version size $(python3 -c "print(f'{$size/1e9:.2f} GB')") (uncompressed), archive $(du -h "$archive" | cut -f1)"
 echo "$IMAGE:$version" > "$DIST/image.txt"
