@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+import tests.conftest as shared
 from tests.conftest import ROOT, LiveServer, free_port
 
 pytestmark = pytest.mark.container
@@ -35,6 +36,12 @@ if not IMAGE:
     pytest.skip("DESPLIEGUE_IMAGE is not set: run `make container-test`", allow_module_level=True)
 if shutil.which("podman") is None:
     pytest.skip("podman is not installed: run `make container-tools`", allow_module_level=True)
+
+
+def server_env() -> dict[str, str]:
+    """What every server a test starts needs: the session's API tokens, when the suite has them."""
+    lines = getattr(shared, "SESSION_TOKEN_LINES", "")
+    return {"DESPLIEGUE_TOKENS": lines} if lines else {}
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,9 +68,10 @@ def running(
     """`podman run` the image (removed afterwards, whatever happens); the server on `port`."""
     name = f"despliegue-test-{uuid.uuid4().hex[:8]}"
     log_path = folder / f"{name}.log"
+    environment = [f"--env={key}={value}" for key, value in server_env().items()]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            ["podman", "run", "--rm", "--name", name, *run_options, IMAGE, *command],
+            ["podman", "run", "--rm", "--name", name, *run_options, *environment, IMAGE, *command],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

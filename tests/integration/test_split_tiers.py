@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import tests.conftest as shared
 from tests.conftest import ROOT, LiveServer, free_port, stop_server, wait_until_serving
 
 pytestmark = pytest.mark.integration
+
+
+def server_env() -> dict[str, str]:
+    """What every server a test starts needs: the session's API tokens, when the suite has them."""
+    lines = getattr(shared, "SESSION_TOKEN_LINES", "")
+    return {"DESPLIEGUE_TOKENS": lines} if lines else {}
 
 
 def start_tier(home: str, log_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
@@ -25,7 +32,7 @@ def start_tier(home: str, log_path: Path, port: int, **env: str) -> subprocess.P
         return subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
-            env={**os.environ, "BENTOML_HOME": home, **env},
+            env={**os.environ, "BENTOML_HOME": home, **server_env(), **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
