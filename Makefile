@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test fuzz lint build bench bench-quick stress profile clean
+.PHONY: help venv models serve test fuzz lint build bench bench-quick stress profile clean \
+	container-tools container-base container container-test container-clean k8s-config
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +47,36 @@ stress: venv  ## locust stress: users doubling until the configured SLO breaks, 
 
 profile: venv  ## py-spy profile of every worker under load: make profile BENCH_PATH=heatflow
 	$(BIN)/python -m benchmarks.profile --path $(or $(BENCH_PATH),heatflow)
+# --- Container image (no Docker daemon needed: buildah builds, podman runs) -----------------
+# The engine settings live in the repo: runc, ulimits this host allows, overlay storage.
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
+export CONTAINERS_STORAGE_CONF ?= $(CURDIR)/deploy/containers/storage.conf
+IMAGE ?= despliegue
+# PEM bundle bind-mounted read-only into the build's RUN steps only (TLS-intercepting proxies);
+# never copied into the image. `make container CA_BUNDLE=` builds without it.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+export IMAGE CA_BUNDLE
+
+container-tools:  ## install buildah, podman, skopeo, mmdebstrap, runc (root, apt)
+	scripts/container-tools.sh
+
+container-base: container-tools  ## build the offline Debian/Python 3.11 base image once
+	scripts/container-base.sh
+
+container: models container-base  ## Bento -> OCI image $(IMAGE):<version> + dist/$(IMAGE).oci.tar
+	BENTOML=$(abspath $(BIN))/bentoml PATH=$(abspath $(BIN)):$$PATH scripts/container-image.sh
+
+container-test: container  ## run the image with podman; every family answers; cold start
+	DESPLIEGUE_IMAGE=$$(cat dist/image.txt) DESPLIEGUE_CONTAINER_REPORT=dist/container-test.json \
+		$(BIN)/python -m pytest tests/container -s -q -p no:cacheprovider
+
+container-clean:  ## remove the built images, their build cache and dist/ (keeps the base images)
+	-podman images --format '{{.Repository}}:{{.Tag}}' | grep '/$(IMAGE):' | xargs -r podman rmi -f
+	-podman image prune -f
+	rm -rf dist
+
+k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configuration.yaml
+	$(BIN)/python scripts/k8s_configmap.py
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

@@ -1,0 +1,77 @@
+"""Serve the whole Bento, or one tier of it, as the environment says: the scale-out switch.
+
+`bentoml serve` starts every service of the Bento in one place. To scale the CNN runners apart
+from the API (Kubernetes: one Deployment per tier), BentoML's server takes two settings that
+its CLI does not expose; this entry point reads them from the environment:
+
+- DESPLIEGUE_SERVICE=<ServiceClass>: serve only that service (e.g. `FlowerClassifier`) on the
+  port, for a runner tier. Empty: the entry service, with its dependencies.
+- DESPLIEGUE_REMOTE_SERVICES='{"<ServiceClass>": "http://host:port", ...}': dependencies that
+  already run elsewhere; `bentoml.depends` reaches them at that URL and they are not started
+  here. Every other dependency starts locally, as with `bentoml serve`.
+
+No service code changes between the two layouts. Usage (inside the image, or a checkout):
+    python -m despliegue.serving [BENTO] [--host H] [--port P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+SERVICE_ENV = "DESPLIEGUE_SERVICE"
+REMOTE_ENV = "DESPLIEGUE_REMOTE_SERVICES"
+
+
+def remote_services(raw: str) -> dict[str, str]:
+    """Parse DESPLIEGUE_REMOTE_SERVICES; a bad value stops start-up with a message naming it."""
+    if not raw.strip():
+        return {}
+    try:
+        mapping = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{REMOTE_ENV} is not JSON: {exc}") from exc
+    if not isinstance(mapping, dict) or not all(
+        isinstance(name, str) and isinstance(url, str) and url.startswith(("http://", "https://"))
+        for name, url in mapping.items()
+    ):
+        raise SystemExit(f'{REMOTE_ENV} must map service names to URLs: {{"Name": "http://..."}}')
+    return mapping
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bento", nargs="?", default=os.environ.get("BENTO_PATH", "."))
+    parser.add_argument("--host", default=os.environ.get("BENTOML_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("BENTOML_PORT", "3000")))
+    args = parser.parse_args(argv)
+    service = os.environ.get(SERVICE_ENV, "").strip()
+    remote = remote_services(os.environ.get(REMOTE_ENV, ""))
+
+    # Same steps as `bentoml serve` (bentoml_cli/serve.py) for bentoml>=1.2 services.
+    from _bentoml_impl.server import serve_http
+    from bentoml._internal.log import configure_server_logging
+    from bentoml._internal.service.loader import load
+
+    configure_server_logging()
+    working_dir = args.bento if os.path.isdir(args.bento) else "."
+    if sys.path[0] != working_dir:
+        sys.path.insert(0, working_dir)
+    svc = load(bento_identifier=args.bento, working_dir=working_dir)
+    if service and service not in svc.all_services():
+        raise SystemExit(f"{SERVICE_ENV}={service!r}: not a service of this Bento")
+    svc.inject_config()
+    serve_http(
+        args.bento,
+        working_dir=working_dir,
+        host=args.host,
+        port=args.port,
+        service_name=service,
+        dependency_map=dict(remote),
+    )
+
+
+if __name__ == "__main__":
+    main()

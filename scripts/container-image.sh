@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Bento -> OCI image -> OCI archive, with no Docker daemon and no registry:
+#   1. the base image (built offline once, see container-base.sh),
+#   2. `bentoml build` (code, configuration.yaml, model tags, locked requirements),
+#   3. `bentoml containerize --backend buildah` (the Bento's generated Dockerfile),
+#   4. `buildah push oci-archive:` + `skopeo inspect`, size printed.
+# Environment: BENTOML (the bentoml CLI), IMAGE (repository name, default despliegue),
+# BUILD_BASE_IMAGE (build stage's base, see container-base.sh),
+# CA_BUNDLE (a PEM file bind-mounted read-only during RUN steps only, for networks whose TLS
+# is intercepted; never copied into the image; empty disables), DIST (archive folder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENTOML=${BENTOML:-bentoml}
+IMAGE=${IMAGE:-despliegue}
+DIST=${DIST:-dist}
+CA_BUNDLE=${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
+# Image for the build stage only (the runtime stage uses the Bento's base image).
+BUILD_BASE_IMAGE=${BUILD_BASE_IMAGE:-localhost/despliegue-build-base:bookworm}
+
+scripts/container-base.sh docker.io/library/python:3.11-slim "$BUILD_BASE_IMAGE"
+tag=$("$BENTOML" build --output tag | tail -n 1)
+tag=${tag#__tag__:}
+version=${tag#*:}
+echo "bento $tag"
+opts=(--opt isolation=chroot --opt format=docker --opt "build-arg=BUILD_BASE_IMAGE=$BUILD_BASE_IMAGE")
+# Cache unchanged steps (base, uv, locked requirements) between builds.
+export BUILDAH_LAYERS=true
+if [ -n "$CA_BUNDLE" ] && [ -f "$CA_BUNDLE" ]; then
+    opts+=(--opt "volume=$(readlink -f "$CA_BUNDLE"):/etc/ssl/certs/ca-certificates.crt:ro")
+fi
+start=$(date +%s)
+# From "/": BentoML 1.4 resolves the Bento's Dockerfile template inside a temporary build
+# context and refuses any path outside the working directory.
+(cd / && "$BENTOML" containerize "$tag" --backend buildah --image-tag "$IMAGE:$version" "${opts[@]}")
+echo "image built in $(( $(date +%s) - start )) s"
+podman tag "$IMAGE:$version" "$IMAGE:latest"
+mkdir -p "$DIST"
+archive="$DIST/$IMAGE-$version.oci.tar"
+rm -f "$DIST/$IMAGE"-*.oci.tar   # one archive: the current image
+buildah push --quiet "$IMAGE:$version" "oci-archive:$archive:$IMAGE:$version"
+ln -sf "$(basename "$archive")" "$DIST/$IMAGE.oci.tar"
+skopeo inspect --format '{{.Digest}} {{.Os}}/{{.Architecture}} {{len .Layers}} layers' \
+    "oci-archive:$archive" | sed "s|^|$archive: |"
+size=$(podman image inspect "$IMAGE:$version" --format '{{.Size}}')
+echo "image $IMAGE:$version size $(python3 -c "print(f'{$size/1e9:.2f} GB')") (uncompressed), archive $(du -h "$archive" | cut -f1)"
+echo "$IMAGE:$version" > "$DIST/image.txt"

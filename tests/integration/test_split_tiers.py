@@ -1,0 +1,82 @@
+"""Scale-out layout: a runner served alone, and the API reaching it by URL (despliegue.serving).
+
+This is what deploy/k8s/split/ runs: one process tree per tier, wired only by environment
+variables, with no change to the service code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tests.conftest as shared
+from tests.conftest import ROOT, LiveServer, free_port, stop_server, wait_until_serving
+
+pytestmark = pytest.mark.integration
+
+
+def server_env() -> dict[str, str]:
+    """What every server a test starts needs: the session's API tokens, when the suite has them."""
+    lines = getattr(shared, "SESSION_TOKEN_LINES", "")
+    return {"DESPLIEGUE_TOKENS": lines} if lines else {}
+
+
+def start_tier(home: str, log_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "despliegue.serving", "service:Despliegue"]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "BENTOML_HOME": home, **server_env(), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_api_reaches_a_runner_served_apart_by_url(reference_store: str, tmp_path: Path) -> None:
+    runner_port, api_port = free_port(), free_port()
+    runner_log, api_log = tmp_path / "runner.log", tmp_path / "api.log"
+    runner = start_tier(
+        reference_store, runner_log, runner_port, DESPLIEGUE_SERVICE="HeatFlowRegressor"
+    )
+    api = start_tier(
+        reference_store,
+        api_log,
+        api_port,
+        DESPLIEGUE_REMOTE_SERVICES=f'{{"HeatFlowRegressor": "http://127.0.0.1:{runner_port}"}}',
+    )
+    try:
+        server = LiveServer(url=f"http://127.0.0.1:{api_port}", log_path=api_log, process=api)
+        wait_until_serving(server.url, api, api_log)
+        response = server.post("/heatflow", {"sediment_thickness_m": [100.0, 2000.0]})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"].startswith("heatflow_svr:")
+        # The prediction ran in the runner tier, not in a runner the API started itself.
+        # (Access lines are written after the response: allow them a moment.)
+        deadline = time.monotonic() + 10
+        while "path=/predict" not in runner_log.read_text(encoding="utf-8", errors="replace"):
+            assert time.monotonic() < deadline, runner_log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "service.name=HeatFlowRegressor" not in server.log()
+    finally:
+        stop_server(api)
+        stop_server(runner)
+
+
+def test_a_malformed_remote_map_stops_start_up_naming_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "despliegue.serving", "service:Despliegue"],
+        cwd=ROOT,
+        env={**os.environ, "DESPLIEGUE_REMOTE_SERVICES": '{"HeatFlowRegressor": "ftp://x"}'},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "DESPLIEGUE_REMOTE_SERVICES" in result.stderr
