@@ -31,30 +31,43 @@ class BodySizeLimit:
                 return
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                await self._refuse(send)
-                return
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
+        messages = await read_body(receive, self.max_body_bytes)
+        if messages is None:
+            await self._refuse(send)
+            return
+        await self.app(scope, replayer(messages, receive), send)
 
     async def _refuse(self, send: Send) -> None:
         limit = self.max_body_bytes
         await send_client_error(
             send, 413, ["body"], f"larger than the limit of {limit} bytes", "too_large", close=True
         )
+
+
+async def read_body(receive: Receive, max_bytes: int) -> list[Message] | None:
+    """Every message of a request body, or None as soon as it passes `max_bytes`."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        size += len(message.get("body", b""))
+        if size > max_bytes:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
+def replayer(messages: list[Message], then: Receive) -> Receive:
+    """A `receive` that hands out the read messages again, then defers to `then`."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        return pending.pop(0) if pending else await then()
+
+    return receive
 
 
 FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
@@ -109,29 +122,17 @@ class UploadFieldGuard:
         if not fields or not content_type.startswith(b"multipart/"):
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                limit = f"larger than the limit of {self.max_body_bytes} bytes"
-                await send_client_error(send, 413, ["body"], limit, "too_large", close=True)
-                return
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
+        messages = await read_body(receive, self.max_body_bytes)
+        if messages is None:
+            limit = f"larger than the limit of {self.max_body_bytes} bytes"
+            await send_client_error(send, 413, ["body"], limit, "too_large", close=True)
+            return
         refusal = await self._refusal(scope, messages, fields)
         if refusal is not None:
             status, loc, msg = refusal
             await send_client_error(send, status, loc, msg, "value_error")
             return
-        pending = list(messages)
-
-        async def replay() -> Message:
-            return pending.pop(0) if pending else await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replayer(messages, receive), send)
 
     @staticmethod
     async def _refusal(
@@ -140,13 +141,11 @@ class UploadFieldGuard:
         from starlette.datastructures import UploadFile
         from starlette.requests import Request
 
-        pending = list(messages)
-
-        async def replay() -> Message:
-            return pending.pop(0) if pending else {"type": "http.disconnect"}
+        async def disconnected() -> Message:
+            return {"type": "http.disconnect"}
 
         try:
-            form = await Request(scope, replay).form()
+            form = await Request(scope, replayer(messages, disconnected)).form()
         except Exception as exc:  # python-multipart raises several types for broken bodies
             return 400, ["body"], f"malformed multipart body: {exc}"
         try:
