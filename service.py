@@ -28,7 +28,12 @@ from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
 from despliegue.errors import ClientError, answers_client_errors, install_log_filter
 from despliegue.faces import annotate_image, crop, faces_of
-from despliegue.http import BodySizeLimit, ContentTypeGuard, UploadFieldGuard
+from despliegue.http import (
+    BodySizeLimit,
+    ContentTypeGuard,
+    MethodNotAllowed,
+    UploadFieldGuard,
+)
 from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.schemas import (
     AntibioticPanelListing,
@@ -79,7 +84,8 @@ async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
     return await asyncio.to_thread(decode_uploads, files, field)
 
 
-catalog = FastAPI(title="Model catalog")
+# FastAPI\'s own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
+catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.asgi_app(catalog, path="/")
@@ -359,3 +365,20 @@ Despliegue.add_asgi_middleware(
     },
     max_body_bytes=settings().limits.max_body_bytes,
 )
+
+
+def shared_paths() -> dict[str, frozenset[str]]:
+    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
+    from fastapi.openapi.utils import get_openapi
+
+    catalog_paths = get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
+    api_routes = {api.route for api in Despliegue.apis.values()}
+    return {
+        path: frozenset({"POST", *(method.upper() for method in operations)})
+        | ({"HEAD"} if "get" in operations else set())
+        for path, operations in catalog_paths.items()
+        if path in api_routes
+    }
+
+
+Despliegue.add_asgi_middleware(MethodNotAllowed, allowed=shared_paths())

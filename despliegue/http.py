@@ -44,6 +44,33 @@ class BodySizeLimit:
         )
 
 
+class MethodNotAllowed:
+    """Answer 405 with the full `Allow` list on paths served by more than one router.
+
+    GET /antibiotics (the catalog app) and POST /antibiotics (a BentoML API) share a path;
+    left alone, the first router to half-match answers 405 naming only its own method.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: dict[str, frozenset[str]]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        methods = self.allowed.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if methods is None or scope["method"] in methods:
+            await self.app(scope, receive, send)
+            return
+        allow = ", ".join(sorted(methods)).encode()
+        body = b'{"error": "method: not allowed here", "detail": []}'
+        headers = [
+            (b"allow", allow),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 405, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 async def read_body(receive: Receive, max_bytes: int) -> list[Message] | None:
     """Every message of a request body, or None as soon as it passes `max_bytes`."""
     messages: list[Message] = []

@@ -29,6 +29,21 @@ def test_ui_page_loads_only_same_origin_assets(live_server: LiveServer) -> None:
     assert "http" not in policy
 
 
+def test_no_other_docs_page_loads_third_party_assets(live_server: LiveServer) -> None:
+    """FastAPI's own /docs and /redoc pages (CDN assets) are switched off on the catalog app."""
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        response = live_server.get(path)
+        assert response.status_code == 404 or "cdn." not in response.text, path
+
+
+def test_shared_path_names_every_method_it_allows(live_server: LiveServer) -> None:
+    response = httpx.request(
+        "OPTIONS", f"{live_server.url}/antibiotics", headers=live_server.headers
+    )
+    assert response.status_code == 405
+    assert {"GET", "POST"} <= set(response.headers["allow"].replace(" ", "").split(","))
+
+
 def test_ui_initializer_turns_off_the_online_validator(live_server: LiveServer) -> None:
     script = httpx.get(f"{live_server.url}/ui/swagger-initializer.js").text
     assert "validatorUrl: null" in script and "http" not in script
