@@ -100,6 +100,8 @@ def start_mlflow(
     folder, in this environment (--env-manager local: no network, no new virtualenv)."""
     port = free_port()
     argv = [str(BIN / "mlflow"), "models", "serve", "-m", model_dir, "--env-manager", "local"]
+    # mlflow execs `uvicorn` by name: this environment's must come first on PATH.
+    env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
     return _spawn([*argv, "-h", "127.0.0.1", "-p", str(port)], env, cpus, log_path, port)
 
 
