@@ -3,7 +3,8 @@ sizes; prints one JSON result.
 
 The runner class is instantiated the way BentoML does it (`Runner()` loads the model from the
 store named by BENTOML_HOME, as configured by DESPLIEGUE_CONFIG), and its batchable method is
-called directly, so the limit runs exactly the code the service runs per batch. The caller pins
+called directly (or, for /super, the detector then the validator on the crops, as the API
+does), so the limit runs exactly the code the service runs per batch. The caller pins
 this process to the server CPUs.
 
     python -m benchmarks.limit --path heatflow --seconds 3
@@ -26,7 +27,10 @@ from benchmarks.paths import BenchPath, by_name
 def measure_limit(path: BenchPath, seconds: float) -> dict[str, Any]:
     module_name, _, class_name = path.runner.partition(":")
     runner = getattr(importlib.import_module(module_name), class_name)()
-    call = getattr(runner, path.method)
+
+    def call(batch: Any) -> Any:
+        return path.call_limit(runner, batch)
+
     rng = np.random.default_rng(8)
     per_size = seconds / len(path.limit_batch_sizes)
     rates: dict[str, float] = {}

@@ -42,11 +42,13 @@ async def run_load(
     seconds: float,
     warmup: float,
     scrape_metrics: bool = True,
+    design: str = "service",
 ) -> dict[str, Any]:
     rng = np.random.default_rng(8)
-    bodies = [encode(path, path.make_body(rng)) for _ in range(BODY_POOL)]
+    route, make_body = path.request(design)
+    bodies = [encode(path, make_body(rng)) for _ in range(BODY_POOL)]
     headers = {"content-type": path.content_type}
-    target = url.rstrip("/") + path.route
+    target = url.rstrip("/") + route
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     recording = False
@@ -114,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--no-metrics", action="store_true", help="server has no /metrics")
+    parser.add_argument(
+        "--design",
+        choices=("service", "mlflow"),
+        default="service",
+        help="mlflow: POST the path's MLflow body to /invocations (`mlflow models serve`)",
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(
         run_load(
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seconds,
             args.warmup,
             not args.no_metrics,
+            args.design,
         )
     )
     json.dump(result, sys.stdout)

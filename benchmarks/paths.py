@@ -4,20 +4,12 @@ Each entry says how to build one request, which runner method is the model call 
 limit calls that very method in-process, so the limit and the service run the same code), and
 which seed-style FastAPI app (benchmarks/baselines/) is the design a user would run instead.
 
-Adding a path (e.g. the flowers CNN) is one entry in PATHS:
-
-    BenchPath(
-        name="flowers",
-        route="/flowers",
-        family="flowers",                         # key under `families:` in configuration.yaml
-        runner="runners.flowers:FlowerClassifier",
-        method="classify",                        # the batchable method = metrics method_name
-        make_body=flower_body,                    # rng -> JSON dict (or bytes + content_type)
-        make_batch=flower_batch,                  # (rng, n) -> what `classify` takes for n items
-        baseline="benchmarks.baselines.flowers_seed:app",
-        limit_batch_sizes=(1, 8, 32, 64, 128),
-    )
-
+Adding a path is one entry in PATHS (the flowers entry below, for instance: route, family
+key under `families:` in configuration.yaml, runner class, its batchable method = the metrics
+method_name, `make_body(rng)` -> JSON dict (or bytes + content_type), `make_batch(rng, n)` ->
+what the method takes for n items, the baseline app, the limit's batch sizes; optionally
+`limit_call` when the model work is more than one method, `model_key` for the stored model
+the baselines load, and `mlflow_body` for an `mlflow models serve` design)
 and, for the seed design, a FastAPI module in benchmarks/baselines/ that loads the file named
 by the MODEL_FILE environment variable and calls the model once per request. This module is
 imported by the load generator and by locust (gevent), so keep heavy imports inside functions.
@@ -25,6 +17,7 @@ imported by the load generator and by locust (gevent), so keep heavy imports ins
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +40,37 @@ class BenchPath:
     content_type: str = "application/json"
     items_per_request: int = 1
     limit_batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128, 256)
+    # How the physical limit runs one batch on the runner instance; default: the method alone.
+    # /super needs two model calls (detector, then validator on the crops), as the API makes.
+    limit_call: Callable[[Any, Any], Any] | None = None
+    # The stored model the baselines load (a key of benchmarks.store's answer): default the
+    # family; a panel member is "antibiotics.AMK".
+    model_key: str | None = None
+    # Seed 003's design, `mlflow models serve` on the same model: the body its /invocations
+    # takes for one request. None: the path has no MLflow design.
+    mlflow_body: Callable[[np.random.Generator], Body] | None = None
 
     @property
     def runner_class_name(self) -> str:
         return self.runner.rpartition(":")[2]
+
+    @property
+    def store_key(self) -> str:
+        return self.model_key or self.family
+
+    def call_limit(self, runner: Any, batch: Any) -> Any:
+        if self.limit_call is not None:
+            return self.limit_call(runner, batch)
+        return getattr(runner, self.method)(batch)
+
+    def request(self, design: str = "service") -> tuple[str, Callable[[np.random.Generator], Body]]:
+        """The route and body maker of one design: the service's (also the seed apps') or
+        `mlflow models serve`'s."""
+        if design == "mlflow":
+            if self.mlflow_body is None:
+                raise ValueError(f"path {self.name!r} has no mlflow design")
+            return "/invocations", self.mlflow_body
+        return self.route, self.make_body
 
 
 def _thickness(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -80,6 +100,92 @@ def falsetrue_batch(rng: np.random.Generator, n: int) -> list[str]:
     return _headlines(rng, n)
 
 
+def _b64_jpeg(pixels: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _flowers(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Synthetic 224x224 flower photos, drawn as the reference model's training set is."""
+    from despliegue.families.flowers import CLASSES, draw_flower
+
+    return [draw_flower(rng, int(k)) for k in rng.integers(0, len(CLASSES), size=n)]
+
+
+def flowers_body(rng: np.random.Generator) -> Body:
+    return {"images": [_b64_jpeg(_flowers(rng, 1)[0])]}
+
+
+@functools.cache
+def _astronaut() -> np.ndarray:
+    """skimage's astronaut (512x512 RGB, one face the detector finds): a photo with a face
+    that needs no download."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[..., :3])
+
+
+@functools.cache
+def _astronaut_b64(mirrored: bool) -> str:
+    pixels = _astronaut()[:, ::-1] if mirrored else _astronaut()
+    return _b64_jpeg(np.ascontiguousarray(pixels))
+
+
+def face_body(rng: np.random.Generator) -> Body:
+    return {"input_data": [_astronaut_b64(bool(rng.integers(0, 2)))]}
+
+
+def face_batch(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    return [_astronaut().copy() for _ in range(n)]
+
+
+def super_limit(runner: Any, images: list[np.ndarray]) -> list[float]:
+    """/super's model work for a batch of images: one detector call, the API's crops of the
+    confident faces, one validator call on all crops."""
+    from despliegue.config import settings
+    from despliegue.faces import crop, faces_of
+
+    threshold = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
+    detections = runner.detect(images)
+    crops = [
+        crop(image, face.box)
+        for image, rows in zip(images, detections, strict=True)
+        for face in faces_of(rows, threshold)
+    ]
+    return runner.validate(crops) if crops else []
+
+
+ANTIBIOTIC = "AMK"  # one reference panel member; every member has the same 16-marker shape
+
+
+def _markers(rng: np.random.Generator, n: int) -> np.ndarray:
+    from despliegue.families.antibiotics import N_MARKERS
+
+    return rng.integers(0, 2, size=(n, N_MARKERS)).astype(float)
+
+
+def antibiotics_body(rng: np.random.Generator) -> Body:
+    return {"features": _markers(rng, 1).tolist(), "codes": [ANTIBIOTIC]}
+
+
+def antibiotics_batch(rng: np.random.Generator, n: int) -> list[Any]:
+    from runners.antibiotics import PanelRow
+
+    return [PanelRow(code=ANTIBIOTIC, features=row) for row in _markers(rng, n).tolist()]
+
+
+def antibiotics_mlflow_body(rng: np.random.Generator) -> Body:
+    """MLflow's tensor input for the same single vector (the pyfunc takes the model's raw
+    input; the service standardizes the markers first, a 16-value subtraction)."""
+    return {"inputs": _markers(rng, 1).tolist()}
+
+
 PATHS: tuple[BenchPath, ...] = (
     BenchPath(
         name="heatflow",
@@ -100,6 +206,53 @@ PATHS: tuple[BenchPath, ...] = (
         make_body=falsetrue_body,
         make_batch=falsetrue_batch,
         baseline="benchmarks.baselines.falsetrue_seed:app",
+    ),
+    BenchPath(
+        name="flowers",
+        route="/flowers",
+        family="flowers",
+        runner="runners.flowers:FlowerClassifier",
+        method="classify",
+        make_body=flowers_body,
+        make_batch=_flowers,
+        baseline="benchmarks.baselines.flowers_seed:app",
+        limit_batch_sizes=(1, 8, 16, 32, 64),
+    ),
+    BenchPath(
+        name="face",
+        route="/face",
+        family="face_detector",
+        runner="runners.faces:FaceAnalyzer",
+        method="detect",
+        make_body=face_body,
+        make_batch=face_batch,
+        baseline="benchmarks.baselines.faces_seed:app",
+        model_key="face_validator",
+        limit_batch_sizes=(1, 4, 8),
+    ),
+    BenchPath(
+        name="super",
+        route="/super",
+        family="face_validator",
+        runner="runners.faces:FaceAnalyzer",
+        method="validate",
+        make_body=face_body,
+        make_batch=face_batch,
+        baseline="benchmarks.baselines.faces_seed:app",
+        limit_batch_sizes=(1, 4, 8),
+        limit_call=super_limit,
+    ),
+    BenchPath(
+        name="antibiotics",
+        route="/antibiotics",
+        family="antibiotics",
+        runner="runners.antibiotics:AntibioticPanel",
+        method="susceptibility",
+        make_body=antibiotics_body,
+        make_batch=antibiotics_batch,
+        model_key=f"antibiotics.{ANTIBIOTIC}",
+        mlflow_body=antibiotics_mlflow_body,
+        limit_batch_sizes=(1, 8, 32, 128, 512),
     ),
 )
 

@@ -5,7 +5,8 @@ For each path in benchmarks/paths.py:
   2. the service (`bentoml serve`, adaptive batching as configured) at 1, 8, 32, 64 clients:
      throughput, p50/p95/p99, errors, mean batch size (from /metrics deltas);
   3. the same service with batching off (a configuration copy with max_batch_size 1);
-  4. the seed's own design: its FastAPI app in one uvicorn process, one model call per request.
+  4. the seed's own design: its FastAPI app in one uvicorn process, one model call per request;
+  5. for the antibiotic path, seed 003's design: `mlflow models serve` on the same model.
 Plus the cold start: seconds from `bentoml serve` to 200 on /readyz and on /models.
 
 Everything runs in its own BENTOML_HOME with the reference models built by save_models.py.
@@ -13,7 +14,7 @@ Server-side processes (both servers, the limit) are pinned to the server CPUs an
 generator to the client CPUs (see servers.split_cpus). Writes benchmarks/results/<date>.json
 and benchmarks/results/latest.md (a --quick run: <date>-quick.json and latest-quick.md).
 
-    python -m benchmarks.run            # ~6 min for the two sklearn paths
+    python -m benchmarks.run            # every path; ~3 min per path
     python -m benchmarks.run --quick    # ~2 min, a smoke run of the whole harness
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import subprocess
@@ -76,6 +78,7 @@ def load_points(
     env: dict[str, str],
     client_cpus: Sequence[int],
     metrics: bool,
+    design: str = "service",
 ) -> list[dict[str, Any]]:
     """One closed-loop measurement per concurrency against one running server."""
     points = []
@@ -95,6 +98,8 @@ def load_points(
         ]
         if not metrics:
             argv.append("--no-metrics")
+        if design != "service":
+            argv += ["--design", design]
         timeout = args.seconds + args.warmup + 180
         point = servers.run_json(argv, env, client_cpus, timeout)
         before, after = point.pop("metrics_before"), point.pop("metrics_after")
@@ -151,6 +156,34 @@ def measure_seed(
         servers.stop(server)
 
 
+def measure_mlflow(
+    path: BenchPath,
+    model_file: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cpus: tuple[list[int], list[int]],
+    workdir: Path,
+) -> list[dict[str, Any]] | None:
+    """Seed 003's design: `mlflow models serve` on the same stored model (None: no MLflow)."""
+    print(f"mlflow models serve ({path.store_key})", flush=True)
+    if importlib.util.find_spec("mlflow") is None or not (servers.BIN / "mlflow").exists():
+        print("  skipped: mlflow is not installed (requirements-mlflow.txt)", flush=True)
+        return None
+    folder = str(workdir / f"mlflow-{path.name}")
+    servers.run_json(
+        ["benchmarks.mlflow_model", "--model-file", model_file, "--out", folder],
+        env,
+        cpus[0],
+        timeout=300,
+    )
+    server = servers.start_mlflow(folder, env, cpus[0], workdir / f"mlflow-{path.name}.log")
+    try:
+        servers.wait_for(server, ["/ping"], timeout=180)
+        return load_points(server.url, path, args, env, cpus[1], metrics=False, design="mlflow")
+    finally:
+        servers.stop(server)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -168,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     off_config = servers.batching_off_config(base_config, workdir / "batching-off.yaml")
     off_env = {**env, "DESPLIEGUE_CONFIG": str(off_config)}
-    designs = 2 + sum(1 for path in paths if path.baseline) / len(paths)
+    designs = 2 + sum(bool(p.baseline) + bool(p.mlflow_body) for p in paths) / len(paths)
     points = len(paths) * len(args.concurrency) * designs
     estimate = points * (args.seconds + args.warmup) + len(paths) * args.limit_seconds
     print(
@@ -223,7 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         designs["batching_on"] = on[path.name]
         designs["batching_off"] = off[path.name]
         if path.baseline:
-            designs["seed"] = measure_seed(path, model_files[path.family], args, env, cpus, workdir)
+            designs["seed"] = measure_seed(
+                path, model_files[path.store_key], args, env, cpus, workdir
+            )
+        if path.mlflow_body:
+            served = measure_mlflow(path, model_files[path.store_key], args, env, cpus, workdir)
+            if served is not None:
+                designs["mlflow"] = served
         result["paths"][path.name]["ratios"] = {
             str(c): ratios_for(result["paths"][path.name], c) for c in args.concurrency
         }

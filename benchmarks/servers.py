@@ -85,9 +85,24 @@ def _spawn(
 
 
 def start_bentoml(env: dict[str, str], cpus: Sequence[int], log_path: Path) -> Server:
+    """`bentoml serve` on loopback with auth off (DESPLIEGUE_AUTH=off): the seed designs and
+    `mlflow models serve` check no token either, and the load generator sends none."""
     port = free_port()
     argv = [str(BIN / "bentoml"), "serve", "service:Despliegue", "--host", "127.0.0.1"]
+    env = {**env, "DESPLIEGUE_AUTH": "off"}
     return _spawn([*argv, "--port", str(port)], env, cpus, log_path, port)
+
+
+def start_mlflow(
+    model_dir: str, env: dict[str, str], cpus: Sequence[int], log_path: Path
+) -> Server:
+    """Seed 003's design: `mlflow models serve` (one uvicorn worker, its default) on a model
+    folder, in this environment (--env-manager local: no network, no new virtualenv)."""
+    port = free_port()
+    argv = [str(BIN / "mlflow"), "models", "serve", "-m", model_dir, "--env-manager", "local"]
+    # mlflow execs `uvicorn` by name: this environment's must come first on PATH.
+    env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    return _spawn([*argv, "-h", "127.0.0.1", "-p", str(port)], env, cpus, log_path, port)
 
 
 def start_uvicorn(app: str, env: dict[str, str], cpus: Sequence[int], log_path: Path) -> Server:

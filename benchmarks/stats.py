@@ -253,11 +253,13 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
     """The compared figures of one path at one concurrency: all from the same run.
 
     The service is compared in items/s with the in-process limit (one item per request unless
-    the path says otherwise), and in requests/s with batching off and with the seed's design.
+    the path says otherwise), and in requests/s with batching off, with the seed's design and
+    with `mlflow models serve`.
     """
     on = point_at(path_result["designs"].get("batching_on", []), concurrency)
     off = point_at(path_result["designs"].get("batching_off", []), concurrency)
     seed = point_at(path_result["designs"].get("seed", []), concurrency)
+    mlflow = point_at(path_result["designs"].get("mlflow", []), concurrency)
     limit = (path_result.get("limit") or {}).get("best_items_per_s")
     items = path_result.get("items_per_request", 1)
 
@@ -271,6 +273,7 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
         "batching_on_vs_off": ratio(on_rps, field(off, "throughput_rps")),
         "service_vs_seed": ratio(on_rps, field(seed, "throughput_rps")),
         "p99_service_vs_seed": ratio(field(on, "p99_ms"), field(seed, "p99_ms")),
+        "service_vs_mlflow": ratio(on_rps, field(mlflow, "throughput_rps")),
     }
 
 
@@ -278,6 +281,7 @@ DESIGN_LABELS = {
     "batching_on": "service, batching on",
     "batching_off": "service, batching off",
     "seed": "seed design (FastAPI)",
+    "mlflow": "mlflow models serve",
 }
 
 
@@ -368,6 +372,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                     _fmt_ratio(r["batching_on_vs_off"]),
                     _fmt_ratio(r["service_vs_seed"]),
                     _fmt_ratio(r["p99_service_vs_seed"]),
+                    _fmt_ratio(r["service_vs_mlflow"]),
                 ]
             )
     lines += _table(
@@ -378,6 +383,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "batching on / off",
             "service / seed design",
             "p99 service / seed",
+            "service / mlflow serve",
         ],
         ratio_rows,
     )

@@ -1,6 +1,6 @@
 """Print, as JSON, the artifact file of the model each family serves: the file the seed-style
-baselines load with joblib, so they answer with the very model the service serves. Run in a
-subprocess by benchmarks/run.py, with BENTOML_HOME and DESPLIEGUE_CONFIG set.
+baselines (and the MLflow folder) load, so they answer with the very model the service serves.
+Run in a subprocess by benchmarks/run.py, with BENTOML_HOME and DESPLIEGUE_CONFIG set.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import sys
 
 import bentoml
 
-from despliegue.artifacts import ARTIFACT_FILE
-from despliegue.config import settings
+from despliegue.artifacts import ARTIFACT_FILE, served_tags
 
 
 def artifact_files() -> dict[str, str]:
+    """By family key, or `<panel>.<CODE>` for each member of a panel (antibiotics.AMK)."""
     files = {}
-    for name, family in settings().families.items():
-        stored = bentoml.models.get(family.tag)
+    for name, tag in served_tags().items():
+        stored = bentoml.models.get(tag)
         files[name] = stored.path_of(ARTIFACT_FILE[stored.info.metadata["framework"]])
     return files
 

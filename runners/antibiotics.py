@@ -76,7 +76,7 @@ class AntibioticPanel:
         self.members = {code: PanelMember.load(code, ref) for code, ref in MODELS.items()}
         self.cards = [member.card for member in self.members.values()]
 
-    @bentoml.api(batchable=True, **PANEL.batching.model_dump())
+    @bentoml.api(**PANEL.batching.api_options())
     def susceptibility(self, rows: list[PanelRow]) -> list[list[float]]:
         """Class probabilities per row, in the row's model's class order."""
         by_code: dict[str, list[int]] = defaultdict(list)

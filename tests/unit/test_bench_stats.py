@@ -129,7 +129,16 @@ def test_ratios_compare_items_with_the_limit_and_requests_with_the_rest() -> Non
 def test_missing_design_gives_no_ratio_rather_than_a_wrong_one() -> None:
     path = result_with(seed=False)["paths"]["heatflow"]
     assert ratios_for(path, 32)["service_vs_seed"] is None
+    assert ratios_for(path, 32)["service_vs_mlflow"] is None
     assert ratios_for(path, 64)["batching_on_vs_off"] is None
+
+
+def test_mlflow_serve_is_a_design_with_its_own_ratio_and_label() -> None:
+    result = result_with()
+    result["paths"]["heatflow"]["designs"]["mlflow"] = [point(32, 50.0, 400.0)]
+    assert ratios_for(result["paths"]["heatflow"], 32)["service_vs_mlflow"] == pytest.approx(8.0)
+    table = render_markdown(result)
+    assert "mlflow models serve" in table and "service / mlflow serve" in table
 
 
 def test_markdown_shows_machine_absolutes_and_ratios() -> None:
@@ -199,6 +208,9 @@ def test_every_path_makes_a_body_and_a_batch(path) -> None:
     assert encode(path, path.make_body(rng))
     assert len(path.make_batch(rng, 8)) == 8
     assert path.family in load_settings(DEFAULT_CONFIG_PATH).families
+    if path.mlflow_body is not None:
+        route, make_body = path.request("mlflow")
+        assert route == "/invocations" and encode(path, make_body(rng))
 
 
 SITE = "/srv/.venv/lib/python3.11/site-packages"
