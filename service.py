@@ -84,7 +84,7 @@ async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
     return await asyncio.to_thread(decode_uploads, files, field)
 
 
-# FastAPI\'s own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
+# FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
 
