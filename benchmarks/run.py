@@ -138,6 +138,21 @@ def measure_service(
     return per_path, cold
 
 
+def write_results(
+    out_dir: Path, prefix: str, quick: bool, result: dict[str, Any], markdown: str
+) -> tuple[Path, Path]:
+    """`<prefix><date>[-quick].json` and `<prefix>latest[-quick].md`; quick runs never
+    overwrite the full run's files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if quick else ""
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    json_path = out_dir / f"{prefix}{day}{suffix}.json"
+    md_path = out_dir / f"{prefix}latest{suffix}.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown, encoding="utf-8")
+    return json_path, md_path
+
+
 def measure_seed(
     path: BenchPath,
     model_file: str,
@@ -268,13 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     result["duration_s"] = time.monotonic() - started
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    day = dt.datetime.now(dt.UTC).date().isoformat()
-    json_path = args.out_dir / f"{day}{suffix}.json"
-    md_path = args.out_dir / f"latest{suffix}.md"
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(render_markdown(result), encoding="utf-8")
+    json_path, md_path = write_results(
+        args.out_dir, "", args.quick, result, render_markdown(result)
+    )
     print(f"wrote {json_path} and {md_path} in {result['duration_s']:.0f} s")
     return 0
 

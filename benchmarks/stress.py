@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks import servers
 from benchmarks.paths import PATHS, by_name
-from benchmarks.run import RESULTS, prepare_store
+from benchmarks.run import RESULTS, prepare_store, write_results
 from benchmarks.stats import render_stress_markdown
 from despliegue.config import load_settings
 
@@ -112,13 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_users": max_users,
         "endpoints": endpoints,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    day = dt.datetime.now(dt.UTC).date().isoformat()
-    json_path = args.out_dir / f"stress-{day}{suffix}.json"
-    md_path = args.out_dir / f"stress-latest{suffix}.md"
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(render_stress_markdown(result), encoding="utf-8")
+    markdown = render_stress_markdown(result)
+    json_path, md_path = write_results(args.out_dir, "stress-", args.quick, result, markdown)
     print(f"wrote {json_path} and {md_path}")
     return 0
 
