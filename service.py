@@ -1,9 +1,10 @@
 """Despliegue: the public HTTP API over every model family.
 
-A request goes: HTTP -> this service (size limit, pydantic validation) -> the family's runner
-service in `runners/` (adaptive batching, model call) -> a response schema that names the model
-tag that answered. No model is loaded here; each runner is its own process, reached through
-`bentoml.depends`.
+A request goes: HTTP -> this service (size limit, pydantic validation, decoding) -> the
+family's runner service in `runners/` (adaptive batching, model call) -> a response schema that
+names the model tag that answered. No model is loaded here; each runner is its own process,
+reached through `bentoml.depends`, and concurrent requests share one call to it
+(despliegue/coalescing.py).
 
 Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 """
@@ -24,10 +25,12 @@ from pydantic import Field
 from despliegue.artifacts import ModelCard, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
 from despliegue.auth import BearerAuth, token_book
+from despliegue.coalescing import coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
 from despliegue.errors import ClientError, answers_client_errors, install_log_filter
 from despliegue.faces import annotate_image, crop, faces_of
+from despliegue.heap import freeze_startup_heap
 from despliegue.http import (
     BodySizeLimit,
     ContentTypeGuard,
@@ -75,8 +78,16 @@ VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # t
 install_log_filter()
 
 
+# Requests with less Base64 than this are decoded on the event loop: a ~48 KB JPEG (about
+# 400x400) decodes in about a millisecond; handing small images to a thread costs more.
+INLINE_DECODE_CHARS = 64 * 1024
+
+
 async def decoded(images: list[str], field: str) -> list[np.ndarray]:
-    """Decode Base64 images off the event loop (a large JPEG takes tens of milliseconds)."""
+    """Decode Base64 images, off the event loop when they are large (a big JPEG takes tens of
+    milliseconds and would stall every other request meanwhile)."""
+    if sum(len(image) for image in images) <= INLINE_DECODE_CHARS:
+        return decode_images(images, field)
     return await asyncio.to_thread(decode_images, images, field)
 
 
@@ -106,6 +117,40 @@ class Despliegue:
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
+        # Every batchable runner method, as the endpoints call it: concurrent requests share
+        # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
+        families = settings().families
+        self.predict_heat_flow = coalesce(
+            "HeatFlowRegressor.predict",
+            lambda values: self.heatflow.to_async.predict(np.asarray(values, dtype=float)),
+            families["heatflow"].batching,
+        )
+        self.classify_texts = coalesce(
+            "FalseTrueClassifier.classify",
+            lambda texts: self.falsetrue.to_async.classify(texts),
+            families["falsetrue"].batching,
+        )
+        self.classify_flowers = coalesce(
+            "FlowerClassifier.classify",
+            lambda images: self.flowers.to_async.classify(images),
+            families["flowers"].batching,
+        )
+        self.detect_faces = coalesce(
+            "FaceAnalyzer.detect",
+            lambda images: self.faces.to_async.detect(images),
+            families["face_detector"].batching,
+        )
+        self.validate_faces = coalesce(
+            "FaceAnalyzer.validate",
+            lambda crops: self.faces.to_async.validate(crops),
+            families["face_validator"].batching,
+        )
+        self.susceptibility = coalesce(
+            "AntibioticPanel.susceptibility",
+            lambda rows: self.antibiotics.to_async.susceptibility(rows),
+            families["antibiotics"].batching,
+        )
+        freeze_startup_heap()
 
     async def cards(self, family: str) -> list[ModelCard]:
         """The model cards of a family's runner (its attribute here), asked once, then kept."""
@@ -126,7 +171,7 @@ class Despliegue:
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
         thickness = np.asarray(sediment_thickness_m, dtype=float)
-        heat_flow = await self.heatflow.to_async.predict(thickness)
+        heat_flow = np.asarray(await self.predict_heat_flow(thickness), dtype=float)
         return HeatFlowResponse(
             sediment_thickness_m=thickness.tolist(),
             heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
@@ -136,7 +181,7 @@ class Despliegue:
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
-        rows = await self.falsetrue.to_async.classify(texts)
+        rows = np.asarray(await self.classify_texts(texts), dtype=float)
         return FalseTrueResponse(
             is_falsetrue=[int(label) for label in rows[:, 0]],
             probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
@@ -160,7 +205,7 @@ class Despliegue:
         return await self.answer_flowers(await uploaded(images, "images"), top_k)
 
     async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
-        probabilities = await self.flowers.to_async.classify(pixels)
+        probabilities = await self.classify_flowers(pixels)
         card = await self.card("flowers", "flowers")
         classes = card.metadata["classes"]
         answers = []
@@ -200,7 +245,7 @@ class Despliegue:
         return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
-        detections = await self.faces.to_async.detect(pixels)
+        detections = await self.detect_faces(pixels)
         answers = []
         for image, rows in zip(pixels, detections, strict=True):
             faces = faces_of(rows, DETECTION_THRESHOLD)
@@ -223,7 +268,7 @@ class Despliegue:
         return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
-        detections = await self.faces.to_async.detect(pixels)
+        detections = await self.detect_faces(pixels)
         per_image = [faces_of(rows, DETECTION_THRESHOLD) for rows in detections]
         # Every face of every image goes to the validation CNN in one call (one batch).
         crops = [
@@ -231,7 +276,7 @@ class Despliegue:
             for image, faces in zip(pixels, per_image, strict=True)
             for face in faces
         ]
-        scores = await self.faces.to_async.validate(crops) if crops else []
+        scores = await self.validate_faces(crops) if crops else []
         verdicts, start = [], 0
         for image, faces in zip(pixels, per_image, strict=True):
             own, start = scores[start : start + len(faces)], start + len(faces)
@@ -292,7 +337,7 @@ class Despliegue:
                         f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
                     )
         rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
-        probabilities = iter(await self.antibiotics.to_async.susceptibility(rows))
+        probabilities = iter(await self.susceptibility(rows))
         results = []
         for code in wanted:
             card = panel[code]

@@ -7,6 +7,11 @@ called directly (or, for /super, the detector then the validator on the crops, a
 does), so the limit runs exactly the code the service runs per batch. The caller pins
 this process to the server CPUs.
 
+For paths whose API does its own work per request (image decoding), that work is timed too,
+on the benchmark's own request bodies, and combined with the limit into the one-core
+ceiling: items/s if the CPU did nothing but the model at its best batch and that work,
+1 / (1/limit + 1/api_work). No server on these cores can beat it.
+
     python -m benchmarks.limit --path heatflow --seconds 3
 """
 
@@ -17,11 +22,23 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from benchmarks.paths import BenchPath, by_name
+
+
+def rate(work: Callable[[], Any], items: int, seconds: float) -> float:
+    """Items per second of `work` (which handles `items` items), after one warm-up call."""
+    work()  # warm caches, lazy initialisation, graph tracing
+    calls = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or calls < 3:
+        work()
+        calls += 1
+    return calls * items / elapsed
 
 
 def measure_limit(path: BenchPath, seconds: float) -> dict[str, Any]:
@@ -36,15 +53,23 @@ def measure_limit(path: BenchPath, seconds: float) -> dict[str, Any]:
     rates: dict[str, float] = {}
     for size in path.limit_batch_sizes:
         batch = path.make_batch(rng, size)
-        call(batch)  # warm caches, lazy initialisation, graph tracing
-        calls = 0
-        started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < per_size or calls < 3:
-            call(batch)
-            calls += 1
-        rates[str(size)] = calls * size / elapsed
+        rates[str(size)] = rate(lambda batch=batch: call(batch), size, per_size)
     best = max(rates, key=rates.__getitem__)
-    return {"items_per_s": rates, "best_batch_size": int(best), "best_items_per_s": rates[best]}
+    result: dict[str, Any] = {
+        "items_per_s": rates,
+        "best_batch_size": int(best),
+        "best_items_per_s": rates[best],
+        "api_work_items_per_s": None,
+        "ceiling_items_per_s": rates[best],
+    }
+    if path.api_work is not None:
+        api_work = path.api_work
+        bodies = [path.make_body(rng) for _ in range(16)]
+        items = len(bodies) * path.items_per_request
+        api_rate = rate(lambda: [api_work(body) for body in bodies], items, per_size)
+        result["api_work_items_per_s"] = api_rate
+        result["ceiling_items_per_s"] = 1.0 / (1.0 / rates[best] + 1.0 / api_rate)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

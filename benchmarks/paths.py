@@ -49,6 +49,10 @@ class BenchPath:
     # Seed 003's design, `mlflow models serve` on the same model: the body its /invocations
     # takes for one request. None: the path has no MLflow design.
     mlflow_body: Callable[[np.random.Generator], Body] | None = None
+    # The API's own work on one request body before the runner sees it (decoding images),
+    # measured in-process next to the limit: on one core the model and this work share the
+    # CPU, so together they bound what any server could answer. None: JSON numbers or text.
+    api_work: Callable[[Body], Any] | None = None
 
     @property
     def runner_class_name(self) -> str:
@@ -120,6 +124,18 @@ def _flowers(rng: np.random.Generator, n: int) -> list[np.ndarray]:
 
 def flowers_body(rng: np.random.Generator) -> Body:
     return {"images": [_b64_jpeg(_flowers(rng, 1)[0])]}
+
+
+def decode_field(field: str) -> Callable[[Body], Any]:
+    """The API's decoding of one image request (the same function its endpoints call)."""
+
+    def decode(body: Body) -> Any:
+        from despliegue.images import decode_images
+
+        assert isinstance(body, dict)
+        return decode_images(body[field], field)
+
+    return decode
 
 
 @functools.cache
@@ -217,6 +233,7 @@ PATHS: tuple[BenchPath, ...] = (
         make_batch=_flowers,
         baseline="benchmarks.baselines.flowers_seed:app",
         limit_batch_sizes=(1, 8, 16, 32, 64),
+        api_work=decode_field("images"),
     ),
     BenchPath(
         name="face",
@@ -229,6 +246,7 @@ PATHS: tuple[BenchPath, ...] = (
         baseline="benchmarks.baselines.faces_seed:app",
         model_key="face_validator",
         limit_batch_sizes=(1, 4, 8),
+        api_work=decode_field("input_data"),
     ),
     BenchPath(
         name="super",
@@ -241,6 +259,7 @@ PATHS: tuple[BenchPath, ...] = (
         baseline="benchmarks.baselines.faces_seed:app",
         limit_batch_sizes=(1, 4, 8),
         limit_call=super_limit,
+        api_work=decode_field("input_data"),
     ),
     BenchPath(
         name="antibiotics",

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-BATCH_METRIC = "bentoml_service_adaptive_batch_size"
+BATCH_METRIC = "despliegue_runner_call_items"
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<v>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -260,7 +260,9 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
     off = point_at(path_result["designs"].get("batching_off", []), concurrency)
     seed = point_at(path_result["designs"].get("seed", []), concurrency)
     mlflow = point_at(path_result["designs"].get("mlflow", []), concurrency)
-    limit = (path_result.get("limit") or {}).get("best_items_per_s")
+    limit_result = path_result.get("limit") or {}
+    limit = limit_result.get("best_items_per_s")
+    ceiling = limit_result.get("ceiling_items_per_s", limit)
     items = path_result.get("items_per_request", 1)
 
     def field(point: dict[str, Any] | None, key: str) -> float | None:
@@ -270,11 +272,18 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
     on_items = on_rps * items if on_rps is not None else None
     return {
         "service_vs_limit": ratio(on_items, limit),
+        "service_vs_ceiling": ratio(on_items, ceiling),
         "batching_on_vs_off": ratio(on_rps, field(off, "throughput_rps")),
         "service_vs_seed": ratio(on_rps, field(seed, "throughput_rps")),
         "p99_service_vs_seed": ratio(field(on, "p99_ms"), field(seed, "p99_ms")),
         "service_vs_mlflow": ratio(on_rps, field(mlflow, "throughput_rps")),
     }
+
+
+def batching_gain(limit: dict[str, Any]) -> float | None:
+    """The model's own throughput at its best batch over batch 1 (None without batch 1)."""
+    per_size = limit.get("items_per_s") or {}
+    return ratio(limit.get("best_items_per_s"), per_size.get("1"))
 
 
 DESIGN_LABELS = {
@@ -321,10 +330,31 @@ def render_markdown(result: dict[str, Any]) -> str:
                 name,
                 _fmt(limit.get("best_items_per_s"), 0),
                 _fmt(limit.get("best_batch_size")),
+                _fmt(batching_gain(limit)),
+                _fmt(limit.get("api_work_items_per_s"), 0),
+                _fmt(limit.get("ceiling_items_per_s"), 0),
                 per_size or "–",
             ]
         )
-    lines += _table(["path", "best items/s", "at batch", "items/s by batch size"], limit_rows)
+    lines += _table(
+        [
+            "path",
+            "best items/s",
+            "at batch",
+            "best / batch 1",
+            "API decode items/s",
+            "one-core ceiling",
+            "items/s by batch size",
+        ],
+        limit_rows,
+    )
+    lines += [
+        "",
+        "best / batch 1 is what batching can buy in the model itself: with batching off every "
+        "request is a batch of one. The one-core ceiling adds the API's own per-request work "
+        "(image decoding), timed in-process: 1 / (1/limit + 1/decode); no server on this core "
+        "can answer more.",
+    ]
     lines += ["", "## Through HTTP", ""]
     rows = []
     for name, path in result["paths"].items():
@@ -369,6 +399,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                     name,
                     str(concurrency),
                     _fmt_ratio(r["service_vs_limit"]),
+                    _fmt_ratio(r["service_vs_ceiling"]),
                     _fmt_ratio(r["batching_on_vs_off"]),
                     _fmt_ratio(r["service_vs_seed"]),
                     _fmt_ratio(r["p99_service_vs_seed"]),
@@ -380,6 +411,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "path",
             "clients",
             "service / limit",
+            "service / ceiling",
             "batching on / off",
             "service / seed design",
             "p99 service / seed",

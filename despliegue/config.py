@@ -53,6 +53,11 @@ class Batching(StrictModel):
     # the benchmark serves with it off to measure what batching buys. Excluded from
     # model_dump() so the bounds alone can still be spread into @bentoml.api.
     enabled: bool = Field(default=True, exclude=True)
+    # Calls to this method one API worker keeps pending at once; requests arriving meanwhile
+    # wait and leave merged in the next call (despliegue/coalescing.py). One gave the most
+    # throughput with one runner worker (measured: 1 > 2 > 4); raise it with the runner's
+    # workers, so each has a call to work on.
+    calls_in_flight: int = Field(default=1, ge=1, le=64, exclude=True)
 
     def api_options(self) -> dict[str, Any]:
         """Keyword arguments for a batchable runner method's `@bentoml.api(...)`."""

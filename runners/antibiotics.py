@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from despliegue.artifacts import ModelCard, load_served_model, panel_models
 from despliegue.config import settings
+from despliegue.heap import freeze_startup_heap
 
 PANEL = settings().panel("antibiotics")
 MODELS = panel_models(PANEL)
@@ -75,6 +76,7 @@ class AntibioticPanel:
         # Keras is imported by the loader, here in the runner process only.
         self.members = {code: PanelMember.load(code, ref) for code, ref in MODELS.items()}
         self.cards = [member.card for member in self.members.values()]
+        freeze_startup_heap()
 
     @bentoml.api(**PANEL.batching.api_options())
     def susceptibility(self, rows: list[PanelRow]) -> list[list[float]]:

@@ -15,6 +15,7 @@ import numpy as np
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.faces import LANDMARKS
+from despliegue.heap import freeze_startup_heap
 from despliegue.images import resize
 
 DETECTOR = settings().family("face_detector")
@@ -50,6 +51,7 @@ class FaceAnalyzer:
             lambda batch: self.validator(batch, training=False),
             input_signature=[tf.TensorSpec([None, *self.crop_size, 3], tf.float32)],
         )
+        freeze_startup_heap()
 
     @bentoml.api(**DETECTOR.batching.api_options())
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:

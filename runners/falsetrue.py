@@ -7,6 +7,7 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
+from despliegue.heap import freeze_startup_heap
 
 FAMILY = settings().family("falsetrue")
 
@@ -18,6 +19,7 @@ class FalseTrueClassifier:
     def __init__(self) -> None:
         self.model, self.card = load_served_model(type(self).model_ref)
         self.has_probabilities = hasattr(self.model, "predict_proba")
+        freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, texts: list[str]) -> np.ndarray:

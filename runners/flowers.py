@@ -13,6 +13,7 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
+from despliegue.heap import freeze_startup_heap
 from despliegue.images import resize
 
 FAMILY = settings().family("flowers")
@@ -36,6 +37,7 @@ class FlowerClassifier:
             lambda batch: self.model(batch, training=False),
             input_signature=[tf.TensorSpec([None, *self.size, 3], tf.float32)],
         )
+        freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
+from despliegue.heap import freeze_startup_heap
 
 FAMILY = settings().family("heatflow")
 
@@ -17,6 +18,7 @@ class HeatFlowRegressor:
 
     def __init__(self) -> None:
         self.model, self.card = load_served_model(type(self).model_ref)
+        freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
     def predict(self, sediment_thickness_m: np.ndarray) -> np.ndarray:

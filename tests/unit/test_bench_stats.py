@@ -28,15 +28,15 @@ from benchmarks.stats import (
 from despliegue.config import DEFAULT_CONFIG_PATH, load_settings
 
 METRICS = """\
-# HELP bentoml_service_adaptive_batch_size Service adaptive batch size
-# TYPE bentoml_service_adaptive_batch_size histogram
-bentoml_service_adaptive_batch_size_sum{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="1"}} {hs}
-bentoml_service_adaptive_batch_size_count{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="1"}} {hc}
-bentoml_service_adaptive_batch_size_sum{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="2"}} 10.0
-bentoml_service_adaptive_batch_size_count{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="2"}} 2.0
-bentoml_service_adaptive_batch_size_bucket{{le="1.0",method_name="predict",runner_name="HeatFlowRegressor",worker_index="1"}} 99.0
-bentoml_service_adaptive_batch_size_sum{{method_name="classify",runner_name="FalseTrueClassifier",worker_index="1"}} 500.0
-bentoml_service_adaptive_batch_size_count{{method_name="classify",runner_name="FalseTrueClassifier",worker_index="1"}} 7.0
+# HELP despliegue_runner_call_items Items per call from the API to a runner method
+# TYPE despliegue_runner_call_items histogram
+despliegue_runner_call_items_sum{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="1"}} {hs}
+despliegue_runner_call_items_count{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="1"}} {hc}
+despliegue_runner_call_items_sum{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="2"}} 10.0
+despliegue_runner_call_items_count{{method_name="predict",runner_name="HeatFlowRegressor",worker_index="2"}} 2.0
+despliegue_runner_call_items_bucket{{le="1.0",method_name="predict",runner_name="HeatFlowRegressor",worker_index="1"}} 99.0
+despliegue_runner_call_items_sum{{method_name="classify",runner_name="FalseTrueClassifier",worker_index="1"}} 500.0
+despliegue_runner_call_items_count{{method_name="classify",runner_name="FalseTrueClassifier",worker_index="1"}} 7.0
 """  # noqa: E501
 
 
@@ -111,6 +111,8 @@ def result_with(seed: bool = True) -> dict:
                     "items_per_s": {"1": 1000.0, "64": 8000.0},
                     "best_batch_size": 64,
                     "best_items_per_s": 8000.0,
+                    "api_work_items_per_s": 8000.0,
+                    "ceiling_items_per_s": 4000.0,
                 },
                 "designs": designs,
             }
@@ -121,6 +123,7 @@ def result_with(seed: bool = True) -> dict:
 def test_ratios_compare_items_with_the_limit_and_requests_with_the_rest() -> None:
     ratios = ratios_for(result_with()["paths"]["heatflow"], 32)
     assert ratios["service_vs_limit"] == pytest.approx(400 * 2 / 8000)
+    assert ratios["service_vs_ceiling"] == pytest.approx(400 * 2 / 4000)
     assert ratios["batching_on_vs_off"] == pytest.approx(4.0)
     assert ratios["service_vs_seed"] == pytest.approx(2.0)
     assert ratios["p99_service_vs_seed"] == pytest.approx(0.5)
@@ -145,9 +148,9 @@ def test_markdown_shows_machine_absolutes_and_ratios() -> None:
     text = render_markdown(result_with())
     assert "Test CPU, 2 cores" in text
     assert "/readyz 6.50 s" in text
-    assert "| heatflow | 8,000 | 64 |" in text
+    assert "| heatflow | 8,000 | 64 | 8.0 | 8,000 | 4,000 |" in text  # gain 8000/1000
     assert "| heatflow | service, batching on | 32 | 400.0 | 25.0 | 45.0 | 50.0 | 0 |" in text
-    assert "| heatflow | 32 | 0.1 | 4 | 2 | 0.5 |" in text
+    assert "| heatflow | 32 | 0.1 | 0.2 | 4 | 2 | 0.5 |" in text
     assert "Warning" not in text
 
 

@@ -1,0 +1,31 @@
+"""Keep Python's garbage collector from pausing a serving process under load.
+
+A worker imports its framework (TensorFlow, scikit-learn, BentoML) and loads its model: a heap
+of 100,000s of long-lived objects (a full collection of the API's took ~40 ms). While the
+collector runs, the process answers nothing, so each pause is a latency spike for every request
+in flight, and with Python's default thresholds (a collection every 700 allocations) a busy
+worker collects constantly. Two changes, once the worker has started:
+
+- `gc.freeze()` moves what exists after start-up into a permanent generation the collector
+  never walks;
+- higher thresholds make the young generation collections rarer; reference counting still
+  frees almost everything at once, the collector is only needed for reference cycles.
+
+Measured at 32 clients on one core: p99 of /heatflow 174 -> 39 ms and of /flowers 323 -> 87 ms,
+throughput up 10-25 %; with the collector off entirely, p99 was the same (38 and 78 ms).
+"""
+
+from __future__ import annotations
+
+import gc
+
+# Allocations before a young collection (default 700), then young collections per middle one
+# and middle per full one (defaults 10 and 10).
+THRESHOLDS = (50_000, 20, 100)
+
+
+def freeze_startup_heap() -> None:
+    """Call once at the end of a service's __init__ (in the worker, after the model loads)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)

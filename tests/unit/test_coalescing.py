@@ -1,0 +1,193 @@
+"""Request coalescing (despliegue/coalescing.py) with a plain async function as the runner
+method: which requests share a call, in which order answers come back, and how failures
+stay with the request that caused them. The live server tests check it end to end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from despliegue.coalescing import Coalescer, call_items_histogram, coalesce
+from despliegue.config import Batching
+
+
+class RecordingMethod:
+    """A runner method that doubles numbers, records each call, and can be held open."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_on = fail_on
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        await self.release.wait()
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot take {self.fail_on}")
+        return [2 * item for item in items]
+
+
+def coalescer(method: RecordingMethod, max_batch_size: int = 8, in_flight: int = 1) -> Coalescer:
+    return Coalescer("TestRunner.double", method, max_batch_size, in_flight)
+
+
+async def settle() -> None:
+    """Let every ready task run (a request task, then the call task it starts)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def hold_first_call(method: RecordingMethod, batcher: Coalescer, first: list[int]):
+    """Start a call and keep it pending, so later requests have to wait and merge."""
+    method.release.clear()
+    task = asyncio.create_task(batcher(first))
+    await settle()
+    assert method.calls == [first]
+    return task
+
+
+def test_a_lone_request_is_sent_at_once() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        assert await coalescer(method)([1, 2, 3]) == [2, 4, 6]
+        assert method.calls == [[1, 2, 3]]
+
+    asyncio.run(scenario())
+
+
+def test_numpy_arrays_are_requests_too() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        assert await coalescer(method)(np.array([1, 2])) == [2, 4]
+        assert await coalescer(method)(np.array([])) == []
+        assert method.calls == [[1, 2]]
+
+    asyncio.run(scenario())
+
+
+def test_requests_waiting_for_a_pending_call_share_the_next_one_in_order() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        batcher = coalescer(method)
+        first = await hold_first_call(method, batcher, [1])
+        waiting = [asyncio.create_task(batcher(items)) for items in ([2], [3, 4], [5])]
+        await settle()
+        assert len(method.calls) == 1  # nothing else leaves while one call is pending
+        method.release.set()
+        assert await first == [2]
+        assert [await task for task in waiting] == [[4], [6, 8], [10]]
+        assert method.calls == [[1], [2, 3, 4, 5]]
+
+    asyncio.run(scenario())
+
+
+def test_a_merged_call_stops_at_max_batch_size_and_a_large_request_goes_alone() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        batcher = coalescer(method, max_batch_size=3)
+        first = await hold_first_call(method, batcher, [0])
+        requests = ([1, 2], [3], [4, 5, 6, 7], [8])
+        waiting = [asyncio.create_task(batcher(items)) for items in requests]
+        await settle()
+        method.release.set()
+        await first
+        answers = [await task for task in waiting]
+        assert answers == [[2 * i for i in items] for items in requests]
+        assert method.calls == [[0], [1, 2, 3], [4, 5, 6, 7], [8]]
+
+    asyncio.run(scenario())
+
+
+def test_calls_in_flight_bounds_the_pending_calls() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        method.release.clear()
+        batcher = coalescer(method, in_flight=2)
+        tasks = [asyncio.create_task(batcher([i])) for i in range(4)]
+        await settle()
+        assert method.calls == [[0], [1]]
+        method.release.set()
+        assert [await task for task in tasks] == [[0], [2], [4], [6]]
+        assert method.calls == [[0], [1], [2, 3]]
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_in_a_merged_call_stays_with_the_request_that_caused_it() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod(fail_on=13)
+        batcher = coalescer(method)
+        first = await hold_first_call(method, batcher, [1])
+        good, bad, other = (asyncio.create_task(batcher(x)) for x in ([2], [13], [3]))
+        await settle()
+        method.release.set()
+        await first
+        assert await good == [4]
+        assert await other == [6]
+        with pytest.raises(ValueError, match="cannot take 13"):
+            await bad
+        # the merged call failed, then each of its requests was retried alone
+        assert method.calls == [[1], [2, 13, 3], [2], [13], [3]]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_whose_client_left_is_not_sent_and_does_not_block_others() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        batcher = coalescer(method)
+        first = await hold_first_call(method, batcher, [1])
+        gone = asyncio.create_task(batcher([7]))
+        stays = asyncio.create_task(batcher([8]))
+        await settle()
+        gone.cancel()
+        method.release.set()
+        await first
+        assert await stays == [16]
+        assert gone.cancelled()
+        assert method.calls == [[1], [8]]
+
+    asyncio.run(scenario())
+
+
+def test_a_runner_answering_the_wrong_number_of_results_is_an_error() -> None:
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="1 results for 2 items"):
+            await Coalescer("TestRunner.short", short, 8, 1)([1, 2])
+
+    asyncio.run(scenario())
+
+
+def test_items_per_call_are_counted_for_metrics() -> None:
+    def counted() -> float:
+        histogram = call_items_histogram().labels(runner_name="TestRunner", method_name="count")
+        return sum(
+            sample.value
+            for metric in histogram.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_sum")
+        )
+
+    async def scenario() -> None:
+        method = RecordingMethod()
+        await Coalescer("TestRunner.count", method, 8, 1)([1, 2, 3])
+
+    before = counted()
+    asyncio.run(scenario())
+    assert counted() - before == 3
+
+
+def test_batching_off_calls_the_method_directly() -> None:
+    async def method(items: list[int]) -> list[int]:
+        return items
+
+    off = Batching(max_batch_size=8, max_latency_ms=100, enabled=False)
+    on = Batching(max_batch_size=8, max_latency_ms=100)
+    assert coalesce("TestRunner.same", method, off) is method
+    assert isinstance(coalesce("TestRunner.same", method, on), Coalescer)
