@@ -259,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     off, _ = measure_service("batching-off", paths, args, off_env, cpus, workdir)
     result["cold_start"] = cold
     result["warnings"] = [
-        f"{name}: the batching-off run still dispatched batches; its runner ignores "
-        "`batching.enabled` (use `@bentoml.api(**FAMILY.batching.api_options())`)"
+        f"{name}: the batching-off run still merged requests into runner calls; the API must "
+        "call the runner through `coalesce(...)`, which honours `batching.enabled`"
         for name, points in off.items()
         if any(point["mean_batch_size"] is not None for point in points)
     ]

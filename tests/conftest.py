@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +45,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def served_requests(metrics_text: str, endpoint: str) -> float:
+    """Requests a BentoML server answered 200 on `endpoint`, from its /metrics text: how a
+    test tells which process tier served a call."""
+    pattern = r"bentoml_service_request_total\{([^}]*)\} ([0-9.e+]+)"
+    return sum(
+        float(value)
+        for labels, value in re.findall(pattern, metrics_text)
+        if f'endpoint="{endpoint}"' in labels and 'http_response_code="200"' in labels
+    )
 
 
 def run_save_models(*args: str, home: str | None = None) -> subprocess.CompletedProcess[str]:

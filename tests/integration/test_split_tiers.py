@@ -7,7 +7,6 @@ variables, with no change to the service code.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -17,7 +16,14 @@ import httpx
 import pytest
 
 import tests.conftest as shared
-from tests.conftest import ROOT, LiveServer, free_port, stop_server, wait_until_serving
+from tests.conftest import (
+    ROOT,
+    LiveServer,
+    free_port,
+    served_requests,
+    stop_server,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +45,6 @@ def start_tier(home: str, log_path: Path, port: int, **env: str) -> subprocess.P
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def predict_calls(runner_url: str) -> float:
-    """Successful POST /predict requests a runner tier has served, from its /metrics."""
-    text = httpx.get(f"{runner_url}/metrics", timeout=10).text
-    pattern = r"bentoml_service_request_total\{([^}]*)\} ([0-9.e+]+)"
-    return sum(
-        float(value)
-        for labels, value in re.findall(pattern, text)
-        if 'endpoint="/predict"' in labels and 'http_response_code="200"' in labels
-    )
 
 
 def test_api_reaches_a_runner_served_apart_by_url(reference_store: str, tmp_path: Path) -> None:
@@ -74,7 +69,8 @@ def test_api_reaches_a_runner_served_apart_by_url(reference_store: str, tmp_path
         # runner tier's own /metrics counted the call (metrics are written after the response,
         # so allow them a moment).
         deadline = time.monotonic() + 10
-        while predict_calls(f"http://127.0.0.1:{runner_port}") < 1:
+        runner_metrics = f"http://127.0.0.1:{runner_port}/metrics"
+        while served_requests(httpx.get(runner_metrics, timeout=10).text, "/predict") < 1:
             assert time.monotonic() < deadline, runner_log.read_text()[-3000:]
             time.sleep(0.2)
         assert "Service HeatFlowRegressor initialized" not in server.log()
