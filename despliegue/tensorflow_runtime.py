@@ -2,15 +2,23 @@
 
 Thread pools can only be sized before TensorFlow runs its first op, so each runner calls
 `configure_tensorflow()` first thing in `__init__`. The sizes come from configuration.yaml
-(`tensorflow:`), documented there.
+(`tensorflow:`), documented there. `CompiledImageModel` is how every runner calls a stored
+Keras image CNN.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from despliegue.config import settings
+from despliegue.images import resize
+
+if TYPE_CHECKING:
+    from despliegue.artifacts import ModelCard
 
 
 def configure_tensorflow() -> Any:
@@ -25,3 +33,26 @@ def configure_tensorflow() -> Any:
     except RuntimeError:
         pass  # already initialised in this process (e.g. a second model in one runner)
     return tf
+
+
+class CompiledImageModel:
+    """A stored Keras image CNN as a runner calls it: the preprocessing its model card records
+    (input size, scale, offset), so an imported model with its own input size or scaling is
+    served without code changes, and one traced graph for every batch size (a plain model
+    call per batch is slower, and `model.predict` adds ~80 ms per call)."""
+
+    def __init__(self, model: Any, card: ModelCard) -> None:
+        tf = configure_tensorflow()
+        preprocessing = card.metadata["preprocessing"]
+        self.size = (int(preprocessing["size"][0]), int(preprocessing["size"][1]))
+        self._scale = np.float32(preprocessing["scale"])
+        self._offset = np.float32(preprocessing["offset"])
+        self._forward = tf.function(
+            lambda batch: model(batch, training=False),
+            input_signature=[tf.TensorSpec([None, *self.size, 3], tf.float32)],
+        )
+
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's outputs for RGB images of any size (resized as it expects), one call."""
+        batch = np.stack([resize(np.asarray(image, dtype=np.uint8), self.size) for image in images])
+        return np.asarray(self._forward(batch.astype(np.float32) * self._scale + self._offset))

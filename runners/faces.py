@@ -16,7 +16,6 @@ from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.faces import LANDMARKS
 from despliegue.heap import freeze_startup_heap
-from despliegue.images import resize
 
 DETECTOR = settings().family("face_detector")
 VALIDATOR = settings().family("face_validator")
@@ -38,19 +37,12 @@ class FaceAnalyzer:
     validator_ref = bentoml.models.BentoModel(VALIDATOR.tag)
 
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import configure_tensorflow
+        from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
 
-        tf = configure_tensorflow()
+        configure_tensorflow()  # thread pools first: they cannot be sized after the first op
         self.detector, self.detector_card = load_served_model(type(self).detector_ref)
-        self.validator, self.validator_card = load_served_model(type(self).validator_ref)
-        preprocessing = self.validator_card.metadata["preprocessing"]
-        self.crop_size = (int(preprocessing["size"][0]), int(preprocessing["size"][1]))
-        self.scale = np.float32(preprocessing["scale"])
-        self.offset = np.float32(preprocessing["offset"])
-        self.score_crops = tf.function(
-            lambda batch: self.validator(batch, training=False),
-            input_signature=[tf.TensorSpec([None, *self.crop_size, 3], tf.float32)],
-        )
+        validator, self.validator_card = load_served_model(type(self).validator_ref)
+        self.score_crops = CompiledImageModel(validator, self.validator_card)
         freeze_startup_heap()
 
     @bentoml.api(**DETECTOR.batching.api_options())
@@ -72,11 +64,7 @@ class FaceAnalyzer:
     @bentoml.api(**VALIDATOR.batching.api_options())
     def validate(self, crops: list[np.ndarray]) -> list[float]:
         """Validation score in [0, 1] per face crop (any size; resized as the model expects)."""
-        batch = np.stack(
-            [resize(np.asarray(crop, dtype=np.uint8), self.crop_size) for crop in crops]
-        )
-        scores = self.score_crops(batch.astype(np.float32) * self.scale + self.offset)
-        return [float(score) for score in np.asarray(scores).reshape(-1)]
+        return [float(score) for score in self.score_crops(crops).reshape(-1)]
 
     @bentoml.api
     def describe(self) -> list[ModelCard]:

@@ -14,7 +14,6 @@ import numpy as np
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
-from despliegue.images import resize
 
 FAMILY = settings().family("flowers")
 
@@ -24,27 +23,17 @@ class FlowerClassifier:
     model_ref = bentoml.models.BentoModel(FAMILY.tag)
 
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import configure_tensorflow
+        from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
 
-        tf = configure_tensorflow()
-        self.model, self.card = load_served_model(type(self).model_ref)
-        preprocessing = self.card.metadata["preprocessing"]
-        self.size = (int(preprocessing["size"][0]), int(preprocessing["size"][1]))
-        self.scale = np.float32(preprocessing["scale"])
-        self.offset = np.float32(preprocessing["offset"])
-        # One traced graph for every batch size (a plain model call per request is slower).
-        self.forward = tf.function(
-            lambda batch: self.model(batch, training=False),
-            input_signature=[tf.TensorSpec([None, *self.size, 3], tf.float32)],
-        )
+        configure_tensorflow()  # thread pools first: they cannot be sized after the first op
+        model, self.card = load_served_model(type(self).model_ref)
+        self.classifier = CompiledImageModel(model, self.card)
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Class probabilities for each RGB image (one model call for the whole batch)."""
-        batch = np.stack([resize(np.asarray(image, dtype=np.uint8), self.size) for image in images])
-        probabilities = self.forward(batch.astype(np.float32) * self.scale + self.offset)
-        return list(np.asarray(probabilities, dtype=np.float32))
+        return list(self.classifier(images).astype(np.float32))
 
     @bentoml.api
     def describe(self) -> list[ModelCard]:
