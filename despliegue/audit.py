@@ -76,7 +76,11 @@ def model_tags(body: bytes) -> list[str]:
 
 
 class AuditLog:
-    """Write one audit line per request (probes and UI assets excepted)."""
+    """Write one audit line per request (probes and UI assets excepted).
+
+    The line is written before the response's last body chunk is sent, so a client that holds
+    its answer can already find its line (and a crash after the answer cannot lose it).
+    """
 
     def __init__(self, app: ASGIApp, audit: AuditSettings) -> None:
         self.app = app
@@ -102,31 +106,13 @@ class AuditLog:
         keep_input = self.audit.include_input
         input_cap = self.audit.max_input_chars
 
-        async def receive_and_keep() -> Message:
-            message = await receive()
-            if message["type"] == "http.request" and len(request_body) <= input_cap:
-                request_body.extend(message.get("body", b"")[: input_cap + 1])
-            return message
+        written = False
 
-        async def send_and_watch(message: Message) -> None:
-            nonlocal sniff
-            if message["type"] == "http.response.start":
-                record["status"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                content_type = dict(headers).get(b"content-type", b"")
-                sniff = content_type.startswith(b"application/json")
-                message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body" and sniff:
-                response_body.extend(message.get("body", b""))
-                if len(response_body) > MAX_SNIFFED_BODY:
-                    sniff = False
-                    response_body.clear()
-            await send(message)
-
-        try:
-            await self.app(scope, receive_and_keep if keep_input else receive, send_and_watch)
-        finally:
+        def write_line() -> None:
+            nonlocal written
+            if written:
+                return
+            written = True
             line = {
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "request_id": request_id,
@@ -143,6 +129,36 @@ class AuditLog:
                 line["input"] = text[:input_cap]
                 line["input_truncated"] = len(text) > input_cap
             self.logger.info(json.dumps(line, ensure_ascii=False))
+
+        async def receive_and_keep() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(request_body) <= input_cap:
+                request_body.extend(message.get("body", b"")[: input_cap + 1])
+            return message
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal sniff
+            if message["type"] == "http.response.start":
+                record["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                content_type = dict(headers).get(b"content-type", b"")
+                sniff = content_type.startswith(b"application/json")
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                if sniff:
+                    response_body.extend(message.get("body", b""))
+                    if len(response_body) > MAX_SNIFFED_BODY:
+                        sniff = False
+                        response_body.clear()
+                if not message.get("more_body", False):
+                    write_line()  # before the client can see its answer
+            await send(message)
+
+        try:
+            await self.app(scope, receive_and_keep if keep_input else receive, send_and_watch)
+        finally:
+            write_line()  # the app failed or sent no final body: still one line
 
 
 def _request_id(scope: Scope) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -60,3 +61,50 @@ def test_model_tags_are_read_from_single_and_catalogue_responses() -> None:
     assert model_tags(b'{"model": "a:1"}') == ["a:1"]
     assert model_tags(b'{"models": [{"tag": "a:1"}, {"tag": "b:2"}]}') == ["a:1", "b:2"]
     assert model_tags(b"[1, 2]") == [] and model_tags(b"not json") == []
+
+
+def test_the_line_is_written_before_the_client_gets_its_answer(tmp_path: Path) -> None:
+    """A client holding its answer can read its line: nothing waits for the app to return."""
+    path = tmp_path / "audit.jsonl"
+    app = Starlette(routes=[Route("/heatflow", predict, methods=["POST"])])
+    middleware = AuditLog(app, AuditSettings(stdout=False, file=str(path)))
+    seen_when_answered: list[list[dict]] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            seen_when_answered.append(lines(path) if path.exists() else [])
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/heatflow",
+        "headers": [(b"x-request-id", b"a1")],
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+        "scheme": "http",
+        "root_path": "",
+        "http_version": "1.1",
+        "asgi": {"version": "3.0"},
+    }
+    asyncio.run(middleware(scope, receive, send))
+    [[line]] = seen_when_answered
+    assert line["request_id"] == "a1" and line["status"] == 200
+    assert len(lines(path)) == 1  # and the app returning does not write a second one
+
+
+def test_an_app_that_fails_before_answering_is_audited_as_500(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+
+    async def broken(request: Request) -> JSONResponse:
+        raise RuntimeError("boom")
+
+    app = Starlette(routes=[Route("/heatflow", broken, methods=["POST"])])
+    app.add_middleware(AuditLog, audit=AuditSettings(stdout=False, file=str(path)))
+    response = TestClient(app, raise_server_exceptions=False).post("/heatflow", content=b"{}")
+    assert response.status_code == 500
+    [line] = lines(path)
+    assert line["status"] == 500 and line["endpoint"] == "/heatflow"
