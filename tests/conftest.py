@@ -82,6 +82,15 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def log_lines_with(self, text: str, wait_s: float = 10.0) -> list[str]:
+        """The log lines holding `text`, waiting up to `wait_s` for worker output to land."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = [line for line in self.log().splitlines() if text in line]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
     token: str = ADMIN_TOKEN
 
     @property

@@ -78,16 +78,9 @@ def test_metrics_need_a_token_and_docs_do_not(live_server: LiveServer) -> None:
 
 
 def audit_lines(live_server: LiveServer, request_id: str) -> list[dict]:
-    """The audit lines of one request, waiting briefly for the worker to flush stdout."""
-    for _ in range(40):
-        found = []
-        for line in live_server.log().splitlines():
-            if line.startswith("{") and request_id in line:
-                found.append(json.loads(line))
-        if found:
-            return found
-        time.sleep(0.25)
-    return []
+    """The audit lines of one request (JSON lines on the server's stdout)."""
+    lines = live_server.log_lines_with(request_id)
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def test_every_call_writes_one_audit_line(live_server: LiveServer) -> None:
