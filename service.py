@@ -170,10 +170,11 @@ class Despliegue:
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
-        thickness = np.asarray(sediment_thickness_m, dtype=float)
-        heat_flow = np.asarray(await self.predict_heat_flow(thickness), dtype=float)
+        # The validated list goes to the coalescer as is: the runner call makes one array of
+        # every merged request (an array here would be split back into numpy scalars).
+        heat_flow = np.asarray(await self.predict_heat_flow(sediment_thickness_m), dtype=float)
         return HeatFlowResponse(
-            sediment_thickness_m=thickness.tolist(),
+            sediment_thickness_m=sediment_thickness_m,
             heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
             model=await self.tag("heatflow"),
         )
