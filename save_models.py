@@ -144,7 +144,10 @@ def run_backup_command(command: str, folder: Path) -> int:
         done = backup(folder) if command == "backup" else restore(folder)
     except BackupRefused as exc:
         console.print(f"[bold red]{command} refused:[/] {exc}")
-        if command == "restore":
+        if command == "restore" and exc.left_in_store:
+            left = ", ".join(exc.left_in_store)
+            console.print(f"The model store still holds {left}: `bentoml models delete` them.")
+        elif command == "restore":
             console.print("The model store is unchanged.")
         return 1
     table = Table(title=f"{command}: {folder}")
