@@ -24,7 +24,7 @@ from pydantic import Field
 
 from despliegue.artifacts import ModelCard, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
-from despliegue.auth import BearerAuth, token_book
+from despliegue.auth import DOCS_PATHS, DOCS_PREFIXES, PROBES, BearerAuth, token_book
 from despliegue.coalescing import coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
@@ -36,7 +36,9 @@ from despliegue.http import (
     ContentTypeGuard,
     MethodNotAllowed,
     UploadFieldGuard,
+    form_fields,
 )
+from despliegue.http_server import configure_http_server
 from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.schemas import (
     AntibioticPanelListing,
@@ -387,7 +389,8 @@ class Despliegue:
         return ServedModels(models=[card for cards in per_family for card in cards])
 
 
-# The first added is the outermost: the audit line covers refusals by auth and size limits.
+# The first added is the outermost: the audit line covers refusals by auth, size limits and
+# content checks.
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(
@@ -396,16 +399,12 @@ Despliegue.add_asgi_middleware(
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
 Despliegue.add_asgi_middleware(
     ContentTypeGuard,
-    json_routes=frozenset(
-        api.route
-        for api in Despliegue.apis.values()
-        if api.input_spec.mime_type() == "application/json"
-    ),
+    media_types={api.route: api.input_spec.mime_type() for api in Despliegue.apis.values()},
 )
 Despliegue.add_asgi_middleware(
     UploadFieldGuard,
-    file_fields={
-        api.route: frozenset(api.input_spec.multipart_fields)
+    forms={
+        api.route: form_fields(api.input_spec, api.input_spec.multipart_fields)
         for api in Despliegue.apis.values()
         if api.input_spec.mime_type() == "multipart/form-data"
     },
@@ -413,18 +412,28 @@ Despliegue.add_asgi_middleware(
 )
 
 
-def shared_paths() -> dict[str, frozenset[str]]:
-    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
+def catalog_operations() -> dict[str, dict]:
+    """The catalog app's paths and their operations, as its OpenAPI document lists them."""
     from fastapi.openapi.utils import get_openapi
 
-    catalog_paths = get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
+    return get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
+
+
+def shared_paths() -> dict[str, frozenset[str]]:
+    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
     api_routes = {api.route for api in Despliegue.apis.values()}
     return {
         path: frozenset({"POST", *(method.upper() for method in operations)})
         | ({"HEAD"} if "get" in operations else set())
-        for path, operations in catalog_paths.items()
+        for path, operations in catalog_operations().items()
         if path in api_routes
     }
 
 
 Despliegue.add_asgi_middleware(MethodNotAllowed, allowed=shared_paths())
+configure_http_server(
+    head_timeout_s=settings().limits.request_head_timeout_s,
+    trusted_proxies=settings().security.trusted_proxies,
+    metric_paths=frozenset({*PROBES, *DOCS_PATHS, "/metrics", *catalog_operations()}),
+    metric_prefixes=DOCS_PREFIXES,
+)

@@ -39,6 +39,10 @@ ADMIN_TOKEN, ADMIN_RECORD = new_token("test-admin", ["*"])
 HEATFLOW_TOKEN, HEATFLOW_RECORD = new_token("test-heatflow", ["heatflow"])
 SESSION_TOKEN_LINES = "\n".join((ADMIN_RECORD.line(), HEATFLOW_RECORD.line()))
 SESSION_TOKENS = (ADMIN_TOKEN, HEATFLOW_TOKEN)
+# The shared server also reads this tokens file (empty at start), which tests edit to add and
+# revoke tokens while it runs.
+SESSION_TOKENS_FILE = SESSION_HOME / "tokens.txt"
+SESSION_TOKENS_FILE.write_text("# tokens added by tests while the server runs\n")
 
 
 def free_port() -> int:
@@ -196,7 +200,7 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """One real `bentoml serve` shared by every integration test that can share it."""
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    process = start_server(reference_store, log_path)
+    process = start_server(reference_store, log_path, {TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE)})
     url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
     try:
         wait_until_serving(url, process, log_path)
