@@ -60,6 +60,19 @@ def launch(command: list[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server and every worker it started: circus gives each worker its own session,
+    so one stopped while still starting could outlive its supervisor."""
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    stop_server(process)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    for worker in alive:
+        worker.kill()
+
+
 def outbound_attempts(server: LiveServer) -> list[str]:
     return [line for line in server.log().splitlines() if OUTBOUND_MARKER in line]
 
@@ -111,7 +124,7 @@ def serving(
         start_up = probe_until(server, launched, is_ready, START_DEADLINE_S)
         yield StartedServer(server, launched, start_up, token)
     finally:
-        stop_server(process)
+        stop(process)
 
 
 def test_probes_answer_from_the_first_moment_of_start_up(serving: StartedServer) -> None:
@@ -182,7 +195,7 @@ def test_a_killed_runner_turns_readyz_503_naming_it_until_it_is_back(
 
 
 def test_nothing_tried_to_leave_the_machine(serving: StartedServer) -> None:
-    stop_server(serving.server.process)
+    stop(serving.server.process)
     assert outbound_attempts(serving.server) == []
 
 
@@ -203,7 +216,7 @@ def test_make_serve_probes_truthfully_with_telemetry_off(
         (line,) = server.log_lines_with("ready: serving")
         assert line.endswith(f"at {server.url}, auth off"), line
     finally:
-        stop_server(process)
+        stop(process)
     assert outbound_attempts(server) == []
 
 
@@ -231,5 +244,5 @@ def test_the_guard_sees_telemetry_when_an_operator_turns_it_on(
     try:
         attempts = server.log_lines_with(OUTBOUND_MARKER, wait_s=60)
     finally:
-        stop_server(process)
+        stop(process)
     assert attempts and "t.bentoml.com" in attempts[0], server.log()[-3000:]
