@@ -10,13 +10,15 @@ Here the service answers both probes itself, in front of every other middleware:
 
 - /livez (and BentoML's alias /healthz): 200 while this API process runs its event loop;
   nothing else is asked, so it answers in milliseconds whatever the runners do.
-- /readyz: every runner of the service (each `bentoml.depends`, a local process or a remote
-  tier) is asked for its own /readyz, all at once, each within RUNNER_TIMEOUT_S. 200 when every
-  one answers 200; otherwise 503 with a JSON body naming each runner that is not ready and why.
+- /readyz: 200 when every runner of the service (each `bentoml.depends`, a local process or a
+  remote tier) answered its own /readyz with 200 at the last check; otherwise 503 with a JSON
+  body naming each runner that did not and why.
 
-A watcher runs the same check every WATCH_INTERVAL_S, so the log says when the service becomes
-ready ("ready: serving N families at URL, auth on") and when it stops being ready and why,
-whether or not anything probes it.
+A watcher asks every runner, all at once, every WATCH_INTERVAL_S, each within RUNNER_TIMEOUT_S.
+Answering /readyz from its last result keeps the probe as cheap as /livez however often it is
+called (a busy 2-core machine made live checks miss the 1 s budget now and then), and the log
+says when the service becomes ready ("ready: serving N families at URL, auth on") and when it
+stops being ready and why, whether or not anything probes it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Each runner gets this long to answer; they are asked concurrently, so /readyz answers
-# within about this much (the promise is 1 s; probes in deploy/ allow 2 s).
+# Every WATCH_INTERVAL_S all runners are asked at once, each given RUNNER_TIMEOUT_S; /readyz
+# answers from the last check, so it costs no more than /livez. A check older than
+# STALE_AFTER_S is not trusted. Both probes answer within ANSWER_WITHIN_S (deploy/ allows 2 s).
 RUNNER_TIMEOUT_S = 0.5
-ANSWER_WITHIN_S = 1.0
 WATCH_INTERVAL_S = 1.0
+STALE_AFTER_S = 5.0
+ANSWER_WITHIN_S = 1.0
 LIVENESS_PATHS = frozenset({"/livez", "/healthz"})
 READINESS_PATH = "/readyz"
 
@@ -60,22 +65,24 @@ async def runner_problem(runner: Any, timeout_s: float = RUNNER_TIMEOUT_S) -> st
 
 @dataclass
 class Readiness:
-    """The runners of one API process, asked together; logs when the answer changes."""
+    """What the last check found about the runners of one API process; logs each change."""
 
     runners: dict[str, tuple[str, Any]]  # family -> (runner service name, its client)
     url: str
     auth_on: bool
-    ready: bool | None = None  # None until the first check
-    _pending: asyncio.Future[dict[str, str]] | None = field(default=None, repr=False)
+    problems: dict[str, str] = field(default_factory=dict)  # family -> why it is not ready
+    checked_at: float | None = None  # time.monotonic() of the last check; None before it
 
-    async def check(self) -> dict[str, str]:
-        """Not-ready families with the reason; empty when all are ready. Probes arriving
-        while a check runs share it rather than each asking every runner."""
-        if self._pending is None or self._pending.done():
-            self._pending = asyncio.ensure_future(self._ask_every_runner())
-        return await asyncio.shield(self._pending)
+    def current(self) -> dict[str, str]:
+        """Not-ready families with the reason (empty: all ready), as of the last check."""
+        if self.checked_at is None:
+            return {"service": "starting: runners not asked yet"}
+        age = time.monotonic() - self.checked_at
+        if age > STALE_AFTER_S:
+            return {"service": f"runners last asked {age:.0f} s ago"}
+        return self.problems
 
-    async def _ask_every_runner(self) -> dict[str, str]:
+    async def check(self) -> None:
         families = list(self.runners)
         answers = await asyncio.gather(
             *(runner_problem(client) for _, client in self.runners.values())
@@ -85,12 +92,8 @@ class Readiness:
             for family, problem in zip(families, answers, strict=True)
             if problem is not None
         }
-        self._record(problems)
-        return problems
-
-    def _record(self, problems: dict[str, str]) -> None:
-        ready = not problems
-        if ready and self.ready is not True:
+        was_ready = self.checked_at is not None and not self.problems
+        if not problems and not was_ready:
             logger.info(
                 "ready: serving %d families (%s) at %s, auth %s",
                 len(self.runners),
@@ -98,15 +101,18 @@ class Readiness:
                 self.url,
                 "on" if self.auth_on else "off",
             )
-        elif not ready and self.ready is True:
+        elif problems and was_ready:
             logger.warning(
                 "not ready: %s", "; ".join(f"{family}: {why}" for family, why in problems.items())
             )
-        self.ready = ready
+        self.problems, self.checked_at = problems, time.monotonic()
 
     async def watch(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # keep watching; /readyz reports the check as stale meanwhile
+                logger.exception("readiness check failed")
             await asyncio.sleep(WATCH_INTERVAL_S)
 
 
@@ -159,7 +165,7 @@ class Probes:
             not_ready = {"service": "starting"}
             families: list[str] = []
         else:
-            not_ready = await self.readiness.check()
+            not_ready = self.readiness.current()
             families = list(self.readiness.runners)
         body = {"ready": not not_ready, "not_ready": not_ready, "families": families}
         await respond(scope, send, 503 if not_ready else 200, body)
