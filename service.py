@@ -24,7 +24,14 @@ from pydantic import Field
 
 from despliegue.artifacts import ModelCard, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
-from despliegue.auth import DOCS_PATHS, DOCS_PREFIXES, PROBES, BearerAuth, token_book
+from despliegue.auth import (
+    DOCS_PATHS,
+    DOCS_PREFIXES,
+    PROBES,
+    BearerAuth,
+    auth_enabled,
+    token_book,
+)
 from despliegue.coalescing import coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
@@ -40,6 +47,7 @@ from despliegue.http import (
 )
 from despliegue.http_server import configure_http_server
 from despliegue.images import decode_images, decode_uploads, encode_png
+from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticResult,
@@ -389,8 +397,12 @@ class Despliegue:
         return ServedModels(models=[card for cards in per_family for card in cards])
 
 
-# The first added is the outermost: the audit line covers refusals by auth, size limits and
+# The first added is the outermost. Probes come first: answered at once, before auth, audit
+# and limits (despliegue/probes.py). The audit line covers refusals by auth, size limits and
 # content checks.
+Despliegue.add_asgi_middleware(
+    Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
+)
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(
