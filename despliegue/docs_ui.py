@@ -38,7 +38,15 @@ INDEX_HTML = """<!DOCTYPE html>
     <title>Despliegue API</title>
     <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
     <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" />
-    <style>body { margin: 0; background: #fafafa; } .swagger-ui .topbar { display: none; }</style>
+    <style>
+      body { margin: 0; background: #fafafa; }
+      .swagger-ui .topbar { display: none; }
+      .file-list .json-schema-form-item-add { font-size: 0; }
+      .file-list .json-schema-form-item-add::after {
+        content: "Add an image file";
+        font-size: 12px;
+      }
+    </style>
   </head>
   <body>
     <div id="swagger-ui"></div>
@@ -49,13 +57,27 @@ INDEX_HTML = """<!DOCTYPE html>
 </html>
 """
 
-INITIALIZER_JS = """window.onload = function () {
+# Swagger UI labels the button that adds a file to a list of files with the items' JSON type,
+# "Add string item"; FileLists marks such lists so the page's style can say "Add an image file".
+INITIALIZER_JS = """const FileLists = () => ({
+  wrapComponents: {
+    JsonSchema_array: (Original, system) => (props) => {
+      const items = props.schema && props.schema.get("items");
+      const drawn = system.React.createElement(Original, props);
+      if (!items || items.get("format") !== "binary") return drawn;
+      return system.React.createElement("div", { className: "file-list" }, drawn);
+    },
+  },
+});
+
+window.onload = function () {
   window.ui = SwaggerUIBundle({
     url: "./docs.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
     validatorUrl: null,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    plugins: [FileLists],
     layout: "StandaloneLayout",
   });
 };
@@ -175,7 +197,7 @@ def publishable_openapi(
         for tag in [*TAG_DESCRIPTIONS, *sorted(used_tags - TAG_DESCRIPTIONS.keys())]
         if tag in used_tags
     ]
-    return _standard_schemas(doc)
+    return _standard_schemas(doc, frozenset(components["schemas"]))
 
 
 def _version(doc: dict[str, Any]) -> str:
@@ -192,20 +214,22 @@ def _summary(operation: dict[str, Any], method: str, path: str) -> str:
     return first or operation.get("summary") or f"{method.upper()} {path}"
 
 
-def _standard_schemas(node: Any) -> Any:
+def _standard_schemas(node: Any, components: frozenset[str]) -> Any:
     """BentoML's file fields as standard OpenAPI 3.1 schemas, and titles without BentoML's
-    internal class suffix (a person reads "HeatFlowRequest", not "...IODescriptor")."""
+    internal class suffix (a person reads "HeatFlowRequest", not "...IODescriptor") unless
+    another schema has that name (client generators name their classes after titles)."""
     if isinstance(node, list):
-        return [_standard_schemas(item) for item in node]
+        return [_standard_schemas(item, components) for item in node]
     if not isinstance(node, dict):
         return node
     if node.get("type") == "file":
         return {**FILE_SCHEMA, **({"title": node["title"]} if "title" in node else {})}
     if node.get("type") == "string" and node.get("format") == "binary":
         node = {**node, **FILE_SCHEMA}
-    cleaned = {key: _standard_schemas(value) for key, value in node.items()}
-    if isinstance(cleaned.get("title"), str):
-        cleaned["title"] = cleaned["title"].removesuffix("IODescriptor")
+    cleaned = {key: _standard_schemas(value, components) for key, value in node.items()}
+    title = cleaned.get("title")
+    if isinstance(title, str) and title.removesuffix("IODescriptor") not in components:
+        cleaned["title"] = title.removesuffix("IODescriptor")
     return cleaned
 
 

@@ -162,6 +162,30 @@ def non_flower_set(rng: np.random.Generator, names: tuple[str, ...], per_photo: 
     return np.concatenate([random_crops(rng, non_flower_photo(name), per_photo) for name in names])
 
 
+def tinted(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
+    """Half of the images with each colour channel scaled at random: most photos that ship are
+    grey, and a model must not learn that "not a flower" means "grey"."""
+    gains = np.where(
+        rng.random((len(images), 1, 1, 1)) < 0.5, rng.uniform(0.4, 1.6, (len(images), 1, 1, 3)), 1.0
+    )
+    return np.clip(images * gains, 0, 255).astype(np.uint8)
+
+
+def small_photos() -> np.ndarray:
+    """skimage's 200 LFW pictures (100 faces, 100 other scenes; 25x25 grey), at input size."""
+    from PIL import Image
+    from skimage import data
+
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray((255 * p).astype(np.uint8)).convert("RGB").resize(INPUT_SIZE)
+            )
+            for p in data.lfw_subset()
+        ]
+    )
+
+
 def rejection_rate(probabilities: np.ndarray, threshold: float = THRESHOLD) -> float:
     """Share of images whose top class confidence is below the threshold."""
     return float(np.mean(probabilities.max(axis=1) < threshold))
@@ -177,17 +201,20 @@ def build_reference() -> ReferenceModel:
     rng = np.random.default_rng(SEED)
     flowers, labels = synthetic_set(rng, TRAIN_PER_CLASS)
     x_test, y_test = synthetic_set(rng, HELD_OUT_PER_CLASS)
-    others = non_flower_set(rng, NON_FLOWERS_TRAIN, CROPS_PER_PHOTO)
+    others = tinted(
+        rng,
+        np.concatenate([non_flower_set(rng, NON_FLOWERS_TRAIN, CROPS_PER_PHOTO), small_photos()]),
+    )
     others_held_out = non_flower_set(rng, NON_FLOWERS_HELD_OUT, HELD_OUT_CROPS_PER_PHOTO)
     # Targets: one-hot for a flower, an even spread over the 18 classes for anything else.
     targets = np.concatenate(
         [np.eye(len(CLASSES))[labels], np.full((len(others), len(CLASSES)), 1 / len(CLASSES))]
     ).astype(np.float32)
     pixels = np.concatenate([flowers, others])  # uint8: scaled per batch, not all at once
-    order = rng.permutation(len(pixels))
     scale, offset = PREPROCESSING["scale"], PREPROCESSING["offset"]
     training = (
-        tf.data.Dataset.from_tensor_slices((pixels[order], targets[order]))
+        tf.data.Dataset.from_tensor_slices((pixels, targets))
+        .shuffle(len(pixels), seed=SEED)
         .batch(32)
         .map(lambda x, y: (tf.cast(x, tf.float32) * scale + offset, y))
     )
@@ -205,7 +232,7 @@ def build_reference() -> ReferenceModel:
         name="flower_classifier_reference",
     )
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy")
-    model.fit(training, epochs=35, verbose=0)
+    model.fit(training, epochs=35, shuffle=False, verbose=0)  # the dataset reshuffles each epoch
 
     def predict(images: np.ndarray) -> np.ndarray:
         batches = [images[i : i + 64] for i in range(0, len(images), 64)]
@@ -229,9 +256,10 @@ def build_reference() -> ReferenceModel:
             f"{len(flowers)} synthetic 224x224 flowers drawn by despliegue/families/flowers.py "
             f"({TRAIN_PER_CLASS} per class): each class is one petal colour x centre colour; "
             "no real flower photos (none can be downloaded here). Open set: "
-            f"{len(others)} crops of {len(NON_FLOWERS_TRAIN)} real non-flower photos "
-            f"(skimage.data: {', '.join(NON_FLOWERS_TRAIN)}; china is scikit-learn's) with an "
-            "even target over the 18 classes"
+            f"{len(others)} real non-flower pictures: crops of {len(NON_FLOWERS_TRAIN)} photos "
+            f"(skimage.data: {', '.join(NON_FLOWERS_TRAIN)}; china is scikit-learn's) and "
+            "skimage's 200 LFW pictures, half of them colour-tinted, with an even target over "
+            "the 18 classes"
         ),
         "feature_ranges": {"pixels": [0, 255], "input_shape": [*INPUT_SIZE, 3]},
         "metrics_held_out": {
