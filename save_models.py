@@ -74,7 +74,7 @@ def reference_targets(selection: list[str]) -> list[tuple[Recipe, str]]:
 def build_missing_references(selection: list[str] | None = None) -> list[Outcome]:
     outcomes: list[Outcome] = []
     targets = reference_targets(selection or [])
-    prepare_tensorflow([recipe for recipe, _ in targets])
+    prepare_tensorflow([recipe for recipe, name in targets if not stored_models(name)])
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         for recipe, name in targets:

@@ -5,8 +5,8 @@ empties that folder whenever a server starts: a second server on the same home w
 one's files, and the first then serves stale `/metrics`. So the process that starts a server
 takes an exclusive lock on `$BENTOML_HOME/despliegue-serve.lock` when it loads the service
 (before BentoML touches that folder) and holds it until it exits; a second server on the same
-home stops there, naming the first. Give each server its own BENTOML_HOME (copy the `models`
-folder, or point several homes' `models` at one store).
+home stops there, naming the first. Give each server its own BENTOML_HOME (with a copy of the
+`models` folder).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def claim_home(home: str) -> None:
         raise HomeInUse(
             f"BENTOML_HOME={home} is already used by a running server ({holder}). Two servers "
             "on one home wipe each other's Prometheus metrics: give this one its own "
-            "BENTOML_HOME (with a copy of, or a link to, the models folder)."
+            "BENTOML_HOME (with a copy of its models folder)."
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}".encode())

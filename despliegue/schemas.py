@@ -19,6 +19,7 @@ from pydantic import (
     TypeAdapter,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import CODE_PATTERN, settings
@@ -249,7 +250,11 @@ class FlowersResponse(BaseModel):
 
 def _one_or_many_images(value: object) -> object:
     """The seed's clients send one Base64 string; a list is accepted too."""
-    return [value] if isinstance(value, str) else value
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("image_or_list", "Input should be one image or a list of images")
+    return value
 
 
 ImageList = Annotated[list[Base64Image], Field(min_length=1, max_length=IMAGES.max_images)]

@@ -74,6 +74,7 @@ NON_FLOWERS_TRAIN = (
 )  # fmt: skip
 NON_FLOWERS_HELD_OUT = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
 CROPS_PER_PHOTO = 30
+ROUND_THINGS = 120
 HELD_OUT_CROPS_PER_PHOTO = 20
 # Decision threshold the rejection rate is measured at (configuration.yaml's default).
 THRESHOLD = 0.5
@@ -108,6 +109,22 @@ def draw_flower(
         )
     core = radius * 0.25
     draw.ellipse([cx - core, cy - core, cx + core, cy + core], fill=jitter(centre))
+    return np.asarray(image)
+
+
+def draw_round_thing(rng: np.random.Generator, size: int = INPUT_SIZE[0]) -> np.ndarray:
+    """A drawn thing that is round but has no petals (a plate, a cup from above, a coin): the
+    petals, not the roundness, make the reference model's flowers."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(20, 230, 3)))
+    draw = ImageDraw.Draw(image)
+    cx, cy = rng.uniform(0.3, 0.7, 2) * size
+    radius = rng.uniform(0.15, 0.42) * size
+    for ring in range(int(rng.integers(1, 4))):
+        r = radius * (1 - 0.3 * ring)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.ellipse([cx - r, cy - r * rng.uniform(0.8, 1.0), cx + r, cy + r], fill=colour)
     return np.asarray(image)
 
 
@@ -201,10 +218,11 @@ def build_reference() -> ReferenceModel:
     rng = np.random.default_rng(SEED)
     flowers, labels = synthetic_set(rng, TRAIN_PER_CLASS)
     x_test, y_test = synthetic_set(rng, HELD_OUT_PER_CLASS)
-    others = tinted(
-        rng,
-        np.concatenate([non_flower_set(rng, NON_FLOWERS_TRAIN, CROPS_PER_PHOTO), small_photos()]),
+    photos = np.concatenate(
+        [non_flower_set(rng, NON_FLOWERS_TRAIN, CROPS_PER_PHOTO), small_photos()]
     )
+    round_things = np.stack([draw_round_thing(rng) for _ in range(ROUND_THINGS)])
+    others = np.concatenate([tinted(rng, photos), round_things])
     others_held_out = non_flower_set(rng, NON_FLOWERS_HELD_OUT, HELD_OUT_CROPS_PER_PHOTO)
     # Targets: one-hot for a flower, an even spread over the 18 classes for anything else.
     targets = np.concatenate(
@@ -258,8 +276,8 @@ def build_reference() -> ReferenceModel:
             "no real flower photos (none can be downloaded here). Open set: "
             f"{len(others)} real non-flower pictures: crops of {len(NON_FLOWERS_TRAIN)} photos "
             f"(skimage.data: {', '.join(NON_FLOWERS_TRAIN)}; china is scikit-learn's) and "
-            "skimage's 200 LFW pictures, half of them colour-tinted, with an even target over "
-            "the 18 classes"
+            f"skimage's 200 LFW pictures, half of them colour-tinted, and {ROUND_THINGS} drawn "
+            "round things without petals, with an even target over the 18 classes"
         ),
         "feature_ranges": {"pixels": [0, 255], "input_shape": [*INPUT_SIZE, 3]},
         "metrics_held_out": {

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, private_home
 from tests.image_samples import encode, photo
 
 pytestmark = pytest.mark.integration
@@ -46,16 +46,16 @@ def make_serve(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    home = tmp_path_factory.mktemp("make-serve") / "bentoml"
-    shutil.copytree(Path(reference_store) / "models", home / "models")
+    folder = tmp_path_factory.mktemp("make-serve")
+    home = private_home(reference_store, folder)
     port = free_port()
-    log_path = home.parent / "make-serve.log"
+    log_path = folder / "make-serve.log"
     env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             ["make", "serve", f"PORT={port}"],
             cwd=ROOT,
-            env={**env, "BENTOML_HOME": str(home)},
+            env={**env, "BENTOML_HOME": home},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
