@@ -13,6 +13,8 @@ the reference model also learns from real non-flower photos that installed packa
 (`skimage.data`, scikit-learn's sample images), with a target spread evenly over the 18
 classes ("outlier exposure", Hendrycks et al., ICLR 2019): its top confidence on things that
 are not flowers stays low, below the threshold. The 18 outputs stay the public contract.
+Drawn round things without petals join them: with photos alone, a cup seen from above (the
+held-out `coffee`) still passed for a flower, since round is what the drawn flowers are.
 Some photos are held out of training; the share of them answered "Flor no identificada" is
 measured here and recorded in the model's metadata (`metrics_held_out`).
 
@@ -274,10 +276,11 @@ def build_reference() -> ReferenceModel:
             f"{len(flowers)} synthetic 224x224 flowers drawn by despliegue/families/flowers.py "
             f"({TRAIN_PER_CLASS} per class): each class is one petal colour x centre colour; "
             "no real flower photos (none can be downloaded here). Open set: "
-            f"{len(others)} real non-flower pictures: crops of {len(NON_FLOWERS_TRAIN)} photos "
-            f"(skimage.data: {', '.join(NON_FLOWERS_TRAIN)}; china is scikit-learn's) and "
-            f"skimage's 200 LFW pictures, half of them colour-tinted, and {ROUND_THINGS} drawn "
-            "round things without petals, with an even target over the 18 classes"
+            f"{len(photos)} real non-flower pictures (crops of {len(NON_FLOWERS_TRAIN)} photos, "
+            f"skimage.data: {', '.join(NON_FLOWERS_TRAIN)}, china being scikit-learn's; and "
+            "skimage's 200 LFW pictures; half of them colour-tinted) and "
+            f"{ROUND_THINGS} drawn round things without petals, with an even target over the "
+            "18 classes"
         ),
         "feature_ranges": {"pixels": [0, 255], "input_shape": [*INPUT_SIZE, 3]},
         "metrics_held_out": {

@@ -50,10 +50,10 @@ def test_non_flower_photos_are_not_identified(live_server: LiveServer) -> None:
     }
     overall = float(np.mean([a["name"] == UNIDENTIFIED for f in per_photo.values() for a in f]))
     print(f"non-flower photos answered {UNIDENTIFIED!r}: {overall:.0%} {rejected}")
-    assert overall >= 0.75, rejected
+    assert overall >= 0.9, rejected
     # The photos the seed's rejection exists for, whole: none is named a flower.
     whole = {name: found[0]["name"] for name, found in per_photo.items()}
-    assert whole["astronaut"] == UNIDENTIFIED and whole["chelsea"] == UNIDENTIFIED, whole
+    assert set(whole.values()) == {UNIDENTIFIED}, whole
 
 
 def test_drawn_flowers_are_still_named(live_server: LiveServer) -> None:
