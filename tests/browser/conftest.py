@@ -20,7 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def test_output(*parts: str) -> Path:
+def output_folder(*parts: str) -> Path:
     """A folder under the test output folder ($DESPLIEGUE_TEST_OUTPUT, default test-output/)."""
     folder = Path(os.environ.get("DESPLIEGUE_TEST_OUTPUT", ROOT / "test-output")).joinpath(*parts)
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import test_output
+from tests.browser.conftest import output_folder
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def wait_for(driver: Any, css: str, timeout: float = 60, within: Any = None) -> 
 
 def screenshot(driver: Any, element: Any, name: str) -> None:
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-    path = test_output(SHOTS) / f"{name}.png"
+    path = output_folder(SHOTS) / f"{name}.png"
     driver.save_screenshot(str(path))
     print(f"screenshot: {path}")
 
@@ -75,7 +75,8 @@ def try_it_out(driver: Any, operation_id: str, tag: str) -> Any:
 
 def execute(driver: Any, block: Any, name: str) -> tuple[str, str]:
     """Press "Execute"; return the status code and the body the page shows."""
-    screenshot(driver, block, f"{name}-before-execute")
+    request = block.find_element("css selector", ".opblock-section-request-body")
+    screenshot(driver, request, f"{name}-before-execute")
     block.find_element("css selector", "button.execute").click()
     status = wait_for(driver, ".live-responses-table .response .response-col_status", within=block)
     body = block.find_element("css selector", ".live-responses-table .response-col_description pre")
@@ -108,7 +109,7 @@ def test_flowers_upload_takes_a_real_photo_from_the_file_picker(
 ) -> None:
     from sklearn.datasets import load_sample_image
 
-    photo = test_output(SHOTS) / "flower.jpg"
+    photo = output_folder(SHOTS) / "flower.jpg"
     buffer = io.BytesIO()
     Image.fromarray(load_sample_image("flower.jpg")).save(buffer, format="JPEG", quality=90)
     photo.write_bytes(buffer.getvalue())
