@@ -41,10 +41,10 @@ INDEX_HTML = """<!DOCTYPE html>
     <style>
       body { margin: 0; background: #fafafa; }
       .swagger-ui .topbar { display: none; }
-      .file-list .json-schema-form-item-add { font-size: 0; }
-      .file-list .json-schema-form-item-add::after {
+      .swagger-ui .file-list .json-schema-form-item-add { font-size: 0 !important; }
+      .swagger-ui .file-list .json-schema-form-item-add::after {
         content: "Add an image file";
-        font-size: 12px;
+        font-size: 14px;
       }
     </style>
   </head>

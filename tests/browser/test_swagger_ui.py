@@ -119,6 +119,8 @@ def test_flowers_upload_takes_a_real_photo_from_the_file_picker(
     add = wait_for(browser, ".file-list .json-schema-form-item-add", within=block)
     label = browser.execute_script("return getComputedStyle(arguments[0], '::after').content", add)
     assert label == '"Add an image file"', label
+    # ...in place of Swagger UI's own "Add string item", which must not show beside it.
+    assert browser.execute_script("return getComputedStyle(arguments[0]).fontSize", add) == "0px"
     add.click()
     wait_for(browser, "input[type=file]", within=block).send_keys(str(photo))
     status, body = execute(browser, block, "flowers-upload")
