@@ -62,8 +62,11 @@ def served_requests(metrics_text: str, endpoint: str) -> float:
     )
 
 
-def run_save_models(*args: str, home: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BENTOML_HOME": home or os.environ["BENTOML_HOME"], "COLUMNS": "200"}
+def run_save_models(
+    *args: str, home: str | None = None, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    home = home or os.environ["BENTOML_HOME"]
+    env = {**os.environ, "BENTOML_HOME": home, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "save_models.py", *args],
         cwd=ROOT,
@@ -186,12 +189,27 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
+# What `python save_models.py` printed while building the session's reference store.
+REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.stderr"
+
+
 @pytest.fixture(scope="session")
 def reference_store() -> str:
     """The session's BentoML home with every reference model built by save_models.py."""
     result = run_save_models()
+    REFERENCE_BUILD_LOG.write_text(result.stderr)
     assert result.returncode == 0, result.stderr
     return os.environ["BENTOML_HOME"]
+
+
+def private_home(reference_store: str, folder: Path) -> str:
+    """A BentoML home of its own holding a copy of the session's models: one server per home
+    (despliegue/home_lock.py)."""
+    import shutil
+
+    home = folder / "bentoml"
+    shutil.copytree(Path(reference_store) / "models", home / "models")
+    return str(home)
 
 
 @pytest.fixture(scope="session")
