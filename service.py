@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
@@ -20,10 +22,11 @@ from typing import Annotated
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import Field
 
-from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store, served_tags
+from despliegue import lifecycle
+from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import (
     DOCS_PATHS,
@@ -54,16 +57,19 @@ from despliegue.http import (
 )
 from despliegue.http_server import configure_http_server
 from despliegue.images import decode_images, decode_uploads, encode_png
+from despliegue.lifecycle import RunnerModels, ShadowStats, served_tags, unzip
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticResult,
     AntibioticsRequest,
     AntibioticsResponse,
+    CanaryState,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
+    FamilyLifecycle,
     FlowerAnswer,
     FlowerClass,
     FlowersRequest,
@@ -95,6 +101,17 @@ VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # t
 install_log_filter()
 if starts_a_server(sys.argv):
     claim_home(bentoml_home())  # before BentoML empties this home's metrics folder
+
+
+# A runner's models are asked again at most this often while it has not yet applied the
+# latest lifecycle state (it loads new models in the background).
+DESCRIBE_AGAIN_S = 0.5
+
+
+@dataclass
+class Described:
+    models: RunnerModels
+    at: float
 
 
 # Requests with less Base64 than this are decoded on the event loop: a ~48 KB JPEG (about
@@ -135,7 +152,7 @@ class Despliegue:
         require_models_in_store(served_tags().values())
 
     def __init__(self) -> None:
-        self._cards: dict[str, list[ModelCard]] = {}
+        self._described: dict[str, Described] = {}
         # Every batchable runner method, as the endpoints call it: concurrent requests share
         # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
         families = settings().families
@@ -171,41 +188,57 @@ class Despliegue:
         )
         freeze_startup_heap()
 
-    async def cards(self, family: str) -> list[ModelCard]:
-        """The model cards of a family's runner (its attribute here), asked once, then kept."""
-        if family not in self._cards:
-            described = await getattr(self, family).to_async.describe()
-            self._cards[family] = [ModelCard.model_validate(card) for card in described]
-        return self._cards[family]
+    async def described(self, runner: str, fresh: bool = False) -> RunnerModels:
+        """What a runner (its attribute here) has loaded: kept until the lifecycle state file
+        changes, then asked again until the runner reports it has applied the change."""
+        kept = self._described.get(runner)
+        behind = kept is not None and kept.models.state_stamp != lifecycle.state_stamp()
+        if kept is None or fresh or (behind and time.monotonic() - kept.at > DESCRIBE_AGAIN_S):
+            answer = await getattr(self, runner).to_async.describe()
+            kept = Described(
+                RunnerModels.model_validate(answer, from_attributes=True), time.monotonic()
+            )
+            self._described[runner] = kept
+        return kept.models
 
-    async def tag(self, runner: str, family: str | None = None) -> str:
-        """The tag a runner serves for a family (its only model when `family` is not given)."""
-        cards = await self.cards(runner)
-        return next(card.tag for card in cards if family is None or card.family == family)
+    async def cards(self, runner: str) -> list[ModelCard]:
+        return (await self.described(runner)).cards
 
-    async def card(self, runner: str, family: str) -> ModelCard:
-        return next(card for card in await self.cards(runner) if card.family == family)
+    async def card(self, runner: str, tag: str) -> ModelCard:
+        """The card of a tag a runner answered with (the first, if a request got two)."""
+        tag = tag.split(",")[0]
+        for fresh in (False, True):
+            for card in (await self.described(runner, fresh)).cards:
+                if card.tag == tag:
+                    return card
+        raise LookupError(f"{runner} answered with {tag}, which it does not describe")
+
+    async def served_tag(self, runner: str, family: str) -> str:
+        return str((await self.described(runner)).lanes[family]["served"])
 
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
         # The validated list goes to the coalescer as is: the runner call makes one array of
         # every merged request (an array here would be split back into numpy scalars).
-        heat_flow = np.asarray(await self.predict_heat_flow(sediment_thickness_m), dtype=float)
+        answers, tag = unzip(await self.predict_heat_flow(sediment_thickness_m), "heatflow")
         return HeatFlowResponse(
             sediment_thickness_m=sediment_thickness_m,
-            heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
-            model=await self.tag("heatflow"),
+            heat_flow_mw_m2=np.round(np.asarray(answers, dtype=float), 3).tolist(),
+            model=tag,
+            model_tag=tag,
         )
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
-        rows = np.asarray(await self.classify_texts(texts), dtype=float)
+        answers, tag = unzip(await self.classify_texts(texts), "falsetrue")
+        rows = np.asarray(answers, dtype=float).reshape(-1, 2)
         return FalseTrueResponse(
             is_falsetrue=[int(label) for label in rows[:, 0]],
             probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
-            model=await self.tag("falsetrue"),
+            model=tag,
+            model_tag=tag,
         )
 
     @bentoml.api(route="/flowers", input_spec=FlowersRequest)
@@ -225,8 +258,8 @@ class Despliegue:
         return await self.answer_flowers(await uploaded(images, "images"), top_k)
 
     async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
-        probabilities = await self.classify_flowers(pixels)
-        card = await self.card("flowers", "flowers")
+        probabilities, tag = unzip(await self.classify_flowers(pixels), "flowers")
+        card = await self.card("flowers", tag)
         classes = card.metadata["classes"]
         answers = []
         for row in probabilities:
@@ -248,7 +281,9 @@ class Despliegue:
                     top_k=top,
                 )
             )
-        return FlowersResponse(predictions=answers, threshold=FLOWER_THRESHOLD, model=card.tag)
+        return FlowersResponse(
+            predictions=answers, threshold=FLOWER_THRESHOLD, model=tag, model_tag=tag
+        )
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
     @answers_client_errors
@@ -265,13 +300,13 @@ class Despliegue:
         return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
-        detections = await self.detect_faces(pixels)
+        detections, tag = unzip(await self.detect_faces(pixels), "face_detector")
         answers = []
         for image, rows in zip(pixels, detections, strict=True):
             faces = faces_of(rows, DETECTION_THRESHOLD)
             drawn = encode_png(annotate_image(image, faces)) if annotate else None
             answers.append(ImageFaces(faces=faces, annotated_png=drawn))
-        return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
+        return FaceResponse(images=answers, model=tag, model_tag=tag)
 
     @bentoml.api(route="/super", input_spec=FaceRequest)
     @answers_client_errors
@@ -288,7 +323,7 @@ class Despliegue:
         return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
-        detections = await self.detect_faces(pixels)
+        detections, detector = unzip(await self.detect_faces(pixels), "face_detector")
         per_image = [faces_of(rows, DETECTION_THRESHOLD) for rows in detections]
         # Every face of every image goes to the validation CNN in one call (one batch).
         crops = [
@@ -296,7 +331,10 @@ class Despliegue:
             for image, faces in zip(pixels, per_image, strict=True)
             for face in faces
         ]
-        scores = await self.validate_faces(crops) if crops else []
+        if crops:
+            scores, validator = unzip(await self.validate_faces(crops), "face_validator")
+        else:
+            scores, validator = [], await self.served_tag("faces", "face_validator")
         verdicts, start = [], 0
         for image, faces in zip(pixels, per_image, strict=True):
             own, start = scores[start : start + len(faces)], start + len(faces)
@@ -318,14 +356,19 @@ class Despliegue:
         return SuperResponse(
             images=verdicts,
             threshold=VALIDATION_THRESHOLD,
-            detector=await self.tag("faces", "face_detector"),
-            model=await self.tag("faces", "face_validator"),
+            detector=detector,
+            model=validator,
+            model_tag=validator,
         )
 
     async def panel(self) -> dict[str, ModelCard]:
         """The served antibiotic models by code."""
         cards = await self.cards("antibiotics")
-        return {PANEL.code_of(card.tag.partition(":")[0]) or card.tag: card for card in cards}
+        return {
+            card.serves.partition(".")[2]: card
+            for card in cards
+            if card.lane == "served" and card.serves
+        }
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
     @answers_client_errors
@@ -357,14 +400,14 @@ class Despliegue:
                         f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
                     )
         rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
-        probabilities = iter(await self.susceptibility(rows))
+        answered = await self.susceptibility(rows)
         results = []
-        for code in wanted:
-            card = panel[code]
+        for start, code in zip(range(0, len(rows), len(features)), wanted, strict=True):
+            own, tag = unzip(answered[start : start + len(features)], f"antibiotics.{code}")
+            card = await self.card("antibiotics", tag)
             classes = card.metadata["classes"]
             predictions = []
-            for _ in features:
-                p = next(probabilities)
+            for p in own:
                 by_class = {c: round(float(v), 4) for c, v in zip(classes, p, strict=True)}
                 predictions.append(
                     Prediction(predicted_class=classes[int(np.argmax(p))], probabilities=by_class)
@@ -372,7 +415,8 @@ class Despliegue:
             results.append(
                 AntibioticResult(
                     code=code,
-                    model=card.tag,
+                    model=tag,
+                    model_tag=tag,
                     version=card.tag.partition(":")[2],
                     registered_version=card.labels.get("mlflow_version"),
                     predictions=predictions,
@@ -398,8 +442,34 @@ class Despliegue:
         return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
 
     async def model_listing(self) -> ServedModels:
-        per_family = await asyncio.gather(*(self.cards(family) for family in FAMILIES))
-        return ServedModels(models=[card for cards in per_family for card in cards])
+        described = dict(
+            zip(FAMILIES, await asyncio.gather(*map(self.described, FAMILIES)), strict=True)
+        )
+        families = {}
+        for family, plan in lifecycle.plans().items():
+            runner = described[lifecycle.facts(family).runner]
+            families[family] = FamilyLifecycle(
+                served=plan.served,
+                source=plan.source,
+                previous=plan.previous,
+                candidates=lifecycle.candidates(plan),
+                canary=CanaryState(tag=plan.canary, percent=plan.percent) if plan.canary else None,
+                shadow=plan.shadow,
+                loaded=runner.lanes.get(family, {}),
+                problem=runner.problems.get(family),
+            )
+        cards = [card for models in described.values() for card in models.cards]
+        return ServedModels(models=cards, families=families)
+
+    async def comparison(self, family: str) -> ShadowStats:
+        try:
+            runner = lifecycle.facts(family).runner
+        except KeyError:
+            raise HTTPException(404, f"unknown family {family!r}") from None
+        stats = (await self.described(runner, fresh=True)).shadow.get(family)
+        if stats is None:
+            raise HTTPException(404, f"{family} is not served")
+        return stats
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
     # bentoml.SyncHTTPClient has a method for each (it only calls APIs, never mounted routes).
@@ -422,6 +492,12 @@ class Despliegue:
     async def served_models(self) -> ServedModels:
         """The models being served, as GET /models gives them (for the Python client)."""
         return await self.model_listing()
+
+    @catalog.get("/models/{family}/compare", response_model=ShadowStats)
+    async def get_comparison(self, family: str) -> ShadowStats:
+        """The shadow model's answers compared with the served model's: agreement rate and
+        mean absolute difference (since the runner loaded this pair)."""
+        return await self.comparison(family)
 
 
 # The first added is the outermost. Probes come first: answered at once, before auth, audit

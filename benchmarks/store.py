@@ -10,7 +10,8 @@ import sys
 
 import bentoml
 
-from despliegue.artifacts import ARTIFACT_FILE, served_tags
+from despliegue.artifacts import ARTIFACT_FILE
+from despliegue.lifecycle import served_tags
 
 
 def artifact_files() -> dict[str, str]:

@@ -42,6 +42,12 @@ class ModelCard(BaseModel):
         default_factory=dict, description="Where the model came from (file, MLflow run/version)"
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    serves: str | None = Field(
+        None, description="The family key it answers for, e.g. heatflow or antibiotics.AMK"
+    )
+    lane: Literal["served", "canary", "shadow"] | None = Field(
+        None, description="served, canary (a share of requests) or shadow (a copy of them)"
+    )
 
     @classmethod
     def of(cls, stored: bentoml.Model) -> ModelCard:
@@ -76,33 +82,6 @@ def load_artifact(stored: bentoml.Model) -> Any:
 
 class ModelMissing(RuntimeError):
     """A model named in configuration.yaml is not in the store; says how to put it there."""
-
-
-def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
-    """Load the model a runner serves, failing start-up with instructions if it is missing."""
-    stored = ref.stored
-    if stored is None:
-        raise ModelMissing(
-            f"model {ref.tag} is not in the BentoML model store ({bentoml_home()}). "
-            f"Run `python save_models.py` to build the reference models, or "
-            f"`python save_models.py import {ref.tag.name} FILE` to import your own."
-        )
-    return load_artifact(stored), ModelCard.of(stored)
-
-
-def served_tags() -> dict[str, str]:
-    """Every model tag configuration selects, by the family key (or panel member) serving it."""
-    from despliegue.config import PanelConfig, settings
-
-    tags: dict[str, str] = {}
-    for name, family in settings().families.items():
-        if isinstance(family, PanelConfig):
-            tags.update(
-                {f"{name}.{code}": str(ref.tag) for code, ref in panel_models(family).items()}
-            )
-        else:
-            tags[name] = family.tag
-    return tags
 
 
 def require_models_in_store(tags: Iterable[str]) -> None:
@@ -222,7 +201,7 @@ def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
     Read from the store when the runner module is imported (at `bentoml build` and at start-up),
     so a new `modelo_<CODE>_NM` is picked up by a restart or a rebuild, with no code change.
     Codes named in configuration but missing from the store keep a tag that fails start-up
-    with instructions (see load_served_model).
+    with instructions (see require_models_in_store).
     """
     in_store = {code for model in bentoml.models.list() if (code := panel.code_of(model.tag.name))}
     codes = sorted(panel.codes or in_store | set(panel.versions))

@@ -8,14 +8,16 @@ concurrent requests are merged per model. Cropping and the verdict are the API's
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.faces import LANDMARKS
 from despliegue.heap import freeze_startup_heap
+from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 
 DETECTOR = settings().family("face_detector")
 VALIDATOR = settings().family("face_validator")
@@ -31,41 +33,55 @@ def as_rows(faces: list[dict]) -> np.ndarray:
     return np.array(rows, dtype=np.float32).reshape(-1, 15)
 
 
-@bentoml.service(**settings().service_options("FaceAnalyzer"))
-class FaceAnalyzer:
-    detector_ref = bentoml.models.BentoModel(DETECTOR.tag)
-    validator_ref = bentoml.models.BentoModel(VALIDATOR.tag)
+def prepared(model: Any, card: ModelCard) -> Any:
+    """The validation CNN as one traced graph; the MTCNN detector as loaded."""
+    if card.framework != "keras":
+        return model
+    from despliegue.tensorflow_runtime import CompiledImageModel
 
+    return CompiledImageModel(model, card)
+
+
+def detect_faces(detector: Any, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Per image, rows of (x, y, width, height, confidence, 5 landmark (x, y) pairs)."""
+    # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
+    # some images by another image's padding; images of one size need no padding, so
+    # each group of same-sized images is one detector call.
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        by_shape[np.shape(image)].append(index)
+    answers: list[np.ndarray] = [np.empty((0, 15), dtype=np.float32)] * len(images)
+    for indices in by_shape.values():
+        group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
+        for index, faces in zip(indices, detector.detect_faces(group), strict=True):
+            answers[index] = as_rows(faces)
+    return answers
+
+
+def validation_scores(validator: Any, crops: list[np.ndarray]) -> list[float]:
+    return [float(score) for score in validator(crops).reshape(-1)]
+
+
+@bentoml.service(**settings().service_options("FaceAnalyzer"))
+@packs_served_models("faces")
+class FaceAnalyzer:
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
+        from despliegue.tensorflow_runtime import configure_tensorflow
 
         configure_tensorflow()  # thread pools first: they cannot be sized after the first op
-        self.detector, self.detector_card = load_served_model(type(self).detector_ref)
-        validator, self.validator_card = load_served_model(type(self).validator_ref)
-        self.score_crops = CompiledImageModel(validator, self.validator_card)
+        self.models = ServedModels("faces", prepare=prepared)
         freeze_startup_heap()
 
     @bentoml.api(**DETECTOR.batching.api_options())
-    def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Per image, rows of (x, y, width, height, confidence, 5 landmark (x, y) pairs)."""
-        # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
-        # some images by another image's padding; images of one size need no padding, so
-        # each group of same-sized images is one detector call.
-        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for index, image in enumerate(images):
-            by_shape[np.shape(image)].append(index)
-        answers: list[np.ndarray] = [np.empty((0, 15), dtype=np.float32)] * len(images)
-        for indices in by_shape.values():
-            group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
-            for index, faces in zip(indices, self.detector.detect_faces(group), strict=True):
-                answers[index] = as_rows(faces)
-        return answers
+    def detect(self, images: list[np.ndarray]) -> list[Answered]:
+        """Per image, its faces' rows (see detect_faces), with the detector's tag."""
+        return self.models.answer("face_detector", images, detect_faces)
 
     @bentoml.api(**VALIDATOR.batching.api_options())
-    def validate(self, crops: list[np.ndarray]) -> list[float]:
+    def validate(self, crops: list[np.ndarray]) -> list[Answered]:
         """Validation score in [0, 1] per face crop (any size; resized as the model expects)."""
-        return [float(score) for score in self.score_crops(crops).reshape(-1)]
+        return self.models.answer("face_validator", crops, validation_scores)
 
     @bentoml.api
-    def describe(self) -> list[ModelCard]:
-        return [self.detector_card, self.validator_card]
+    def describe(self) -> RunnerModels:
+        return self.models.describe()

@@ -30,6 +30,9 @@ SESSION_HOME = Path(tempfile.mkdtemp(prefix="despliegue-test-home-"))
 os.environ["BENTOML_HOME"] = str(SESSION_HOME / "bentoml")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+# The session's lifecycle state file (what each family serves): absent, so every server serves
+# what configuration names; a test that promotes gives its server a state file of its own.
+os.environ["DESPLIEGUE_LIFECYCLE_STATE"] = str(SESSION_HOME / "served.json")
 for _name in (TOKENS_ENV, TOKENS_FILE_ENV, "DESPLIEGUE_AUTH"):
     os.environ.pop(_name, None)
 
@@ -63,10 +66,10 @@ def served_requests(metrics_text: str, endpoint: str) -> float:
 
 
 def run_save_models(
-    *args: str, home: str | None = None, columns: int = 200
+    *args: str, home: str | None = None, columns: int = 200, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     home = home or os.environ["BENTOML_HOME"]
-    env = {**os.environ, "BENTOML_HOME": home, "COLUMNS": str(columns)}
+    env = {**os.environ, "BENTOML_HOME": home, "COLUMNS": str(columns), **(extra_env or {})}
     return subprocess.run(
         [sys.executable, "save_models.py", *args],
         cwd=ROOT,
