@@ -236,9 +236,6 @@ class Plan:
     source: str
     previous: str | None = None
 
-    def tags(self) -> list[str]:
-        return [t for t in (self.served, self.canary, self.shadow) if t]
-
 
 def resolve(tag: str) -> str:
     """`name:latest` as the concrete stored tag it names today (unchanged if not stored)."""
@@ -267,7 +264,7 @@ def model_name_of(family: str) -> str:
         if not code:
             raise LifecycleRefused(f"{name} is a panel: name one member, e.g. {name}.AMK")
         return entry.model_name(code).lower()
-    return entry.model
+    return entry.model.lower()
 
 
 def plans(runner: str | None = None) -> dict[str, Plan]:
@@ -375,9 +372,13 @@ def promote(family: str, tag: str, why: str) -> dict:
     before = current.served if current else None
     if before == tag and current is not None and current.source == FROM_STATE:
         raise LifecycleRefused(f"{family} already serves {tag}")
+    if before == tag:
+        before = None  # served by configuration until now: recorded, nothing to return to
     with changing_state() as state:
         own = state.families.setdefault(family, FamilyState())
-        own.served, own.previous = tag, before
+        own.served = tag
+        if before is not None:
+            own.previous = before
         if own.canary is not None and own.canary.tag == tag:
             own.canary = None  # the canary became the served model
         if own.shadow == tag:

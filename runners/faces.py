@@ -39,7 +39,9 @@ def prepared(model: Any, card: ModelCard) -> Any:
         return model
     from despliegue.tensorflow_runtime import CompiledImageModel
 
-    return CompiledImageModel(model, card)
+    validator = CompiledImageModel(model, card)
+    validator([np.zeros((*validator.size, 3), np.uint8)])  # traced now, not on a request
+    return validator
 
 
 def detect_faces(detector: Any, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -24,7 +24,9 @@ FAMILY = settings().family("flowers")
 def compiled(model: Any, card: ModelCard) -> Any:
     from despliegue.tensorflow_runtime import CompiledImageModel
 
-    return CompiledImageModel(model, card)
+    classifier = CompiledImageModel(model, card)
+    classifier([np.zeros((*classifier.size, 3), np.uint8)])  # traced now, not on a request
+    return classifier
 
 
 def probabilities(classifier: Any, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -2,8 +2,8 @@
 
 One MLflow server and one model store per module. A Keras model for a sixth antibiotic
 (CIP, which no code names) is logged, registered and aliased, imported through
-save_models.py, and served; then version 2 is registered and imported, and the served version
-follows configuration (a version pin), not the registry.
+save_models.py, and served; then version 2 is registered and imported: a candidate, served
+once promoted (a version pin in configuration applies while no promotion is recorded).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,6 @@ def registry(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    import time
-
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -195,11 +194,20 @@ def test_registry_import_is_served_and_pinned_by_configuration(
     finally:
         stop_server(server.process)
 
-    # Without the pin, the newest import (registered version 2) answers.
+    # Without the pin, still the first import: the second is a candidate until promoted; the
+    # running server then follows the promotion.
     server = serve(registry, tmp_path)
     try:
-        result = _answer(server)
-        assert result["model"] == v2_tag and result["registered_version"] == second
+        assert _answer(server)["model"] == v1_tag
+        promoted = run_save_models(
+            "promote", "antibiotics.CIP", v2_tag, "--why", "registry v2", home=registry.home
+        )
+        assert promoted.returncode == 0, promoted.stderr
+        deadline = time.monotonic() + 60
+        while (result := _answer(server))["model"] != v2_tag:
+            assert time.monotonic() < deadline, result
+            time.sleep(0.5)
+        assert result["registered_version"] == second
         assert result["predictions"][0]["predicted_class"] == "S"
     finally:
         stop_server(server.process)
