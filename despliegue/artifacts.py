@@ -189,9 +189,13 @@ def copy_file(source: Path) -> Callable[[Path], None]:
 def stored_models(name: str) -> list[bentoml.Model]:
     """Every version of one model name in the local store, newest first.
 
-    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`.
+    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`. Only
+    this name's folders are read: an unreadable folder of another model does not get in the way.
     """
-    found = [m for m in bentoml.models.list() if m.tag.name == name.lower()]
+    try:
+        found = bentoml.models.list(name.lower())
+    except bentoml.exceptions.NotFound:
+        return []
     return sorted(found, key=lambda m: m.info.creation_time, reverse=True)
 
 
