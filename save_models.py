@@ -312,16 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         if first is not None:
             console.print(f"{first['family']} had no model: it now serves {outcome.tag}.")
         else:
-            served = (
-                pinned["to"]
-                if pinned
-                else lifecycle.served_tags().get(
-                    lifecycle.family_of_model(args.model_name) or "", "?"
-                )
-            )
+            family = lifecycle.family_of_model(args.model_name)
+            served = pinned["to"] if pinned else lifecycle.served_tags().get(family or "", "?")
             console.print(
                 f"{outcome.tag} is a candidate; still served: {served}. Serve it with "
-                f"`python save_models.py promote FAMILY {outcome.tag} --why ...`."
+                f"`python save_models.py promote {family} {outcome.tag} --why ...`."
             )
         return 0
     try:
