@@ -54,6 +54,8 @@ from despliegue.artifacts import ModelCard, load_artifact, panel_models, stored_
 from despliegue.config import PROJECT_ROOT, Canary, FamilyConfig, PanelConfig, settings
 
 logger = logging.getLogger("despliegue.lifecycle")
+# BentoML's server logging leaves the root logger at WARNING; a swap is worth a line.
+logger.setLevel(logging.INFO)
 
 STATE_ENV = "DESPLIEGUE_LIFECYCLE_STATE"
 FROM_STATE = "state file"
@@ -260,10 +262,13 @@ def resolve(tag: str) -> str:
     return f"{name}:{version}" if (folder / version / "model.yaml").is_file() else tag
 
 
-def configured_families() -> dict[str, tuple[str, FamilyConfig | None]]:
-    """Family key -> (the tag configuration serves, its entry), panel members included."""
+def configured_families(runner: str | None = None) -> dict[str, tuple[str, FamilyConfig | None]]:
+    """Family key -> (the tag configuration serves, its entry), panel members included; only
+    one runner's families if given (listing a panel's models reads the store)."""
     found: dict[str, tuple[str, FamilyConfig | None]] = {}
     for name, entry in settings().families.items():
+        if runner is not None and facts(name).runner != runner:
+            continue
         if isinstance(entry, PanelConfig):
             for code, ref in panel_models(entry).items():
                 found[f"{name}.{code}"] = (str(ref.tag), None)
@@ -285,7 +290,7 @@ def model_name_of(family: str) -> str:
 def plans(runner: str | None = None) -> dict[str, Plan]:
     """Every family's plan (or those of one runner): the state file first, then configuration."""
     state = read_state()
-    configured = configured_families()
+    configured = configured_families(runner)
     panels = [n for n, e in settings().families.items() if isinstance(e, PanelConfig)]
     promoted = {key for key in state.families if key.partition(".")[0] in panels}
     found: dict[str, Plan] = {}
@@ -638,19 +643,31 @@ class ServedModels:
 
     def reload(self, stamp: str) -> None:
         """Load the new state's models beside the current ones, swap, release the old."""
+        wanted = plans(self.runner)
+        if wanted == {family: models.plan for family, models in self.families.items()}:
+            self.stamp = stamp  # another runner's families changed
+            return
         before = {f: m.served.tag for f, m in self.families.items()}
-        families = self._load(plans(self.runner))
-        self.families = families  # the swap: the next batch sees the new set
+        loaded_before = self._loaded_tags()
+        self.families = self._load(wanted)  # the swap: the next batch sees the new set
         self.stamp = stamp
-        for family, models in families.items():
+        for family, models in self.families.items():
             if before.get(family) != models.served.tag:
                 logger.info(
                     "%s: now serving %s (was %s)", family, models.served.tag, before.get(family)
                 )
-        from despliegue.heap import release_unreachable
+        if loaded_before - self._loaded_tags():
+            from despliegue.heap import release_unreachable
 
-        del families
-        release_unreachable()
+            release_unreachable()  # the replaced models' memory, now that no batch uses them
+
+    def _loaded_tags(self) -> set[str]:
+        return {
+            loaded.tag
+            for models in self.families.values()
+            for loaded in (models.served, models.canary, models.shadow)
+            if loaded
+        }
 
     # Serving ---------------------------------------------------------------------------------
 
