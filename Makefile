@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv models serve test fuzz lint build bench bench-quick stress profile clean \
+.PHONY: help venv models serve test postgresql fuzz lint build bench bench-quick stress profile clean \
 	container-tools container-base container container-test container-clean k8s-config
 
 help:  ## list the targets
@@ -24,8 +24,11 @@ models: venv  ## build the reference models missing from the BentoML model store
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
 	DESPLIEGUE_AUTH=off $(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
 
-test: venv  ## run the whole test suite (unit, integration against a real server, build)
+test: venv postgresql  ## run the whole test suite (unit, integration against a real server, build)
 	$(BIN)/python -m pytest
+
+postgresql:  ## install Debian's PostgreSQL for the MLflow test (root, apt; says why if it cannot)
+	-scripts/postgresql.sh
 
 fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
 	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s
