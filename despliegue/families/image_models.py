@@ -87,23 +87,23 @@ def decide_preprocessing(
     """
     found = in_model_preprocessing(model)
     described = tuple(_describe(name, layer) for name, layer in found)
-    base = ImagePreprocessing(size=input_size(model), **default, in_model=described)
+    mapping, decided_by, note = default, "default", ""
     if found:
         name, first = found[0]
-        mean = _normalization_mean(first) if _is_normalization(first) else None
-        if mean is not None and mean.size and np.all((mean >= 0) & (mean <= 1)):
-            base = ImagePreprocessing(
-                size=base.size,
-                **PRESETS["unit"],
-                decided_by="detected",
-                in_model=described,
-                note=f"{name} was adapted on values in 0..1 (mean ≤ 1): pixels / 255",
-            )
-        else:
-            base = ImagePreprocessing(
-                size=base.size, **PRESETS["raw"], decided_by="detected", in_model=described
-            )
-    return base.declare(declared or {})
+        decided_by = "detected"
+        mapping = PRESETS["raw"]
+        if _is_normalization(first) and _adapted_on_unit_values(first):
+            mapping = PRESETS["unit"]
+            note = f"{name} was adapted on values in 0..1 (mean ≤ 1): pixels / 255"
+    decided = ImagePreprocessing(
+        size=input_size(model), **mapping, decided_by=decided_by, in_model=described, note=note
+    )
+    return decided.declare(declared or {})
+
+
+def _adapted_on_unit_values(layer: Any) -> bool:
+    mean = _normalization_mean(layer)
+    return bool(mean.size) and bool(np.all((mean >= 0) & (mean <= 1)))
 
 
 def sample_images(size: tuple[int, int]) -> np.ndarray:
