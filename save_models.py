@@ -174,7 +174,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     images.add_argument(
         "--preprocessing",
         dest="preset",
-        choices=sorted(PRESETS),
+        choices=list(PRESETS),
         help="raw: 0-255; unit: / 255; tf: / 127.5 - 1; torch: / 255 then ImageNet mean/std; "
         "caffe: BGR minus the ImageNet mean (keras.applications' preprocess_input modes)",
     )
