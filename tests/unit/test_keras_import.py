@@ -86,11 +86,12 @@ def test_rescaling_at_any_depth_means_raw_pixels() -> None:
     import keras
 
     stem = keras.Sequential(
-        [keras.Sequential([keras.layers.Rescaling(1 / 255)], name="inner")], name="outer"
+        [keras.Sequential([keras.layers.Rescaling(1 / 255, name="scale")], name="inner")],
+        name="outer",
     )
     choice = decided(small_cnn(stem))
     assert choice.is_raw() and choice.decided_by == "detected"
-    assert choice.in_model == ("outer/inner/rescaling (Rescaling × 0.00392157 + 0)",)
+    assert choice.in_model == ("outer/inner/scale (Rescaling × 0.00392157 + 0)",)
 
 
 def test_keras_applications_preprocessing_layers_are_found() -> None:
