@@ -8,7 +8,6 @@ Keras image CNN.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +23,9 @@ if TYPE_CHECKING:
 
 def configure_tensorflow() -> Any:
     """Import TensorFlow with the configured thread pools and return the module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from despliegue.quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     threads = settings().tensorflow
     try:
