@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import joblib
@@ -257,3 +258,26 @@ def test_list_on_an_empty_store_says_how_to_fill_it(home: Path) -> None:
     assert listed.returncode == 0
     text = " ".join(listed.stderr.split())
     assert "is empty" in text and "python save_models.py" in text and "import NAME FILE" in text
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/models.md"])
+def test_documented_import_commands_are_ones_the_command_line_takes(document: str) -> None:
+    """Every `save_models.py` line the docs show parses with the real command line and names
+    a model it knows: a renamed flag or preset cannot leave the docs behind."""
+    import shlex
+
+    from despliegue.importing import recipe_for
+    from save_models import parse_args
+    from tests.conftest import ROOT
+
+    text = (ROOT / document).read_text()
+    lines = [
+        found[1]
+        for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+        for found in re.finditer(r"(?:^|[\s/])save_models\.py (.*)", block, re.MULTILINE)
+    ]
+    assert any(line.startswith("import ") and "--preprocessing" in line for line in lines)
+    for line in lines:
+        args = parse_args(shlex.split(line, comments=True))
+        if args.command == "import":
+            recipe_for(args.model_name)  # raises ImportRefused for a name no family takes
