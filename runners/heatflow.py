@@ -8,6 +8,7 @@ import numpy as np
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
+from despliegue.lifecycle import serve_until_callers_stop
 
 FAMILY = settings().family("heatflow")
 
@@ -18,6 +19,7 @@ class HeatFlowRegressor:
 
     def __init__(self) -> None:
         self.model, self.card = load_served_model(type(self).model_ref)
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())

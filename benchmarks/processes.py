@@ -1,0 +1,117 @@
+"""Memory of a running `bentoml serve`, per process: what the soak and the face-memory runs record.
+
+BentoML runs the API and every runner as worker processes under one arbiter; each worker's
+command line names its service (`--service-name FaceAnalyzer`). `RssSampler` reads the resident
+set size of each one every few seconds in a background thread, so a run can say which process
+grew, by how much, and when.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+MIB = 1024 * 1024
+
+
+def service_processes(arbiter_pid: int) -> dict[str, psutil.Process]:
+    """The worker processes under a `bentoml serve` arbiter, by service name (one worker each;
+    a second worker of a service is named `Service#2`)."""
+    found: dict[str, psutil.Process] = {}
+    for child in psutil.Process(arbiter_pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        if "--service-name" not in command:
+            continue
+        name = command[command.index("--service-name") + 1]
+        key, number = name, 2
+        while key in found:
+            key, number = f"{name}#{number}", number + 1
+        found[key] = child
+    return found
+
+
+def rss_mib(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """Resident memory of each process in MiB; a process that is gone reads 0."""
+    sizes = {}
+    for name, process in processes.items():
+        try:
+            sizes[name] = round(process.memory_info().rss / MIB, 1)
+        except psutil.Error:
+            sizes[name] = 0.0
+    return sizes
+
+
+class RssSampler:
+    """Samples every service process's RSS every `interval_s` seconds until stopped.
+
+    Each sample is `{"t": seconds since start, "rss_mib": {service: MiB}, **progress()}`:
+    `progress` adds what the caller counts at that moment (requests sent, errors). Processes
+    are looked up again at every sample, so a replaced worker is followed.
+    """
+
+    def __init__(
+        self,
+        arbiter_pid: int,
+        interval_s: float = 2.0,
+        progress: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.arbiter_pid = arbiter_pid
+        self.interval_s = interval_s
+        self.progress = progress or dict
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.monotonic()
+
+    def __enter__(self) -> RssSampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def sample(self) -> dict[str, Any]:
+        entry = {
+            "t": round(time.monotonic() - self._started, 2),
+            "rss_mib": rss_mib(service_processes(self.arbiter_pid)),
+            **self.progress(),
+        }
+        self.samples.append(entry)
+        return entry
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+
+def growth_after_warmup(
+    samples: list[dict[str, Any]], warm: Callable[[dict[str, Any]], bool]
+) -> dict[str, dict[str, float]]:
+    """Per service: RSS at the first sample where `warm(sample)` holds, the highest RSS after
+    it, and the growth between them in percent. The warm-up (model loading, first traces,
+    allocator pools filling) is not growth; what comes after it is."""
+    start = next((i for i, sample in enumerate(samples) if warm(sample)), None)
+    if start is None:
+        return {}
+    after = samples[start:]
+    summary = {}
+    for name, baseline in after[0]["rss_mib"].items():
+        values = [sample["rss_mib"].get(name, 0.0) for sample in after]
+        peak = max(values)
+        summary[name] = {
+            "after_warmup_mib": baseline,
+            "peak_after_warmup_mib": peak,
+            "final_mib": values[-1],
+            "growth_pct": round(100 * (peak - baseline) / baseline, 1) if baseline else 0.0,
+        }
+    return summary
