@@ -2,8 +2,8 @@
 the real `bentoml serve`, with the resident memory of every worker process sampled throughout.
 
 Each request carries 1-3 photos of a new random size (64-2048 px a side, JPEG or PNG), so
-every input shape the detector sees is new, as with real clients. The result is the RSS of
-each process after the warm-up and at its highest afterwards; "flat" means < 10% growth.
+every input shape the detector sees is new, as with real clients. The result is, per process,
+the highest RSS during the warm-up and the highest afterwards; "flat" means < 10% growth.
 
     python -m benchmarks.face_memory                    # 2,000 requests (~20 min on 2 cores)
     python -m benchmarks.face_memory --requests 200     # a quick look
@@ -129,9 +129,9 @@ def report(result: dict[str, Any], args: argparse.Namespace, warmup: int) -> int
     face = result["growth"].get(FACE_SERVICE, {})
     print(
         f"{args.requests} /face requests ({result['seconds']:.0f} s), {result['errors']} errors; "
-        f"{FACE_SERVICE} RSS {face.get('after_warmup_mib')} MiB after {warmup} requests, "
-        f"peak {face.get('peak_after_warmup_mib')} MiB afterwards "
-        f"({face.get('growth_pct')}% growth). {out}"
+        f"{FACE_SERVICE} RSS at most {face.get('warmup_peak_mib')} MiB in the first {warmup} "
+        f"requests, at most {face.get('peak_after_warmup_mib')} MiB afterwards "
+        f"({face.get('growth_pct')}% growth), {face.get('final_mib')} MiB at the end. {out}"
     )
     return 0
 

@@ -97,21 +97,22 @@ class RssSampler:
 def growth_after_warmup(
     samples: list[dict[str, Any]], warm: Callable[[dict[str, Any]], bool]
 ) -> dict[str, dict[str, float]]:
-    """Per service: RSS at the first sample where `warm(sample)` holds, the highest RSS after
-    it, and the growth between them in percent. The warm-up (model loading, first traces,
-    allocator pools filling) is not growth; what comes after it is."""
+    """Per service: the highest RSS until the first sample where `warm(sample)` holds (the
+    warm-up: models loading, first traces, allocator pools filling, the first large inputs),
+    the highest RSS after it, the last, and the growth of the highest after over the highest
+    before, in percent. A process that gives memory back keeps the envelope it reached in the
+    warm-up; one that keeps memory raises it step by step."""
     start = next((i for i, sample in enumerate(samples) if warm(sample)), None)
     if start is None:
         return {}
-    after = samples[start:]
     summary = {}
-    for name, baseline in after[0]["rss_mib"].items():
-        values = [sample["rss_mib"].get(name, 0.0) for sample in after]
-        peak = max(values)
+    for name in samples[start]["rss_mib"]:
+        values = [sample["rss_mib"].get(name, 0.0) for sample in samples]
+        before, after = max(values[: start + 1]), max(values[start:])
         summary[name] = {
-            "after_warmup_mib": baseline,
-            "peak_after_warmup_mib": peak,
+            "warmup_peak_mib": before,
+            "peak_after_warmup_mib": after,
             "final_mib": values[-1],
-            "growth_pct": round(100 * (peak - baseline) / baseline, 1) if baseline else 0.0,
+            "growth_pct": round(100 * (after - before) / before, 1) if before else 0.0,
         }
     return summary

@@ -315,16 +315,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"RSS per process (MiB) after the warm-up ({result['warmup_s']:.0f} s) and at its "
-        "highest afterwards:",
+        f"RSS per process (MiB): highest in the warm-up (the first {result['warmup_s']:.0f} s), "
+        "highest afterwards, at the end:",
         "",
-        "| process | after warm-up | peak after | growth |",
-        "|---|---|---|---|",
+        "| process | warm-up peak | peak after | final | growth |",
+        "|---|---|---|---|---|",
     ]
     for name, growth in sorted(result["rss_growth_after_warmup"].items()):
         lines.append(
-            f"| {name} | {growth['after_warmup_mib']:.0f} | {growth['peak_after_warmup_mib']:.0f}"
-            f" | {growth['growth_pct']:.1f}% |"
+            f"| {name} | {growth['warmup_peak_mib']:.0f} | {growth['peak_after_warmup_mib']:.0f}"
+            f" | {growth['final_mib']:.0f} | {growth['growth_pct']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
 

@@ -307,10 +307,23 @@ def copy_file(source: Path) -> Callable[[Path], None]:
 def stored_models(name: str) -> list[bentoml.Model]:
     """Every version of one model name in the local store, newest first.
 
-    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`.
+    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`. Only
+    this name's folders are read: an unreadable folder of another model does not get in the way.
     """
-    found = [m for m in bentoml.models.list() if m.tag.name == name.lower()]
+    try:
+        found = bentoml.models.list(name.lower())
+    except bentoml.exceptions.NotFound:
+        return []
     return sorted(found, key=lambda m: m.info.creation_time, reverse=True)
+
+
+def stored_model_names() -> set[str]:
+    """The model names in the local store, from its folder names, without reading any model's
+    metadata (one unreadable folder would hide every other model)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    root = Path(BentoMLContainer.model_store_dir.get())
+    return {folder.name for folder in root.iterdir() if folder.is_dir()} if root.is_dir() else set()
 
 
 def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
@@ -319,16 +332,21 @@ def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
     Read from the store when the runner module is imported (at `bentoml build` and at start-up),
     so a new `modelo_<CODE>_NM` is picked up by a restart or a rebuild, with no code change.
     Codes named in configuration but missing from the store keep a tag that fails start-up
-    with instructions (see load_served_model).
+    with instructions (see load_served_model), and so do members whose folder cannot be read:
+    this runs when the service is imported, where an exception would be a traceback, so the
+    preflight reports them instead.
     """
-    in_store = {code for model in bentoml.models.list() if (code := panel.code_of(model.tag.name))}
+    in_store = {code for name in stored_model_names() if (code := panel.code_of(name))}
     codes = sorted(panel.codes or in_store | set(panel.versions))
     refs: dict[str, bentoml.models.BentoModel] = {}
     for code in codes:
         name = panel.model_name(code)
         version = panel.versions.get(code)
         if version is None:
-            newest = stored_models(name)
+            try:
+                newest = stored_models(name)
+            except Exception:  # an unreadable folder: the preflight names it
+                newest = []
             version = newest[0].tag.version if newest else "latest"
         refs[code] = bentoml.models.BentoModel(f"{name}:{version}")
     return refs

@@ -127,7 +127,9 @@ def test_peak_memory_under_16_concurrent_worst_case_image_requests(
                     os.killpg(memory_server.process.pid, signal.SIGKILL)
 
     async def burst() -> list[httpx.Response | Exception]:
-        async with memory_server.async_client(timeout=300) as client:
+        async with httpx.AsyncClient(
+            base_url=memory_server.url, headers=memory_server.headers, timeout=600
+        ) as client:
             calls = [
                 asyncio.create_task(client.post(path, json=body))
                 for path, body in worst_case_requests()
