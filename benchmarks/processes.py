@@ -98,21 +98,28 @@ def growth_after_warmup(
     samples: list[dict[str, Any]], warm: Callable[[dict[str, Any]], bool]
 ) -> dict[str, dict[str, float]]:
     """Per service: the highest RSS until the first sample where `warm(sample)` holds (the
-    warm-up: models loading, first traces, allocator pools filling, the first large inputs),
-    the highest RSS after it, the last, and the growth of the highest after over the highest
-    before, in percent. A process that gives memory back keeps the envelope it reached in the
-    warm-up; one that keeps memory raises it step by step."""
+    warm-up: models loading, allocator pools filling, the first large inputs), the highest
+    RSS after it, and the last sample, taken once every request was answered.
+
+    `growth_pct` compares the last with the highest of the warm-up: memory the process still
+    holds when the work is done, which a leak raises and a burst of queued requests does not.
+    `peak_growth_pct` compares the highest after the warm-up with it (bursts included)."""
     start = next((i for i, sample in enumerate(samples) if warm(sample)), None)
     if start is None:
         return {}
     summary = {}
     for name in samples[start]["rss_mib"]:
         values = [sample["rss_mib"].get(name, 0.0) for sample in samples]
-        before, after = max(values[: start + 1]), max(values[start:])
+        before, after, final = max(values[: start + 1]), max(values[start:]), values[-1]
         summary[name] = {
             "warmup_peak_mib": before,
             "peak_after_warmup_mib": after,
-            "final_mib": values[-1],
-            "growth_pct": round(100 * (after - before) / before, 1) if before else 0.0,
+            "final_mib": final,
+            "growth_pct": _percent(final, before),
+            "peak_growth_pct": _percent(after, before),
         }
     return summary
+
+
+def _percent(value: float, reference: float) -> float:
+    return round(100 * (value - reference) / reference, 1) if reference else 0.0

@@ -1,18 +1,20 @@
 """The soak's short version: `make soak` runs every family for 30 minutes at 70% of the
-measured capacity (benchmarks/soak.py); here the same for 3 minutes, on a server of its own.
+measured capacity (benchmarks/soak.py); here the same command for 3 minutes, with its own
+server pinned to one core and the load generator to another, as `make soak` does.
 Goal, as for the long run: no failed request, and no process's memory growing after warm-up."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks.soak import render_markdown, soak
-from tests.conftest import ADMIN_TOKEN, start_server, stop_server, wait_until_serving
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -22,26 +24,22 @@ def test_three_minute_soak_has_no_errors_and_flat_memory(
 ) -> None:
     home = tmp_path / "home"
     shutil.copytree(Path(reference_store) / "models", home / "models")
-    log_path = tmp_path / "serve.log"
-    process = start_server(str(home), log_path)
-    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
-    try:
-        wait_until_serving(url, process, log_path)
-        result = asyncio.run(
-            soak(
-                url,
-                process.pid,
-                minutes=3,
-                capacity_seconds=8,
-                headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-            )
-        )
-    finally:
-        stop_server(process)
-    (tmp_path / "soak.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print("\n" + render_markdown(result))
-    assert result["requests"] > 0
+    out = tmp_path / "results"
+    command = ["benchmarks.soak", "--minutes", "3", "--capacity-seconds", "8"]
+    run = subprocess.run(
+        [sys.executable, "-m", *command, "--home", str(home), "--out-dir", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print("\n" + run.stdout[-4000:])
+    (result_file,) = out.glob("soak-short-*.json")
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    assert result["requests"] > 0, run.stderr[-3000:]
     assert result["errors"] == 0, result["statuses"]
+    assert run.returncode == 0, run.stderr[-3000:]
     growth = result["rss_growth_after_warmup"]
     assert {"Despliegue", "FaceAnalyzer", "FlowerClassifier"} <= growth.keys()
     grew = {name: g["growth_pct"] for name, g in growth.items() if g["growth_pct"] >= 10}

@@ -16,10 +16,11 @@ def test_memory_that_comes_back_is_flat_and_memory_that_is_kept_grows() -> None:
     # Plateaus up and down within the envelope the warm-up reached: flat.
     flat = growth_after_warmup(samples([900, 1060, 1030, 1030, 1082, 1013, 1014]), warm)["W"]
     assert flat["warmup_peak_mib"] == 1060 and flat["peak_after_warmup_mib"] == 1082
-    assert flat["growth_pct"] == 2.1 and flat["final_mib"] == 1014
+    assert flat["final_mib"] == 1014 and flat["growth_pct"] == -4.3
+    assert flat["peak_growth_pct"] == 2.1
     # A staircase that never comes back down: growth.
     kept = growth_after_warmup(samples([900, 1200, 1281, 1427, 1707, 2072, 2366]), warm)["W"]
-    assert kept["growth_pct"] == 65.8  # 2366 over the warm-up's 1427
+    assert kept["growth_pct"] == kept["peak_growth_pct"] == 65.8  # 2366 over the warm-up's 1427
     assert growth_after_warmup(samples([900, 950]), warm) == {}  # never warmed up
 
 
@@ -46,11 +47,13 @@ def test_per_minute_counts_errors_and_p99_by_path() -> None:
                 "warmup_peak_mib": 1000.0,
                 "peak_after_warmup_mib": 1010.0,
                 "final_mib": 990.0,
-                "growth_pct": 1.0,
+                "growth_pct": -1.0,
+                "peak_growth_pct": 1.0,
             }
         },
     }
     table = render_markdown(result)
     assert (
-        "| 2 | 1 | 1 | 1,500 |" in table and "| FaceAnalyzer | 1000 | 1010 | 990 | 1.0% |" in table
+        "| 2 | 1 | 1 | 1,500 |" in table
+        and "| FaceAnalyzer | 1000 | 1010 | 990 | -1.0% | 1.0% |" in table
     )
