@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import ssl
 import sys
@@ -71,8 +72,11 @@ def preflight(entry_service: str, checks: Iterable[Callable[[], None]]) -> None:
 
 
 def _exit_failed_if_a_worker_could_not_start(failure_file: Path) -> None:
+    reason = None
     if failure_file.exists():
         reason = failure_file.read_text(encoding="utf-8", errors="replace").strip()
+    shutil.rmtree(failure_file.parent, ignore_errors=True)
+    if reason is not None:
         sys.stderr.write(f"Despliegue stopped: {reason}\n")
         sys.stderr.flush()
         os._exit(1)
