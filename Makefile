@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# BentoML's usage telemetry stays off for every target (serve, build, container...);
+# `make serve BENTOML_DO_NOT_TRACK=false` turns it on.
+export BENTOML_DO_NOT_TRACK ?= true
 
 .PHONY: help venv models serve test fuzz lint build bench bench-quick stress profile soak face-memory clean \
 	container-tools container-base container container-test container-clean k8s-config
@@ -22,7 +25,7 @@ models: venv  ## build the reference models missing from the BentoML model store
 	$(BIN)/python save_models.py
 
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
-	DESPLIEGUE_AUTH=off $(BIN)/bentoml serve service:Despliegue --host 127.0.0.1 --port $(PORT)
+	DESPLIEGUE_AUTH=off $(BIN)/python -m despliegue.serving --host 127.0.0.1 --port $(PORT)
 
 test: venv  ## run the whole test suite (unit, integration against a real server, build)
 	$(BIN)/python -m pytest

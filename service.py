@@ -26,7 +26,7 @@ from pydantic import Field
 
 from despliegue.artifacts import ModelCard, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
-from despliegue.auth import BearerAuth, token_book
+from despliegue.auth import BearerAuth, auth_enabled, token_book
 from despliegue.coalescing import coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
@@ -48,6 +48,7 @@ from despliegue.images import (
     resize,
 )
 from despliegue.lifecycle import check_tls_files, preflight
+from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticResult,
@@ -432,7 +433,11 @@ class Despliegue:
         return ServedModels(models=[card for cards in per_family for card in cards])
 
 
-# The first added is the outermost: the audit line covers refusals by auth and size limits.
+# The first added is the outermost. Probes come first: answered at once, before auth, audit
+# and limits (despliegue/probes.py). The audit line covers refusals by auth and size limits.
+Despliegue.add_asgi_middleware(
+    Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
+)
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(

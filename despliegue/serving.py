@@ -10,7 +10,19 @@ its CLI does not expose; this entry point reads them from the environment:
   already run elsewhere; `bentoml.depends` reaches them at that URL and they are not started
   here. Every other dependency starts locally, as with `bentoml serve`.
 
-No service code changes between the two layouts. Usage (inside the image, or a checkout):
+No service code changes between the two layouts. It is how every shipped layout starts (`make
+serve`, the image's default command, the Kubernetes manifests), so it also fixes, in one place,
+what `bentoml serve` does not:
+
+- BentoML's usage telemetry is off unless BENTOML_DO_NOT_TRACK=false says otherwise.
+- The public port refuses connections until the API process can answer them. BentoML's
+  supervisor opens the port before it starts any worker, and a connection made then waited,
+  unanswered, for the seconds the API worker takes to import and start (despliegue/probes.py
+  answers every probe once it listens).
+- A runner process that dies is started again inside a container too (BentoML leaves that to
+  the orchestrator there, which never sees a runner die while the API process lives).
+
+Usage (inside the image, or a checkout):
     python -m despliegue.serving [BENTO] [--host H] [--port P]
 """
 
@@ -19,10 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 
 SERVICE_ENV = "DESPLIEGUE_SERVICE"
 REMOTE_ENV = "DESPLIEGUE_REMOTE_SERVICES"
+TELEMETRY_ENV = "BENTOML_DO_NOT_TRACK"
 
 
 def remote_services(raw: str) -> dict[str, str]:
@@ -41,6 +55,28 @@ def remote_services(raw: str) -> dict[str, str]:
     return mapping
 
 
+def refuse_connections_until_the_api_listens() -> None:
+    """Bind the public port in the supervisor but leave it closed for the API worker to open.
+
+    circus binds and listens on every socket before it spawns the workers, so the kernel
+    accepted connections no process would read for several seconds. Shutting the listening
+    socket's read side returns it to the closed state with its address kept: connections are
+    refused, and the API worker's uvicorn listens again on the same socket once its service is
+    created (asyncio's create_server calls listen() on a socket it is given).
+    """
+    from _bentoml_impl.server.serving import API_SERVER_NAME
+    from circus.sockets import CircusSocket
+
+    bind_and_listen = CircusSocket.bind_and_listen
+
+    def bind_then_close(sock: CircusSocket) -> None:
+        bind_and_listen(sock)
+        if sock.name == API_SERVER_NAME and not sock.is_unix:
+            sock.shutdown(socket.SHUT_RD)
+
+    CircusSocket.bind_and_listen = bind_then_close  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bento", nargs="?", default=os.environ.get("BENTO_PATH", "."))
@@ -49,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     service = os.environ.get(SERVICE_ENV, "").strip()
     remote = remote_services(os.environ.get(REMOTE_ENV, ""))
+
+    os.environ.setdefault(TELEMETRY_ENV, "true")
+    # BentoML turns respawning off when this is set (bentoml/serving.py: running_inside_container).
+    os.environ.pop("BENTOML_CONTAINERIZED", None)
+    refuse_connections_until_the_api_listens()
 
     # Same steps as `bentoml serve` (bentoml_cli/serve.py) for bentoml>=1.2 services.
     from _bentoml_impl.server import serve_http

@@ -2,7 +2,9 @@
 
 `make container-test` builds the image and runs this module with DESPLIEGUE_IMAGE set. The
 container gets a configuration file mounted at run time (DESPLIEGUE_CONFIG), so the test also
-proves that operators configure the image without rebuilding it.
+proves that operators configure the image without rebuilding it. It is probed from the moment
+`podman run` starts, as Kubernetes probes it (tests/probing.py), and runs with the network
+guard (tests/network_guard) on its PYTHONPATH: an attempt to reach another host is logged.
 """
 
 from __future__ import annotations
@@ -15,20 +17,31 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 import tests.conftest as shared
+from despliegue.probes import ANSWER_WITHIN_S
 from tests.conftest import ROOT, LiveServer, free_port, served_requests
+from tests.probing import (
+    ProbeAnswer,
+    assert_truthful,
+    is_ready,
+    names_not_ready,
+    probe_until,
+)
 
 pytestmark = pytest.mark.container
 
 IMAGE = os.environ.get("DESPLIEGUE_IMAGE", "")
 READY_TIMEOUT_S = 300
+GUARD = ROOT / "tests" / "network_guard"
+OUTBOUND_MARKER = "OUTBOUND CONNECTION ATTEMPT"
+BENTO_SRC = "/home/bentoml/bento/src"
 # Lower than configuration.yaml's, so a 413 proves the mounted file is the one in force.
 MOUNTED_MAX_BODY_BYTES = 1_048_576
 
@@ -61,12 +74,19 @@ def mounted_configuration(folder: Path) -> Path:
     return path
 
 
+@dataclass
+class Container(LiveServer):
+    name: str = ""
+    launched: float = 0.0  # time.monotonic() when `podman run` started
+
+
 @contextlib.contextmanager
 def running(
     folder: Path, *run_options: str, command: tuple[str, ...] = (), port: int
-) -> Iterator[LiveServer]:
+) -> Iterator[Container]:
     """`podman run` the image (removed afterwards, whatever happens); the server on `port`."""
     name = f"despliegue-test-{uuid.uuid4().hex[:8]}"
+    launched = time.monotonic()
     log_path = folder / f"{name}.log"
     environment = [f"--env={key}={value}" for key, value in server_env().items()]
     with log_path.open("wb") as log:
@@ -76,7 +96,8 @@ def running(
             stderr=subprocess.STDOUT,
         )
     try:
-        yield LiveServer(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
+        url = f"http://127.0.0.1:{port}"
+        yield Container(url=url, log_path=log_path, process=process, name=name, launched=launched)
     finally:
         podman("rm", "-f", "-t", "10", name, check=False)
         try:
@@ -85,41 +106,39 @@ def running(
             process.kill()
 
 
+@dataclass
+class Started:
+    server: Container
+    cold_start_s: float
+    start_up: list[ProbeAnswer]
+
+
 @pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, float]]:
-    """The image running on a loopback port; yields the server and its cold start in seconds."""
+def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    """The image, as its default command starts it, on a loopback port, probed until ready."""
     folder = tmp_path_factory.mktemp("container")
     (folder / "config").mkdir()
     config = mounted_configuration(folder / "config")
     port = free_port()
-    started = time.monotonic()
     with running(
         folder,
         *("-p", f"127.0.0.1:{port}:3000", "-v", f"{config.parent}:/etc/despliegue:ro"),
         *("-e", "DESPLIEGUE_CONFIG=/etc/despliegue/configuration.yaml"),
+        *(
+            "-v",
+            f"{GUARD}:/opt/network-guard:ro",
+            "-e",
+            f"PYTHONPATH=/opt/network-guard:{BENTO_SRC}",
+        ),
         port=port,
     ) as server:
-        yield server, wait_until_ready(server) - started
+        start_up = wait_until_ready(server)
+        yield Started(server, start_up[-1].at_s, start_up)
 
 
-def wait_until_ready(server: LiveServer) -> float:
-    """Poll /readyz until 200; return the monotonic time it first answered.
-
-    Short per-request timeouts: until the server listens, a connection through podman's port
-    forwarding can hang rather than be refused.
-    """
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            log = server.log()[-4000:]
-            pytest.fail(f"container exited with {server.process.returncode}:\n{log}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"container not ready in {READY_TIMEOUT_S} s:\n{server.log()[-4000:]}")
+def wait_until_ready(server: Container) -> list[ProbeAnswer]:
+    """Probe from `podman run` on until /readyz answers 200; every answer is returned."""
+    return probe_until(server, server.launched, is_ready, READY_TIMEOUT_S)
 
 
 def example_arguments(schema: dict[str, Any]) -> dict[str, Any] | None:
@@ -140,10 +159,16 @@ def example_arguments(schema: dict[str, Any]) -> dict[str, Any] | None:
     return arguments
 
 
-def test_every_family_answers_from_the_image(container: tuple[LiveServer, float]) -> None:
+def test_probes_answer_truthfully_from_the_start(container: Started) -> None:
+    """Until podman's port forwarding reaches a listening server a probe may fail in any way;
+    from the first answer on, every answer is as tests/probing.py says."""
+    assert_truthful(container.start_up, before_listening=None)
+
+
+def test_every_family_answers_from_the_image(container: Started) -> None:
     """Each endpoint is called with its documented examples; every family listed by
     GET /models must be named, by model tag, in at least one answer."""
-    server, cold_start_s = container
+    server, cold_start_s = container.server, container.cold_start_s
     served = server.get("/models").json()["models"]
     families = {card["family"] for card in served}
     assert {"heatflow", "falsetrue"} <= families
@@ -170,22 +195,86 @@ def test_every_family_answers_from_the_image(container: tuple[LiveServer, float]
         Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def test_mounted_configuration_is_in_force(container: tuple[LiveServer, float]) -> None:
-    server, _ = container
+def test_mounted_configuration_is_in_force(container: Started) -> None:
+    server = container.server
     oversized = json.dumps({"sediment_thickness_m": [1.0] * 300_000})
     assert len(oversized) > MOUNTED_MAX_BODY_BYTES
     response = server.post("/heatflow", oversized)
     assert response.status_code == 413, response.text
 
 
-def test_image_runs_as_non_root_with_a_readiness_healthcheck(
-    container: tuple[LiveServer, float],
-) -> None:
+def image_config() -> dict[str, Any]:
     (config,) = json.loads(podman("image", "inspect", IMAGE).stdout)
-    healthcheck = config.get("Healthcheck") or config.get("HealthCheck") or {}
+    return config
+
+
+def test_image_runs_as_non_root_with_a_readiness_healthcheck(container: Started) -> None:
+    config = image_config()
+    healthcheck = config.get("Healthcheck") or config["Config"].get("Healthcheck") or {}
     assert "/readyz" in " ".join(healthcheck.get("Test", [])), config.get("Config")
+    assert healthcheck["Timeout"] / 1e9 > ANSWER_WITHIN_S, healthcheck
     user = config.get("User") or config["Config"].get("User")
     assert user and user not in ("root", "0"), user
+
+
+def test_image_starts_through_despliegue_serving_with_telemetry_off(container: Started) -> None:
+    settings = image_config()["Config"]
+    assert settings["Cmd"] == ["python", "-m", "despliegue.serving"], settings
+    assert "BENTOML_DO_NOT_TRACK=true" in settings["Env"], settings["Env"]
+    serving = podman("exec", container.server.name, "python3", "-c", PROCESS_ENVIRONMENTS).stdout
+    environments = json.loads(serving)
+    assert environments, "no server process found in the container"
+    for command, environment in environments.items():
+        assert environment.get("BENTOML_DO_NOT_TRACK") == "true", command
+
+
+# Run inside the container: the command line and environment of every Python process there.
+PROCESS_ENVIRONMENTS = """
+import json, os, pathlib
+found = {}
+for proc in pathlib.Path("/proc").glob("[0-9]*"):
+    if proc.name == str(os.getpid()):
+        continue
+    try:
+        command = (proc / "cmdline").read_bytes().replace(b"\\0", b" ").decode().strip()
+        pairs = (proc / "environ").read_bytes().split(b"\\0")
+    except OSError:
+        continue
+    if "despliegue.serving" in command or "_bentoml_impl.worker" in command:
+        found[command] = dict(p.decode().partition("=")[::2] for p in pairs if b"=" in p)
+print(json.dumps(found))
+"""
+
+
+def test_a_killed_runner_is_named_by_readyz_and_comes_back(container: Started) -> None:
+    server = container.server
+    killed = podman("exec", server.name, "python3", "-c", KILL_RUNNER, "HeatFlowRegressor")
+    assert killed.stdout.strip().isdigit(), killed
+    down = probe_until(server, server.launched, names_not_ready("heatflow"), 60)
+    back = probe_until(server, server.launched, is_ready, READY_TIMEOUT_S)
+    assert_truthful(down + back)
+    assert any("heatflow: HeatFlowRegressor" in line for line in server.log_lines_with("not ready"))
+
+
+# Run inside the container: SIGKILL the worker serving the service named in argv[1].
+KILL_RUNNER = """
+import os, pathlib, signal, sys
+for proc in pathlib.Path("/proc").glob("[0-9]*"):
+    try:
+        words = (proc / "cmdline").read_bytes().split(b"\\0")
+    except OSError:
+        continue
+    if b"--service-name" in words and sys.argv[1].encode() in words:
+        os.kill(int(proc.name), signal.SIGKILL)
+        print(proc.name)
+        break
+"""
+
+
+def test_nothing_in_the_container_tried_to_leave_the_machine(container: Started) -> None:
+    assert "Service Despliegue initialized" in container.server.log()
+    attempts = [line for line in container.server.log().splitlines() if OUTBOUND_MARKER in line]
+    assert attempts == []
 
 
 def test_split_tiers_run_from_the_same_image(tmp_path: Path) -> None:
@@ -211,7 +300,7 @@ def test_split_tiers_run_from_the_same_image(tmp_path: Path) -> None:
         ) as api,
     ):
         wait_until_ready(runner)
-        wait_until_ready(api)
+        assert_truthful(wait_until_ready(api), before_listening=None)
         response = api.post("/heatflow", {"sediment_thickness_m": [100.0]})
         assert response.status_code == 200, response.text
         # The runner tier's own /metrics counted the call (written after the response).
