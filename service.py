@@ -47,7 +47,6 @@ from despliegue.images import (
     encode_png,
     resize,
 )
-from despliegue.lifecycle import check_tls_files, preflight
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
@@ -73,6 +72,7 @@ from despliegue.schemas import (
     SuperResponse,
     ValidatedFace,
 )
+from despliegue.startup import check_tls_files, preflight
 from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
 from runners.faces import FaceAnalyzer
 from runners.falsetrue import FalseTrueClassifier

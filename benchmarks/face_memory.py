@@ -58,6 +58,8 @@ async def send_varied_faces(
                 status = type(exc).__name__
             counts["sent"] += 1
             counts["statuses"][status] = counts["statuses"].get(status, 0) + 1
+            if counts["sent"] % 100 == 0:
+                print(f"{counts['sent']} requests answered", file=sys.stderr, flush=True)
 
     async with httpx.AsyncClient(base_url=url, timeout=300, headers=headers) as session:
         await asyncio.gather(*(client(session) for _ in range(clients)))
@@ -66,11 +68,16 @@ async def send_varied_faces(
 def run(url: str, arbiter_pid: int, requests: int, clients: int, warmup: int) -> dict[str, Any]:
     counts: dict[str, Any] = {"sent": 0, "statuses": {}}
     started = time.monotonic()
+    interrupted = False
     with RssSampler(arbiter_pid, interval_s=2.0, progress=lambda: {"sent": counts["sent"]}) as rss:
-        asyncio.run(send_varied_faces(url, requests, clients, counts))
-    errors = requests - counts["statuses"].get("200", 0)
+        try:
+            asyncio.run(send_varied_faces(url, requests, clients, counts))
+        except KeyboardInterrupt:  # Ctrl-C: report the requests answered so far
+            interrupted = True
+    errors = counts["sent"] - counts["statuses"].get("200", 0)
     return {
-        "requests": requests,
+        "requests": counts["sent"],
+        "interrupted": interrupted,
         "clients": clients,
         "warmup_requests": warmup,
         "seconds": round(time.monotonic() - started, 1),
@@ -128,7 +135,8 @@ def report(result: dict[str, Any], args: argparse.Namespace, warmup: int) -> int
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     face = result["growth"].get(FACE_SERVICE, {})
     print(
-        f"{args.requests} /face requests ({result['seconds']:.0f} s), {result['errors']} errors; "
+        f"{result['requests']} /face requests ({result['seconds']:.0f} s"
+        f"{', interrupted' if result['interrupted'] else ''}), {result['errors']} errors; "
         f"{FACE_SERVICE} RSS at most {face.get('warmup_peak_mib')} MiB in the first {warmup} "
         f"requests, at most {face.get('peak_after_warmup_mib')} MiB afterwards "
         f"({face.get('growth_pct')}% growth), {face.get('final_mib')} MiB at the end. {out}"

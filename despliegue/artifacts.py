@@ -181,7 +181,7 @@ def stored_model(tag: str) -> bentoml.Model:
 def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
     """Load the model a runner serves. If it is missing, unreadable, damaged or cannot be
     loaded, the server stops with one line saying which file and what to do (in a worker)."""
-    from despliegue.lifecycle import stop_server_on_failure
+    from despliegue.startup import stop_server_on_failure
 
     with stop_server_on_failure(f"model {ref.tag}"):
         stored = stored_model(str(ref.tag))

@@ -94,7 +94,7 @@ class DecodedImage:
 
 
 @dataclass
-class _Header:
+class ImageHeader:
     """An opened, not yet decoded image: what the header said, and what decoding will cost."""
 
     image: Image.Image
@@ -135,7 +135,7 @@ def uploaded_payload(path: Path, loc: list[str | int], limits: ImageLimits) -> b
 
 def read_header(
     raw: bytes, loc: list[str | int], limits: ImageLimits, target: ModelInput, keep_original: bool
-) -> _Header:
+) -> ImageHeader:
     """Open the image lazily: format and size from its header, nothing decoded yet. A JPEG is
     set to decode at the smallest scale that still covers the model input (unless the full
     image must be kept)."""
@@ -164,13 +164,13 @@ def read_header(
             kind="too_large",
         )
     if image.format != "JPEG" or keep_original:
-        return _Header(image, loc)
+        return ImageHeader(image, loc)
     transposed = _orientation(image) in _TRANSPOSING
     shown = (height, width) if transposed else (width, height)
     fit_width, fit_height = target.fit(*shown)
     # Scales down only, by 1/2, 1/4 or 1/8, to no less than the requested size.
     image.draft("RGB", (fit_height, fit_width) if transposed else (fit_width, fit_height))
-    return _Header(image, loc, drafted_from=shown if image.size != (width, height) else None)
+    return ImageHeader(image, loc, drafted_from=shown if image.size != (width, height) else None)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -184,7 +184,7 @@ def _orientation(image: Image.Image) -> int:
 
 
 def decode_header(
-    header: _Header, limits: ImageLimits, target: ModelInput, keep_original: bool
+    header: ImageHeader, limits: ImageLimits, target: ModelInput, keep_original: bool
 ) -> DecodedImage:
     """Full decode, orientation, RGB, resize to the model input; the full-size pixels are
     dropped unless kept."""
@@ -196,7 +196,8 @@ def decode_header(
             image = image.convert("RGBA" if "transparency" in image.info else image.mode)
             image = image.convert("RGB")
         original_size = header.drafted_from or image.size
-        resized = image.resize(target.fit(*original_size), Image.Resampling.BILINEAR)
+        size = target.fit(*original_size)
+        resized = image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
         pixels = np.asarray(resized, dtype=np.uint8)
         original = image if keep_original else None
     except Image.DecompressionBombError:
@@ -306,7 +307,7 @@ def read_headers(
     limits: ImageLimits,
     target: ModelInput,
     keep_original: bool,
-) -> list[_Header]:
+) -> list[ImageHeader]:
     headers = []
     for index, source in enumerate(sources):
         loc: list[str | int] = [field, index]
@@ -320,7 +321,7 @@ def read_headers(
 
 
 def decode_headers(
-    headers: list[_Header], limits: ImageLimits, target: ModelInput, keep_original: bool
+    headers: list[ImageHeader], limits: ImageLimits, target: ModelInput, keep_original: bool
 ) -> list[DecodedImage]:
     """Decode one image at a time: at most one full-size image is in memory at once, besides
     the model-sized results (and the originals, when kept)."""

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from despliegue.artifacts import ModelCard, load_served_model, panel_models
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
-from despliegue.lifecycle import serve_until_callers_stop
+from despliegue.startup import serve_until_callers_stop
 
 PANEL = settings().panel("antibiotics")
 MODELS = panel_models(PANEL)

@@ -17,7 +17,7 @@ from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.faces import LANDMARKS
 from despliegue.heap import freeze_startup_heap
-from despliegue.lifecycle import serve_until_callers_stop
+from despliegue.startup import serve_until_callers_stop
 
 DETECTOR = settings().family("face_detector")
 VALIDATOR = settings().family("face_validator")

@@ -8,7 +8,7 @@ import numpy as np
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
-from despliegue.lifecycle import serve_until_callers_stop
+from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("falsetrue")
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-logger = logging.getLogger("despliegue.lifecycle")
+logger = logging.getLogger("despliegue.startup")
 
 # Set by the preflight in the arbiter, inherited by every worker it starts (BentoML's watchers
 # copy the arbiter's environment): the API service's name, and where a worker that could not
