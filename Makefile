@@ -2,17 +2,21 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The Python client as a user installs it: bentoml alone, no service code (tests/client/).
+CLIENT_VENV ?= .venv-client
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # BentoML's usage telemetry stays off for every target (serve, build, container...);
 # `make serve BENTOML_DO_NOT_TRACK=false` turns it on.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: help venv models serve test fuzz lint build bench bench-quick stress profile soak face-memory clean \
-	container-tools container-base container container-test container-clean k8s-config
+.PHONY: help venv client-venv test-tools models serve test fuzz lint build bench bench-quick \
+	stress profile soak face-memory clean container-tools container-base container container-test \
+	container-clean k8s-config
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
+		sed -e 's/:.*## /\t/' -e 's/\$$(PORT)/$(PORT)/g' -e 's/\$$(IMAGE)/$(IMAGE)/g'
 
 venv: $(VENV)/.installed  ## create .venv with the pinned packages
 
@@ -21,13 +25,26 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-mlflow.tx
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	touch $@
 
+client-venv: $(CLIENT_VENV)/.installed  ## a venv with only the Python client (bentoml), for tests/client
+
+$(CLIENT_VENV)/.installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		"$$(grep '^bentoml==' requirements.txt)" -c constraints.txt
+	touch $@
+
+test-tools:  ## install Debian's chromium, chromium-driver and curl (root, apt) for the UI tests
+	scripts/test-tools.sh
+
 models: venv  ## build the reference models missing from the BentoML model store
 	$(BIN)/python save_models.py
 
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
 	DESPLIEGUE_AUTH=off $(BIN)/python -m despliegue.serving --host 127.0.0.1 --port $(PORT)
 
-test: venv  ## run the whole test suite (unit, integration against a real server, build)
+test: venv client-venv  ## run the whole test suite (unit, live server, browser, client, build)
+	@# Without the browser the UI tests skip saying why (and fail when CI=true).
+	-@scripts/test-tools.sh
 	$(BIN)/python -m pytest
 
 fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
@@ -87,5 +104,5 @@ container-clean:  ## remove the built images, their build cache and dist/ (keeps
 k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configuration.yaml
 	$(BIN)/python scripts/k8s_configmap.py
 
-clean:  ## remove the virtual environment
-	rm -rf $(VENV)
+clean:  ## remove the virtual environments
+	rm -rf $(VENV) $(CLIENT_VENV)

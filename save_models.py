@@ -25,16 +25,31 @@ from pathlib import Path
 
 import bentoml
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from despliegue.artifacts import stored_models
+from despliegue.artifacts import bentoml_home, served_tags, stored_models
 from despliegue.backup import BackupRefused, backup, restore
 from despliegue.families import RECIPES, Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
 from despliegue.mlflow_import import import_mlflow, is_mlflow_source
+from despliegue.quiet import import_tensorflow
 
 console = Console(stderr=True)
+
+
+def show(table: Table) -> None:
+    """Print a table at its full width, even wider than the terminal: a tag cut to
+    `flower_classifier:6l…` cannot be copied into a command."""
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    (console if needed <= console.width else Console(stderr=True, width=needed)).print(table)
+
+
+def prepare_tensorflow(recipes: list[Recipe]) -> None:
+    """Import TensorFlow (quietly) before any progress line is drawn, if a recipe needs it."""
+    if any(recipe.framework != "sklearn" for recipe in recipes):
+        import_tensorflow()
 
 
 def reference_targets(selection: list[str]) -> list[tuple[Recipe, str]]:
@@ -58,9 +73,11 @@ def reference_targets(selection: list[str]) -> list[tuple[Recipe, str]]:
 
 def build_missing_references(selection: list[str] | None = None) -> list[Outcome]:
     outcomes: list[Outcome] = []
+    targets = reference_targets(selection or [])
+    prepare_tensorflow([recipe for recipe, name in targets if not stored_models(name)])
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        for recipe, name in reference_targets(selection or []):
+        for recipe, name in targets:
             task = progress.add_task(f"{name}: {recipe.description}", total=None)
             outcomes.append(ensure_reference(recipe, name))
             progress.remove_task(task)
@@ -70,10 +87,10 @@ def build_missing_references(selection: list[str] | None = None) -> list[Outcome
 def print_outcomes(outcomes: list[Outcome]) -> None:
     table = Table(title="Model store")
     for column in ("model", "tag", "action", "detail"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "detail")
     for outcome in outcomes:
         table.add_row(outcome.model_name, outcome.tag, outcome.action, outcome.detail)
-    console.print(table)
+    show(table)
     if all(outcome.action == "kept" for outcome in outcomes):
         console.print("Nothing to do: every model is already in the store.")
     for outcome in outcomes:
@@ -81,17 +98,40 @@ def print_outcomes(outcomes: list[Outcome]) -> None:
             console.print(f"[bold yellow]warning:[/] {outcome.warning}")
 
 
+def serving_keys() -> dict[str, str]:
+    """Stored tag -> the configuration key serving it (`heatflow`, `antibiotics.AMK`, ...),
+    with `latest` resolved to the version it names today."""
+    keys: dict[str, str] = {}
+    for key, tag in served_tags().items():
+        try:
+            keys[str(bentoml.models.get(tag).tag)] = key
+        except bentoml.exceptions.NotFound:
+            continue
+    return keys
+
+
 def print_store() -> None:
-    table = Table(title="Models in the store")
-    for column in ("tag", "family", "reference", "created"):
-        table.add_column(column)
     names = sorted({model.tag.name for model in bentoml.models.list()})
+    if not names:
+        console.print(
+            f"The model store ({bentoml_home()}) is empty.\n"
+            "Build the reference models with `python save_models.py`, or import your own with "
+            "`python save_models.py import NAME FILE`."
+        )
+        return
+    serving = serving_keys()
+    table = Table(title="Models in the store", caption="serves: the family it answers for now")
+    for column in ("tag", "family", "serves", "reference", "created"):
+        table.add_column(column, no_wrap=True)
     for recipe in RECIPES.values():
         for model in (m for name in names if recipe.matches(name) for m in stored_models(name)):
             meta = model.info.metadata
             created = model.info.creation_time.isoformat(timespec="seconds")
-            table.add_row(str(model.tag), recipe.family, str(meta.get("reference")), created)
-    console.print(table)
+            tag = str(model.tag)
+            table.add_row(
+                tag, recipe.family, serving.get(tag, "-"), str(meta.get("reference")), created
+            )
+    show(table)
 
 
 def import_source(model_name: str, source: str, classes: str | None) -> Outcome:
@@ -144,15 +184,18 @@ def run_backup_command(command: str, folder: Path) -> int:
         done = backup(folder) if command == "backup" else restore(folder)
     except BackupRefused as exc:
         console.print(f"[bold red]{command} refused:[/] {exc}")
-        if command == "restore":
+        if command == "restore" and exc.left_in_store:
+            left = ", ".join(exc.left_in_store)
+            console.print(f"The model store still holds {left}: `bentoml models delete` them.")
+        elif command == "restore":
             console.print("The model store is unchanged.")
         return 1
     table = Table(title=f"{command}: {folder}")
     for column in ("tag", "file", "action"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for item in done:
         table.add_row(item.tag, item.file, item.action)
-    console.print(table)
+    show(table)
     return 0
 
 
@@ -164,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print_store()
         return 0
     if args.command == "import":
+        prepare_tensorflow([r for r in RECIPES.values() if r.matches(args.model_name)])
         try:
             outcome = import_source(args.model_name, args.source, args.classes)
         except ImportRefused as exc:

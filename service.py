@@ -12,6 +12,7 @@ Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from http import HTTPStatus
@@ -24,21 +25,36 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
 
-from despliegue.artifacts import ModelCard, require_models_in_store, served_tags
+from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
-from despliegue.auth import BearerAuth, auth_enabled, token_book
+from despliegue.auth import (
+    DOCS_PATHS,
+    DOCS_PREFIXES,
+    PROBES,
+    BearerAuth,
+    auth_enabled,
+    token_book,
+)
 from despliegue.coalescing import coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.errors import ClientError, answers_client_errors, install_log_filter
+from despliegue.errors import (
+    ClientError,
+    ClientErrorWording,
+    answers_client_errors,
+    install_log_filter,
+)
 from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.heap import freeze_startup_heap
+from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
     BodySizeLimit,
     ContentTypeGuard,
     MethodNotAllowed,
     UploadFieldGuard,
+    form_fields,
 )
+from despliegue.http_server import configure_http_server
 from despliegue.images import (
     DecodedImage,
     ModelInput,
@@ -90,6 +106,8 @@ VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # t
 DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
 install_log_filter()
+if starts_a_server(sys.argv):
+    claim_home(bentoml_home())  # before BentoML empties this home's metrics folder
 
 
 async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
@@ -407,9 +425,7 @@ class Despliegue:
             )
         return AntibioticsResponse(results=results)
 
-    @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
-    async def antibiotic_panel(self) -> AntibioticPanelListing:
-        """The antibiotic panel: one model per code, its input length, classes and origin."""
+    async def panel_listing(self) -> AntibioticPanelListing:
         entries = [
             PanelEntry(
                 code=code,
@@ -426,15 +442,36 @@ class Despliegue:
         ]
         return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
 
-    @catalog.get("/models", response_model=ServedModels)
-    async def served_models(self) -> ServedModels:
-        """The models being served: tag, family, framework, reference or imported, metadata."""
+    async def model_listing(self) -> ServedModels:
         per_family = await asyncio.gather(*(self.cards(family) for family in FAMILIES))
         return ServedModels(models=[card for cards in per_family for card in cards])
 
+    # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
+    # bentoml.SyncHTTPClient has a method for each (it only calls APIs, never mounted routes).
+    @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
+    async def get_antibiotic_panel(self) -> AntibioticPanelListing:
+        """The antibiotic panel: one model per code, its input length, classes and origin."""
+        return await self.panel_listing()
+
+    @bentoml.api(route="/antibiotics/panel")
+    async def antibiotic_panel(self) -> AntibioticPanelListing:
+        """The antibiotic panel, as GET /antibiotics gives it (for the Python client)."""
+        return await self.panel_listing()
+
+    @catalog.get("/models", response_model=ServedModels)
+    async def get_models(self) -> ServedModels:
+        """The models being served: tag, family, framework, reference or imported, metadata."""
+        return await self.model_listing()
+
+    @bentoml.api(route="/models")
+    async def served_models(self) -> ServedModels:
+        """The models being served, as GET /models gives them (for the Python client)."""
+        return await self.model_listing()
+
 
 # The first added is the outermost. Probes come first: answered at once, before auth, audit
-# and limits (despliegue/probes.py). The audit line covers refusals by auth and size limits.
+# and limits (despliegue/probes.py). The audit line covers refusals by auth, size limits and
+# content checks.
 Despliegue.add_asgi_middleware(
     Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
 )
@@ -446,16 +483,12 @@ Despliegue.add_asgi_middleware(
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
 Despliegue.add_asgi_middleware(
     ContentTypeGuard,
-    json_routes=frozenset(
-        api.route
-        for api in Despliegue.apis.values()
-        if api.input_spec.mime_type() == "application/json"
-    ),
+    media_types={api.route: api.input_spec.mime_type() for api in Despliegue.apis.values()},
 )
 Despliegue.add_asgi_middleware(
     UploadFieldGuard,
-    file_fields={
-        api.route: frozenset(api.input_spec.multipart_fields)
+    forms={
+        api.route: form_fields(api.input_spec, api.input_spec.multipart_fields)
         for api in Despliegue.apis.values()
         if api.input_spec.mime_type() == "multipart/form-data"
     },
@@ -463,18 +496,29 @@ Despliegue.add_asgi_middleware(
 )
 
 
-def shared_paths() -> dict[str, frozenset[str]]:
-    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
+def catalog_operations() -> dict[str, dict]:
+    """The catalog app's paths and their operations, as its OpenAPI document lists them."""
     from fastapi.openapi.utils import get_openapi
 
-    catalog_paths = get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
+    return get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
+
+
+def shared_paths() -> dict[str, frozenset[str]]:
+    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
     api_routes = {api.route for api in Despliegue.apis.values()}
     return {
         path: frozenset({"POST", *(method.upper() for method in operations)})
         | ({"HEAD"} if "get" in operations else set())
-        for path, operations in catalog_paths.items()
+        for path, operations in catalog_operations().items()
         if path in api_routes
     }
 
 
 Despliegue.add_asgi_middleware(MethodNotAllowed, allowed=shared_paths())
+configure_http_server(
+    head_timeout_s=settings().limits.request_head_timeout_s,
+    trusted_proxies=settings().security.trusted_proxies,
+    metric_paths=frozenset({*PROBES, *DOCS_PATHS, "/metrics", *catalog_operations()}),
+    metric_prefixes=DOCS_PREFIXES,
+)
+Despliegue.add_asgi_middleware(ClientErrorWording)

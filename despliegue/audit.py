@@ -4,7 +4,9 @@ Each line holds the time, request id (taken from a well-formed `X-Request-ID` or
 and echoed in the response), token id (never the token), method, endpoint, model tags (read
 from the JSON response's `model` / `models[].tag`), status and latency. The request body is
 left out unless `security.audit.include_input` is set. It is the outermost middleware, so
-refusals (401, 403, 413) are audited too.
+refusals (401, 403, 413) are audited too, and so are WebSocket handshakes (method
+`WEBSOCKET`; status 101 when accepted). `client` is the peer's address, or the address a
+trusted proxy forwarded (`security.trusted_proxies`).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class AuditLog:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (
-            scope["type"] != "http"
+            scope["type"] not in {"http", "websocket"}
             or self.logger is None
             or path in PROBES
             or path.startswith(NOT_AUDITED_PREFIXES)
@@ -117,7 +119,7 @@ class AuditLog:
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "request_id": request_id,
                 "token_id": scope.get("despliegue", {}).get("token_id"),
-                "method": scope.get("method"),
+                "method": scope.get("method", "WEBSOCKET"),
                 "endpoint": path,
                 "models": model_tags(bytes(response_body)) if response_body else [],
                 "status": record["status"],
@@ -138,14 +140,19 @@ class AuditLog:
 
         async def send_and_watch(message: Message) -> None:
             nonlocal sniff
-            if message["type"] == "http.response.start":
+            if message["type"] in {"websocket.accept", "websocket.close"} and not written:
+                # A handshake's outcome: accepted (101), or closed before it was (403).
+                accepted = message["type"] == "websocket.accept"
+                record["status"] = 101 if accepted else 403
+                write_line()
+            elif message["type"] in {"http.response.start", "websocket.http.response.start"}:
                 record["status"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 content_type = dict(headers).get(b"content-type", b"")
                 sniff = content_type.startswith(b"application/json")
                 message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body":
+            elif message["type"] in {"http.response.body", "websocket.http.response.body"}:
                 if sniff:
                     response_body.extend(message.get("body", b""))
                     if len(response_body) > MAX_SNIFFED_BODY:

@@ -1,22 +1,27 @@
 """Back up the served models to a folder, and restore them only from an intact backup.
 
     python save_models.py backup DIR     export every served model + manifest.json (sha256)
-    python save_models.py restore DIR    verify every sum first, then import what is missing
+    python save_models.py restore DIR    verify everything first, then import what is missing
 
 A backup folder holds one `<name>-<version>.bentomodel` archive per model (BentoML's own
 export format, metadata included) and `manifest.json` listing each file with its sha256 and
-size. Restore checks every file before it imports any, so a damaged backup changes nothing
-and the error names the file.
+size. Restore checks everything before it imports anything: every file's size and sum, and
+then that each archive imports (into a throw-away store) and holds the tag the manifest
+names. Only then are the missing models imported; if one of those imports fails, the ones
+imported before it are deleted again. The error names the file, and says whether the store
+is unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
+from bentoml._internal.models.model import ModelStore
 
 from despliegue.artifacts import served_tags, sha256_of
 
@@ -25,7 +30,14 @@ FORMAT = "despliegue-model-backup/1"
 
 
 class BackupRefused(Exception):
-    """The backup cannot be used; the message names the file and the reason."""
+    """The backup cannot be used; the message names the file and the reason.
+
+    `left_in_store` lists models a failed restore imported and could not delete again (empty:
+    the store is as it was)."""
+
+    def __init__(self, message: str, left_in_store: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.left_in_store = left_in_store or []
 
 
 @dataclass(frozen=True)
@@ -91,8 +103,15 @@ def verify(folder: Path) -> list[dict[str, object]]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupRefused(f"{manifest_path}: not a {FORMAT} manifest")
     entries = manifest.get("models")
-    if not isinstance(entries, list) or not entries:
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
         raise BackupRefused(f"{manifest_path}: lists no models")
+    tags = [str(entry.get("tag")) for entry in entries]
+    if len(set(tags)) != len(tags):
+        raise BackupRefused(f"{manifest_path}: lists a model more than once")
     for entry in entries:
         name = Path(str(entry.get("file", "")))
         if name.name != str(name) or not name.name.endswith(".bentomodel"):
@@ -105,19 +124,48 @@ def verify(folder: Path) -> list[dict[str, object]]:
     return entries
 
 
+def check_archive(path: Path, tag: str) -> None:
+    """Import an archive into a throw-away store: it must import and hold `tag`."""
+    with tempfile.TemporaryDirectory(prefix="despliegue-restore-check-") as scratch:
+        try:
+            model = bentoml.models.import_model(str(path), _model_store=ModelStore(scratch))
+        except Exception as exc:  # BentoML raises many types for broken archives
+            raise BackupRefused(f"{path}: not an importable model archive ({exc})") from None
+        if str(model.tag) != tag:
+            raise BackupRefused(f"{path}: holds {model.tag}, the manifest says {tag}")
+
+
 def restore(folder: Path) -> list[BackedUp]:
     """Verify the whole backup, then import every model the store does not hold yet."""
-    done = []
-    for entry in verify(folder):
+    entries = verify(folder)
+    done, missing = [], []
+    for entry in entries:
         tag, file_name = str(entry["tag"]), str(entry["file"])
         try:
             bentoml.models.get(tag)
             done.append(BackedUp(tag, file_name, "kept"))
-            continue
         except bentoml.exceptions.NotFound:
-            pass
-        imported = bentoml.models.import_model(str(folder / file_name))
-        if str(imported.tag) != tag:
-            raise BackupRefused(f"{folder / file_name}: holds {imported.tag}, manifest says {tag}")
-        done.append(BackedUp(tag, file_name, "restored"))
+            missing.append((tag, folder / file_name))
+    for tag, path in missing:
+        check_archive(path, tag)
+    imported: list[str] = []
+    for tag, path in missing:
+        try:
+            bentoml.models.import_model(str(path))
+        except Exception as exc:
+            left = roll_back(imported)  # the models this restore imported before this one
+            raise BackupRefused(f"{path}: import failed ({exc})", left_in_store=left) from exc
+        imported.append(tag)
+        done.append(BackedUp(tag, path.name, "restored"))
     return done
+
+
+def roll_back(imported: list[str]) -> list[str]:
+    """Delete the models a failed restore imported; the tags that could not be deleted."""
+    left = []
+    for tag in reversed(imported):
+        try:
+            bentoml.models.delete(tag)
+        except Exception:
+            left.append(tag)
+    return left

@@ -10,6 +10,7 @@ time with a message that names the key.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -181,6 +182,9 @@ class AntibioticLimits(StrictModel):
 
 class Limits(StrictModel):
     max_body_bytes: int = Field(ge=1024)
+    # A request head (request line and headers) not complete this long after its first byte
+    # gets 408 and a closed connection (despliegue/http_server.py).
+    request_head_timeout_s: float = Field(default=10.0, ge=0.5, le=600)
     heatflow: HeatFlowLimits
     falsetrue: FalseTrueLimits
     images: ImageLimits
@@ -211,6 +215,8 @@ class AuthSettings(StrictModel):
     tokens_file: str | None = None
     docs_need_token: bool = False
     metrics_need_token: bool = True
+    # How often each worker looks whether the tokens file changed (and rereads it); 0: never.
+    reload_interval_s: float = Field(default=5.0, ge=0, le=3600)
 
 
 class AuditSettings(StrictModel):
@@ -228,6 +234,22 @@ class AuditSettings(StrictModel):
 class SecuritySettings(StrictModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    # Addresses (or CIDR ranges) of the reverse proxies in front of the service. A request from
+    # one of them is taken to come from the client its X-Forwarded-For names (audit `client`,
+    # failure budgets); from anyone else that header is ignored. Empty: no proxy is trusted.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or CIDR range (host bits must be 0)"
+                ) from None
+        return proxies
 
 
 class BentoMLSettings(StrictModel):

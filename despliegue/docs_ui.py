@@ -9,16 +9,18 @@ This middleware serves instead:
 - `/ui/swagger-initializer.js`: the UI set-up, with the online spec validator switched off;
 - `/docs.json`: BentoML's document with our own description, the bearer-token scheme (so the
   UI's "Authorize" button works) and the error responses this service really gives (400, 401,
-  403, 413, 422, 429, 503 with the `{"error", "detail"}` body).
+  403, 413, 415, 422, 429, 503 with the `{"error", "detail"}` body).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from despliegue import __version__
 from despliegue.auth import PROBES, auth_enabled, required_scope
 from despliegue.config import AuthSettings
 
@@ -27,14 +29,24 @@ CSP = (
     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'"
 )
 
+# BentoML's index.css hides the document title (and styles its own top bar); this page keeps
+# Swagger UI's stylesheet only and shows the title.
 INDEX_HTML = """<!DOCTYPE html>
 <html lang="en">
   <head>
     <meta charset="UTF-8">
     <title>Despliegue API</title>
     <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
-    <link rel="stylesheet" type="text/css" href="./static_content/index.css" />
     <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" />
+    <style>
+      body { margin: 0; background: #fafafa; }
+      .swagger-ui .topbar { display: none; }
+      .swagger-ui .file-list .json-schema-form-item-add { font-size: 0 !important; }
+      .swagger-ui .file-list .json-schema-form-item-add::after {
+        content: "Add an image file";
+        font-size: 14px;
+      }
+    </style>
   </head>
   <body>
     <div id="swagger-ui"></div>
@@ -45,13 +57,27 @@ INDEX_HTML = """<!DOCTYPE html>
 </html>
 """
 
-INITIALIZER_JS = """window.onload = function () {
+# Swagger UI labels the button that adds a file to a list of files with the items' JSON type,
+# "Add string item"; FileLists marks such lists so the page's style can say "Add an image file".
+INITIALIZER_JS = """const FileLists = () => ({
+  wrapComponents: {
+    JsonSchema_array: (Original, system) => (props) => {
+      const items = props.schema && props.schema.get("items");
+      const drawn = system.React.createElement(Original, props);
+      if (!items || items.get("format") !== "binary") return drawn;
+      return system.React.createElement("div", { className: "file-list" }, drawn);
+    },
+  },
+});
+
+window.onload = function () {
   window.ui = SwaggerUIBundle({
     url: "./docs.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
     validatorUrl: null,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    plugins: [FileLists],
     layout: "StandaloneLayout",
   });
 };
@@ -92,6 +118,7 @@ ERRORS = {
     "401": "Missing or invalid bearer token",
     "403": "The token may not call this endpoint family",
     "413": "Request body larger than the configured limit",
+    "415": "Content-Type is not the one this endpoint takes",
     "422": "Understood but cannot be answered (a value out of range after decoding)",
     "429": "Image endpoints: this worker's budget of decoded pixels is in use; retry after "
     "the Retry-After seconds",
@@ -99,10 +126,45 @@ ERRORS = {
 }
 
 
+# Operations grouped by model family in the UI: the first path segment names the family, except
+# where one family serves several paths. A path not listed here is grouped under its own segment.
+FAMILY_TAGS: dict[str, str] = {
+    "face": "img_super",
+    "super": "img_super",
+    "models": "catalog",
+    "livez": "infrastructure",
+    "readyz": "infrastructure",
+    "healthz": "infrastructure",
+    "metrics": "infrastructure",
+}
+TAG_DESCRIPTIONS: dict[str, str] = {
+    "heatflow": "Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
+    "falsetrue": "Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
+    "flowers": "Seed 002: 18 Oxford-102 flower classes from a photo (Keras CNN).",
+    "img_super": "Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
+    "antibiotics": "Seed 003: S / I / R per antibiotic, one Keras model per code (open panel).",
+    "catalog": "What is being served: model tags, families, origin and metadata.",
+    "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
+}
+# A multipart file field as OpenAPI 3.1 writes it (BentoML writes the non-standard type "file").
+FILE_SCHEMA = {"type": "string", "format": "binary", "contentMediaType": "image/*"}
+
+
+def family_tag(path: str) -> str:
+    segment = path.strip("/").split("/")[0]
+    return FAMILY_TAGS.get(segment, segment)
+
+
 def publishable_openapi(
     doc: dict[str, Any], auth: AuthSettings, api_paths: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """BentoML's OpenAPI document, made true to this service and free of third-party links.
+
+    What changes: OpenAPI 3.1 (the schemas pydantic writes are JSON Schema 2020-12, with
+    `examples` and `"type": "null"`, which a 3.0 document may not hold); response codes as
+    strings (BentoML's are integers, and `400` beside `"400"` is a duplicated key once
+    serialized, which Swagger UI refuses); file fields in standard form; one tag per model
+    family and a summary per operation; the product's version, description and error bodies.
 
     BentoML lets a mounted FastAPI route replace an API route on the same path in the document
     (GET /antibiotics hides POST /antibiotics); `api_paths` puts the hidden operations back.
@@ -110,26 +172,73 @@ def publishable_openapi(
     for path, operations in (api_paths or {}).items():
         for method, operation in operations.items():
             doc.setdefault("paths", {}).setdefault(path, {}).setdefault(method, operation)
-    doc["info"] = {"title": "Despliegue", "version": doc.get("info", {}).get("version") or "1"}
-    doc["info"]["description"] = DESCRIPTION
+    doc["openapi"] = "3.1.0"
+    doc["info"] = {"title": "Despliegue", "version": _version(doc), "description": DESCRIPTION}
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {})["ErrorBody"] = ERROR_BODY
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    used_tags: set[str] = set()
     for path, operations in doc.get("paths", {}).items():
         for method, operation in operations.items():
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True  # an empty body is a 400
-            responses = operation.setdefault("responses", {})
+            operation["tags"] = [family_tag(path)]
+            used_tags.add(operation["tags"][0])
+            operation["summary"] = _summary(operation, method, path)
+            responses = {
+                str(code): answer for code, answer in operation.get("responses", {}).items()
+            }
             codes = (
-                ["400", "413", "422", "429", "503"] if method in {"post", "put", "patch"} else []
+                ["400", "413", "415", "422", "429", "503"]
+                if method in {"post", "put", "patch"}
+                else []
             )
             if auth_enabled(auth) and path not in PROBES and required_scope(path, auth) is not None:
                 operation["security"] = [{"bearer": []}]
                 codes += ["401", "403"]
             for code in codes:
                 responses[code] = {"description": ERRORS[code], "content": error_ref}
-    return doc
+            operation["responses"] = responses
+    doc["tags"] = [
+        {"name": tag, "description": TAG_DESCRIPTIONS.get(tag, f"/{tag}")}
+        for tag in [*TAG_DESCRIPTIONS, *sorted(used_tags - TAG_DESCRIPTIONS.keys())]
+        if tag in used_tags
+    ]
+    return _standard_schemas(doc, frozenset(components["schemas"]))
+
+
+def _version(doc: dict[str, Any]) -> str:
+    """The product version, and the Bento's when BentoML serves a built one ("None" otherwise)."""
+    bento = str(doc.get("info", {}).get("version") or "None")
+    return __version__ if bento == "None" else f"{__version__} (bento {bento})"
+
+
+def _summary(operation: dict[str, Any], method: str, path: str) -> str:
+    """The first sentence of the operation's description (its docstring); FastAPI's own
+    summary ("Get Models", from the function name) only when there is no description."""
+    description = re.sub(r"<[^>]+>", "", operation.get("description") or "").strip()
+    first = re.split(r"(?<=[.!?])\s", description, maxsplit=1)[0].rstrip(".")
+    return first or operation.get("summary") or f"{method.upper()} {path}"
+
+
+def _standard_schemas(node: Any, components: frozenset[str]) -> Any:
+    """BentoML's file fields as standard OpenAPI 3.1 schemas, and titles without BentoML's
+    internal class suffix (a person reads "HeatFlowRequest", not "...IODescriptor") unless
+    another schema has that name (client generators name their classes after titles)."""
+    if isinstance(node, list):
+        return [_standard_schemas(item, components) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "file":
+        return {**FILE_SCHEMA, **({"title": node["title"]} if "title" in node else {})}
+    if node.get("type") == "string" and node.get("format") == "binary":
+        node = {**node, **FILE_SCHEMA}
+    cleaned = {key: _standard_schemas(value, components) for key, value in node.items()}
+    title = cleaned.get("title")
+    if isinstance(title, str) and title.removesuffix("IODescriptor") not in components:
+        cleaned["title"] = title.removesuffix("IODescriptor")
+    return cleaned
 
 
 def api_operations(service: Any) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,10 @@ decoding (an image that is not an image, an unknown model code) raise `ClientErr
 A request the service cannot take right now through no fault of the client (its memory budget
 is spent, a runner is being replaced) raises `TryLater`: 429 or 503 with `Retry-After`.
 
+BentoML words a schema violation after its own internal class ("1 validation error for
+HeatFlowRequestIODescriptor") and some other 4xx as a list; `ClientErrorWording` rewrites those
+bodies so that every error a client reads says which field broke which rule, in one shape.
+
 BentoML logs every client mistake at ERROR with a full traceback. `ClientMistakeLogFilter`
 rewrites those records into one WARNING line without the traceback (and without the input),
 so the log keeps server faults visible.
@@ -15,12 +19,15 @@ so the log keeps server faults visible.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -129,11 +136,70 @@ def _summary(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_context=False)
-        )
+        return describe(exc.errors(include_input=False, include_context=False))
     return str(exc)
+
+
+def describe(errors: Sequence[dict[str, Any]]) -> str:
+    """One line naming each broken field and its rule: `field.0: Input should be ...`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', [])) or 'body'}: {error.get('msg')}"
+        for error in errors
+    )
+
+
+BENTOML_WORDING = re.compile(r"^\d+ validation errors? for ")
+
+
+def reworded(body: Any) -> dict[str, Any] | None:
+    """A 4xx body in the product's words, or None when it already is."""
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        return {"error": str(body[0].get("error", "")), "detail": []}  # BentoML's 4xx as a list
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        return None
+    detail = body.get("detail")
+    if BENTOML_WORDING.match(body["error"]) and isinstance(detail, list) and detail:
+        return {"error": describe(detail), "detail": detail}
+    return None
+
+
+class ClientErrorWording:
+    """Rewrite BentoML's 4xx bodies (see the module docstring); other responses stream as is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def watch(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                start = message  # held until the body is complete
+                return
+            if start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            try:
+                better = reworded(json.loads(body))
+            except ValueError:
+                better = None
+            if better is not None:
+                body = json.dumps(better).encode()
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, watch)
 
 
 def install_log_filter() -> None:

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import get_args, get_origin
 
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def first_header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's first value, as Starlette (and so BentoML) reads it."""
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
+def repeated_header(scope: Scope, names: tuple[bytes, ...]) -> bytes | None:
+    """The first of `names` that the request sends more than once, if any."""
+    seen: set[bytes] = set()
+    for key, _ in scope["headers"]:
+        if key in names:
+            if key in seen:
+                return key
+            seen.add(key)
+    return None
 
 
 class BodySizeLimit:
     """Answer 413 to a request body larger than `max_body_bytes`, before anything parses it.
 
-    A declared Content-Length is checked up front. A chunked body (no Content-Length) is read
-    here up to the limit and replayed, since BentoML would turn an error raised while it reads
-    the body into a 500.
+    A declared Content-Length is checked up front (the HTTP server then delivers exactly that
+    many bytes). A chunked body is counted as it arrives, up to the limit, and replayed, since
+    BentoML would turn an error raised while it reads the body into a 500. A request that
+    declares both, or repeats a framing header, is ambiguous (request smuggling's raw material)
+    and gets 400.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -20,28 +45,34 @@ class BodySizeLimit:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD", "OPTIONS"}:
+        if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_body_bytes:
-                await self._refuse(send)
+        repeated = repeated_header(scope, FRAMING_HEADERS)
+        declared = first_header(scope, b"content-length")
+        chunked = first_header(scope, b"transfer-encoding") is not None
+        if repeated is not None or (declared is not None and chunked):
+            loc: list[str | int] = ["header", (repeated or b"transfer-encoding").decode()]
+            msg = "given more than once" if repeated else "not allowed with content-length"
+            await send_client_error(scope, send, 400, loc, msg, "value_error", close=True)
+            return
+        if not chunked:
+            if declared is not None and (
+                not declared.isdigit() or int(declared) > self.max_body_bytes
+            ):
+                await self._refuse(scope, send)
                 return
             await self.app(scope, receive, send)
             return
         messages = await read_body(receive, self.max_body_bytes)
         if messages is None:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         await self.app(scope, replayer(messages, receive), send)
 
-    async def _refuse(self, send: Send) -> None:
-        limit = self.max_body_bytes
-        await send_client_error(
-            send, 413, ["body"], f"larger than the limit of {limit} bytes", "too_large", close=True
-        )
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        limit = f"larger than the limit of {self.max_body_bytes} bytes"
+        await send_client_error(scope, send, 413, ["body"], limit, "too_large", close=True)
 
 
 class MethodNotAllowed:
@@ -97,73 +128,119 @@ def replayer(messages: list[Message], then: Receive) -> Receive:
     return receive
 
 
-FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+
+
+def is_json_media_type(media_type: str) -> bool:
+    return media_type == JSON or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 class ContentTypeGuard:
-    """Refuse bodies BentoML would turn into a 500 while parsing them as a form.
+    """Let through only the media type an endpoint takes; anything else gets 415.
 
-    A `multipart/*` body without a boundary, or a form sent to an endpoint that takes JSON,
-    makes Starlette's form parser raise inside BentoML, which answers 500. Here: 400 for the
-    first, 415 for the second, naming the header.
+    BentoML picks its body parser by the request's Content-Type and falls back to JSON for
+    types it does not know: `text/plain` was parsed as JSON, a form sent to a JSON endpoint
+    was parsed as a form, and a JSON or urlencoded body sent to an upload endpoint had its
+    text values read as URLs to download. Here a JSON endpoint takes `application/json` (or a
+    `+json` type, or no Content-Type: BentoML's default) and an upload endpoint takes
+    `multipart/form-data` with a boundary. A repeated Content-Type is a 400: this guard and
+    BentoML must read the same one.
     """
 
-    def __init__(self, app: ASGIApp, json_routes: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, media_types: dict[str, str]) -> None:
         self.app = app
-        self.json_routes = json_routes
+        self.media_types = media_types
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in {"GET", "HEAD", "OPTIONS"}:
-            content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
-            loc = ["header", "content-type"]
-            if scope["path"] in self.json_routes and content_type.startswith(FORM_TYPES):
-                msg = "this endpoint takes application/json"
-                await send_client_error(send, 415, loc, msg, "unsupported_media_type")
-                return
-            if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
-                msg = "multipart body without a boundary parameter"
-                await send_client_error(send, 400, loc, msg, "value_error")
-                return
+        expected = self.media_types.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if expected is None or scope["method"] in BODYLESS_METHODS:
+            await self.app(scope, receive, send)
+            return
+        loc: list[str | int] = ["header", "content-type"]
+        if repeated_header(scope, (b"content-type",)):
+            await send_client_error(scope, send, 400, loc, "given more than once", "value_error")
+            return
+        declared = (first_header(scope, b"content-type") or b"").decode("latin-1").lower()
+        media_type, _, parameters = declared.partition(";")
+        media_type = media_type.strip()
+        if expected == JSON:
+            accepted = not media_type or is_json_media_type(media_type)
+        else:
+            accepted = media_type == expected
+        if not accepted:
+            msg = f"this endpoint takes {expected}, not {media_type or 'a body without one'}"
+            await send_client_error(scope, send, 415, loc, msg, "unsupported_media_type")
+            return
+        if expected == MULTIPART and "boundary=" not in parameters:
+            msg = "multipart body without a boundary parameter"
+            await send_client_error(scope, send, 400, loc, msg, "value_error")
+            return
         await self.app(scope, receive, send)
 
 
-class UploadFieldGuard:
-    """Refuse a multipart string where an endpoint expects an uploaded file.
+@dataclass(frozen=True)
+class FormField:
+    """One field of an upload endpoint's form: a file or a value, one or a list."""
 
-    BentoML reads such a string as a URL and downloads it from the server, a request made on
-    the client's behalf (and a 500 when its URL guard cannot load). Only real file parts pass;
-    a malformed multipart body is a 400. The body is read here (up to the size limit) and
+    file: bool
+    many: bool
+
+
+def form_fields(input_spec: type[BaseModel], file_fields: Iterable[str]) -> dict[str, FormField]:
+    """The form an upload endpoint takes, read from its BentoML input model."""
+    files = set(file_fields)
+    fields = {}
+    for name, info in input_spec.model_fields.items():
+        annotation = info.annotation
+        many = any(get_origin(a) is list for a in (annotation, *get_args(annotation)))
+        fields[name] = FormField(file=name in files, many=many)
+    return fields
+
+
+class UploadFieldGuard:
+    """Check an upload form field by field before BentoML reads it: 422 naming the field.
+
+    - a text value where a file is expected: BentoML would read it as a URL and download it
+      from the server, a request made on the client's behalf;
+    - a field the endpoint does not take (BentoML ignores it silently);
+    - more than one file or value for a field that takes one (BentoML keeps the first file
+      and drops the rest).
+
+    A malformed multipart body is a 400. The body is read here (up to the size limit) and
     replayed to the app.
     """
 
     def __init__(
-        self, app: ASGIApp, file_fields: dict[str, frozenset[str]], max_body_bytes: int
+        self, app: ASGIApp, forms: dict[str, dict[str, FormField]], max_body_bytes: int
     ) -> None:
         self.app = app
-        self.file_fields = file_fields
+        self.forms = forms
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fields = self.file_fields.get(scope.get("path", "")) if scope["type"] == "http" else None
-        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").lower()
-        if not fields or not content_type.startswith(b"multipart/"):
+        fields = self.forms.get(scope.get("path", "")) if scope["type"] == "http" else None
+        content_type = (first_header(scope, b"content-type") or b"").lower() if fields else b""
+        if not fields or not content_type.startswith(MULTIPART.encode()):
             await self.app(scope, receive, send)
             return
         messages = await read_body(receive, self.max_body_bytes)
         if messages is None:
             limit = f"larger than the limit of {self.max_body_bytes} bytes"
-            await send_client_error(send, 413, ["body"], limit, "too_large", close=True)
+            await send_client_error(scope, send, 413, ["body"], limit, "too_large", close=True)
             return
         refusal = await self._refusal(scope, messages, fields)
         if refusal is not None:
             status, loc, msg = refusal
-            await send_client_error(send, status, loc, msg, "value_error")
+            await send_client_error(scope, send, status, loc, msg, "value_error")
             return
         await self.app(scope, replayer(messages, receive), send)
 
     @staticmethod
     async def _refusal(
-        scope: Scope, messages: list[Message], fields: frozenset[str]
+        scope: Scope, messages: list[Message], fields: dict[str, FormField]
     ) -> tuple[int, list[str | int], str] | None:
         from starlette.datastructures import UploadFile
         from starlette.requests import Request
@@ -176,30 +253,62 @@ class UploadFieldGuard:
         except Exception as exc:  # python-multipart raises several types for broken bodies
             return 400, ["body"], f"malformed multipart body: {exc}"
         try:
-            for field in sorted(fields):
-                for index, value in enumerate(form.getlist(field)):
-                    if not isinstance(value, UploadFile):
-                        return 422, [field, index], "must be an uploaded file, not a text value"
+            counted: dict[str, int] = {}
+            for name, value in form.multi_items():  # the first problem in the body's order
+                field = fields.get(name)
+                if field is None:
+                    known = ", ".join(sorted(fields))
+                    return 422, [name], f"unknown field; this endpoint takes: {known}"
+                index = counted[name] = counted.get(name, -1) + 1
+                if field.file and not isinstance(value, UploadFile):
+                    return 422, [name, index], "must be an uploaded file, not a text value"
+                if not field.file and isinstance(value, UploadFile):
+                    return 422, [name, index], "must be a text value, not a file"
+                if index and not field.many:
+                    kind = "file" if field.file else "value"
+                    return 422, [name], f"takes one {kind}, got {len(form.getlist(name))}"
         finally:
             await form.close()
         return None
 
 
 async def send_client_error(
-    send: Send, status: int, loc: list[str | int], msg: str, kind: str, *, close: bool = False
+    scope: Scope,
+    send: Send,
+    status: int,
+    loc: list[str | int],
+    msg: str,
+    kind: str,
+    *,
+    field: str | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    close: bool = False,
 ) -> None:
-    """Answer with the service's error body: {"error": "<field>: <msg>", "detail": [...]}."""
+    """Answer with the service's error body: {"error": "<field>: <msg>", "detail": [...]}.
+
+    `field` defaults to the dotted `loc`. A WebSocket handshake gets the same answer where the
+    server supports it (the ASGI `websocket.http.response` extension), else a policy close.
+    """
     body = json.dumps(
         {
-            "error": f"{'.'.join(str(part) for part in loc)}: {msg}",
+            "error": f"{field or '.'.join(str(part) for part in loc)}: {msg}",
             "detail": [{"loc": loc, "msg": msg, "type": kind}],
         }
     ).encode()
-    headers = [
+    response_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *headers,
     ]
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        start = {"type": "websocket.http.response.start", "status": status}
+        await send({**start, "headers": response_headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
     if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        response_headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
     await send({"type": "http.response.body", "body": body})

@@ -6,15 +6,27 @@ same bounds the service enforces. Every model has examples, so "Try it out" work
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import CODE_PATTERN, settings
 from despliegue.images import encoded_size_bound
 
 LIMITS = settings().limits
+EXAMPLES = Path(__file__).parent / "examples"
 
 
 class Request(BaseModel):
@@ -186,16 +198,17 @@ _IMAGE_RULES = (
     f"Base64 text (a `data:image/...;base64,` prefix is accepted) of a JPEG/PNG/... file of at "
     f"most {IMAGES.max_image_bytes} bytes and {IMAGES.max_pixels} pixels"
 )
-# A 32x32 PNG so "Try it out" works at once.
-EXAMPLE_IMAGE = (
-    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAK0lEQVR4nO3NQREAAAQAQeTSf8RSgt9egNuc7visXu8"
-    "AAAAAAAAAAADgsAW3HAGAoQdf+gAAAABJRU5ErkJggg=="
-)
 
 
-def _one_or_many_images(value: object) -> object:
-    """The seed's clients send one Base64 string; a list is accepted too."""
-    return [value] if isinstance(value, str) else value
+def _example_image(name: str) -> str:
+    """Base64 of a small image shipped in despliegue/examples/, so "Try it out" answers at once."""
+    return base64.b64encode((EXAMPLES / name).read_bytes()).decode("ascii")
+
+
+# A crop of skimage.data.astronaut() (a NASA portrait, public domain): MTCNN finds her face.
+EXAMPLE_FACE = _example_image("face.jpg")
+# A flower of the kind the reference flower model was trained on (despliegue/families/flowers.py).
+EXAMPLE_FLOWER = _example_image("flower.jpg")
 
 
 class FlowersRequest(Request):
@@ -203,7 +216,7 @@ class FlowersRequest(Request):
         min_length=1,
         max_length=IMAGES.max_images,
         description=f"1 to {IMAGES.max_images} images, each {_IMAGE_RULES}.",
-        examples=[[EXAMPLE_IMAGE]],
+        examples=[[EXAMPLE_FLOWER]],
     )
     top_k: int = Field(default=3, ge=1, le=18, description="How many classes to list per image.")
 
@@ -235,12 +248,30 @@ class FlowersResponse(BaseModel):
     )
 
 
+def _one_or_many_images(value: object) -> object:
+    """The seed's clients send one Base64 string; a list is accepted too."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("image_or_list", "Input should be one image or a list of images")
+    return value
+
+
+ImageList = Annotated[list[Base64Image], Field(min_length=1, max_length=IMAGES.max_images)]
+# What the schema says of `input_data`: one image or a list. bentoml.SyncHTTPClient builds the
+# body from the schema, and sends a lone string for a field typed as a list as the list of its
+# characters. Validation stays the list's, so errors name `input_data` or `input_data.N`.
+ONE_OR_MANY_IMAGES = {
+    "anyOf": [TypeAdapter(Base64Image).json_schema(), TypeAdapter(ImageList).json_schema()]
+}
+
+
 class FaceRequest(Request):
-    input_data: Annotated[list[Base64Image], BeforeValidator(_one_or_many_images)] = Field(
-        min_length=1,
-        max_length=IMAGES.max_images,
-        description=f"One image (or a list of 1 to {IMAGES.max_images}), each {_IMAGE_RULES}.",
-        examples=[EXAMPLE_IMAGE],
+    input_data: Annotated[
+        ImageList, BeforeValidator(_one_or_many_images), WithJsonSchema(ONE_OR_MANY_IMAGES)
+    ] = Field(
+        description=f"One image, or a list of 1 to {IMAGES.max_images}; each {_IMAGE_RULES}.",
+        examples=[EXAMPLE_FACE],
     )
     annotate: bool = Field(
         default=False, description="Also return each image as a PNG with the boxes drawn."

@@ -29,12 +29,13 @@ def configure_tensorflow(onednn: bool = True) -> Any:
     runs TensorFlow's own kernels instead of oneDNN's. oneDNN keeps memory for every input
     shape it meets, per worker thread, and never returns it: right for a model with a fixed
     input size (faster), wrong for one that takes images of any size (the face detector's
-    runner grew 85% in 200 requests of varied sizes with it, 5% without: docs/performance.md).
+    runner grew 79% in 200 requests of varied sizes with it, not without: docs/performance.md).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from despliegue.quiet import import_tensorflow
+
     if not onednn and "tensorflow" not in sys.modules:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     threads = settings().tensorflow
     try:

@@ -74,7 +74,11 @@ class PanelMember:
 
 class AntibioticPanel:
     def __init__(self) -> None:
-        # Keras is imported by the loader, here in the runner process only.
+        from despliegue.tensorflow_runtime import configure_tensorflow
+
+        # Thread pools first, as every TensorFlow runner does (and TensorFlow's start-up banner
+        # silenced); Keras is imported by the loader, here in the runner process only.
+        configure_tensorflow()
         self.members = {code: PanelMember.load(code, ref) for code, ref in MODELS.items()}
         self.cards = [member.card for member in self.members.values()]
         serve_until_callers_stop()  # on SIGTERM, the API drains first

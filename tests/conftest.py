@@ -39,6 +39,10 @@ ADMIN_TOKEN, ADMIN_RECORD = new_token("test-admin", ["*"])
 HEATFLOW_TOKEN, HEATFLOW_RECORD = new_token("test-heatflow", ["heatflow"])
 SESSION_TOKEN_LINES = "\n".join((ADMIN_RECORD.line(), HEATFLOW_RECORD.line()))
 SESSION_TOKENS = (ADMIN_TOKEN, HEATFLOW_TOKEN)
+# The shared server also reads this tokens file (empty at start), which tests edit to add and
+# revoke tokens while it runs.
+SESSION_TOKENS_FILE = SESSION_HOME / "tokens.txt"
+SESSION_TOKENS_FILE.write_text("# tokens added by tests while the server runs\n")
 
 
 def free_port() -> int:
@@ -58,8 +62,11 @@ def served_requests(metrics_text: str, endpoint: str) -> float:
     )
 
 
-def run_save_models(*args: str, home: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BENTOML_HOME": home or os.environ["BENTOML_HOME"], "COLUMNS": "200"}
+def run_save_models(
+    *args: str, home: str | None = None, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    home = home or os.environ["BENTOML_HOME"]
+    env = {**os.environ, "BENTOML_HOME": home, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "save_models.py", *args],
         cwd=ROOT,
@@ -182,12 +189,27 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
+# What `python save_models.py` printed while building the session's reference store.
+REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.stderr"
+
+
 @pytest.fixture(scope="session")
 def reference_store() -> str:
     """The session's BentoML home with every reference model built by save_models.py."""
     result = run_save_models()
+    REFERENCE_BUILD_LOG.write_text(result.stderr)
     assert result.returncode == 0, result.stderr
     return os.environ["BENTOML_HOME"]
+
+
+def private_home(reference_store: str, folder: Path) -> str:
+    """A BentoML home of its own holding a copy of the session's models: one server per home
+    (despliegue/home_lock.py)."""
+    import shutil
+
+    home = folder / "bentoml"
+    shutil.copytree(Path(reference_store) / "models", home / "models")
+    return str(home)
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +218,7 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """One real `bentoml serve` shared by every integration test that can share it."""
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    process = start_server(reference_store, log_path)
+    process = start_server(reference_store, log_path, {TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE)})
     url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
     try:
         wait_until_serving(url, process, log_path)

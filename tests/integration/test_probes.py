@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.conftest as shared
-from tests.conftest import ROOT, LiveServer, free_port, stop_server
+from tests.conftest import ROOT, LiveServer, free_port, private_home, stop_server
 from tests.probing import (
     FAMILIES,
     ProbeAnswer,
@@ -107,7 +107,8 @@ def serving(
     port = free_port()
     log_path = tmp_path_factory.mktemp("serving") / "serve.log"
     tokens = "\n".join([shared.SESSION_TOKEN_LINES, line])
-    env = server_env(reference_store, DESPLIEGUE_TOKENS=tokens)
+    home = private_home(reference_store, tmp_path_factory.mktemp("serving-home"))
+    env = server_env(home, DESPLIEGUE_TOKENS=tokens)
     command = [
         sys.executable,
         "-m",
@@ -208,7 +209,7 @@ def test_make_serve_probes_truthfully_with_telemetry_off(
     command = ["make", "-s", "-o", "venv", f"VENV={venv}", f"PORT={port}", "serve"]
     log_path = tmp_path / "make-serve.log"
     launched = time.monotonic()
-    process = launch(command, server_env(reference_store), log_path)
+    process = launch(command, server_env(private_home(reference_store, tmp_path)), log_path)
     server = LiveServer(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
     try:
         answers = probe_until(server, launched, is_ready, START_DEADLINE_S)
@@ -227,7 +228,9 @@ def test_the_guard_sees_telemetry_when_an_operator_turns_it_on(
     caught (and refused) by the guard. A runner tier alone is enough to start BentoML's server."""
     port = free_port()
     env = server_env(
-        reference_store, BENTOML_DO_NOT_TRACK="false", DESPLIEGUE_SERVICE="HeatFlowRegressor"
+        private_home(reference_store, tmp_path),
+        BENTOML_DO_NOT_TRACK="false",
+        DESPLIEGUE_SERVICE="HeatFlowRegressor",
     )
     command = [
         sys.executable,

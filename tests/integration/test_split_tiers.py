@@ -20,6 +20,7 @@ from tests.conftest import (
     ROOT,
     LiveServer,
     free_port,
+    private_home,
     served_requests,
     stop_server,
     wait_until_serving,
@@ -50,11 +51,14 @@ def start_tier(home: str, log_path: Path, port: int, **env: str) -> subprocess.P
 def test_api_reaches_a_runner_served_apart_by_url(reference_store: str, tmp_path: Path) -> None:
     runner_port, api_port = free_port(), free_port()
     runner_log, api_log = tmp_path / "runner.log", tmp_path / "api.log"
+    # Each tier is its own server, with its own home (as in its own pod).
+    runner_home = private_home(reference_store, tmp_path / "runner")
+    api_home = private_home(reference_store, tmp_path / "api")
     runner = start_tier(
-        reference_store, runner_log, runner_port, DESPLIEGUE_SERVICE="HeatFlowRegressor"
+        runner_home, runner_log, runner_port, DESPLIEGUE_SERVICE="HeatFlowRegressor"
     )
     api = start_tier(
-        reference_store,
+        api_home,
         api_log,
         api_port,
         DESPLIEGUE_REMOTE_SERVICES=f'{{"HeatFlowRegressor": "http://127.0.0.1:{runner_port}"}}',

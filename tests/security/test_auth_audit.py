@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import HEATFLOW_TOKEN, SESSION_TOKENS, LiveServer
+from despliegue.tokens import new_token
+from tests.conftest import HEATFLOW_TOKEN, SESSION_TOKENS, SESSION_TOKENS_FILE, LiveServer
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +126,75 @@ def test_no_token_value_in_the_server_log(live_server: LiveServer) -> None:
     for token in (*SESSION_TOKENS, *WRONG_TOKENS):
         assert token not in log
         assert token.rsplit(".", 1)[-1] not in log
+
+
+def status_with(live_server: LiveServer, token: str) -> int:
+    return call(live_server, "POST", "/heatflow", {"authorization": f"Bearer {token}"}).status_code
+
+
+def wait_for_status(live_server: LiveServer, token: str, wanted: int) -> int:
+    """Call until the answer is `wanted` (the server rereads its tokens file every few
+    seconds) or 30 s have passed; the last status."""
+    deadline = time.monotonic() + 30
+    while (status := status_with(live_server, token)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return status
+
+
+@pytest.fixture
+def tokens_file() -> Iterator[Path]:
+    """The live server's tokens file, restored as it was after the test."""
+    before = SESSION_TOKENS_FILE.read_text()
+    yield SESSION_TOKENS_FILE
+    SESSION_TOKENS_FILE.write_text(before)
+
+
+def test_tokens_are_added_and_revoked_without_a_restart(
+    live_server: LiveServer, tokens_file: Path
+) -> None:
+    token, record = new_token("reload-check", ["heatflow"])
+    assert status_with(live_server, token) == 401
+    tokens_file.write_text(f"{tokens_file.read_text()}{record.line()}\n")
+    assert wait_for_status(live_server, token, 200) == 200
+    tokens_file.write_text("# reload-check revoked\n")
+    assert wait_for_status(live_server, token, 401) == 401
+    assert status_with(live_server, SESSION_TOKENS[0]) == 200  # the env tokens stay
+    assert token.rsplit(".", 1)[-1] not in live_server.log()
+
+
+def test_a_broken_tokens_file_keeps_the_tokens_in_force(
+    live_server: LiveServer, tokens_file: Path
+) -> None:
+    token, record = new_token("kept-check", ["heatflow"])
+    tokens_file.write_text(f"{record.line()}\n")
+    assert wait_for_status(live_server, token, 200) == 200
+    tokens_file.write_text(f"{record.line()}\nthis line is not a hash line\n")
+    deadline = time.monotonic() + 30
+    while not live_server.log_lines_with("tokens file changed but was not loaded", wait_s=0):
+        assert status_with(live_server, token) == 200  # each call may trigger the reread
+        assert time.monotonic() < deadline, "the changed file was never reread"
+        time.sleep(0.5)
+    assert status_with(live_server, token) == 200
+
+
+def legacy_line(token_id: str, secret: str, allow: str) -> str:
+    """A hash line as earlier versions wrote it (PBKDF2, 20,000 rounds)."""
+    salt = os.urandom(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, 20_000)
+    salt_text, digest_text = (
+        base64.urlsafe_b64encode(raw).decode().rstrip("=") for raw in (salt, digest)
+    )
+    return f"{token_id} pbkdf2_sha256$20000${salt_text}${digest_text} {allow}"
+
+
+def test_earlier_pbkdf2_lines_still_work_within_a_failure_budget(
+    live_server: LiveServer, tokens_file: Path
+) -> None:
+    secret = "legacy-secret-" + os.urandom(16).hex()
+    tokens_file.write_text(legacy_line("legacy-check", secret, "heatflow") + "\n")
+    assert wait_for_status(live_server, f"dsp.legacy-check.{secret}", 200) == 200
+    wrong = [status_with(live_server, f"dsp.legacy-check.wrong-{n}") for n in range(8)]
+    assert wrong[0] == 401 and wrong[-1] == 429, wrong
+    answer = call(live_server, "POST", "/heatflow", {"authorization": "Bearer dsp.legacy-check.x"})
+    assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+    assert status_with(live_server, SESSION_TOKENS[0]) == 200  # other tokens are not throttled

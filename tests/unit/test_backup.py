@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_save_models
+from tests.conftest import ROOT, run_save_models
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +77,99 @@ def test_backup_will_not_overwrite_a_backup(backed_up: tuple[Path, Path]) -> Non
     home, folder = backed_up
     result = run_save_models("backup", str(folder), home=str(home))
     assert result.returncode == 1 and "already there" in " ".join(result.stderr.split())
+
+
+def copy_backup(folder: Path, target: Path) -> dict:
+    """A copy of a backup to tamper with; its manifest."""
+    target.mkdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["models"]:
+        (target / entry["file"]).write_bytes((folder / entry["file"]).read_bytes())
+    return manifest
+
+
+def rewrite(target: Path, manifest: dict, index: int, content: bytes) -> Path:
+    """Put `content` in entry `index`'s file and record its sum: the sums all match."""
+    entry = manifest["models"][index]
+    path = target / entry["file"]
+    path.write_bytes(content)
+    entry.update(sha256=hashlib.sha256(content).hexdigest(), bytes=len(content))
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_an_archive_holding_another_model_is_refused_before_any_import(
+    backed_up: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A tag mismatch was found only when importing: earlier models (and the wrong one) were
+    in the store, and the command said the store was unchanged."""
+    _, folder = backed_up
+    tampered = tmp_path / "tampered"
+    manifest = copy_backup(folder, tampered)
+    assert len(manifest["models"]) >= 3
+    stranger = rewrite(tampered, manifest, 2, (folder / manifest["models"][0]["file"]).read_bytes())
+    fresh = tmp_path / "fresh"
+    result = run_save_models("restore", str(tampered), home=str(fresh))
+    assert result.returncode == 1
+    flat = " ".join(result.stderr.split())
+    assert stranger.name in flat and f"the manifest says {manifest['models'][2]['tag']}" in flat
+    assert "store is unchanged" in flat
+    assert model_dirs(fresh) == set()
+
+
+def test_an_archive_that_does_not_import_is_refused_before_any_import(
+    backed_up: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, folder = backed_up
+    tampered = tmp_path / "tampered"
+    manifest = copy_backup(folder, tampered)
+    broken = rewrite(tampered, manifest, 2, b"not an archive at all" * 100)
+    fresh = tmp_path / "fresh"
+    result = run_save_models("restore", str(tampered), home=str(fresh))
+    assert result.returncode == 1
+    flat = " ".join(result.stderr.split())
+    assert broken.name in flat and "not an importable model archive" in flat
+    assert "store is unchanged" in flat
+    assert model_dirs(fresh) == set()
+
+
+# The real restore command, with the store's third import made to fail (say, a full disk).
+FAILING_THIRD_IMPORT = """
+import sys
+import bentoml
+import save_models
+
+real_import = bentoml.models.import_model
+calls = []
+
+def import_model(path, *args, **kwargs):
+    if "_model_store" not in kwargs:  # imports into the real store, not the checks
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+    return real_import(path, *args, **kwargs)
+
+bentoml.models.import_model = import_model
+sys.exit(save_models.main(["restore", sys.argv[1]]))
+"""
+
+
+def test_an_import_that_fails_half_way_is_rolled_back(
+    backed_up: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, folder = backed_up
+    fresh = tmp_path / "fresh"
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_THIRD_IMPORT, str(folder)],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": str(fresh), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr
+    flat = " ".join(result.stderr.split())
+    assert "No space left on device" in flat and "store is unchanged" in flat
+    assert model_dirs(fresh) == set()
+    again = run_save_models("restore", str(folder), home=str(fresh))
+    assert again.returncode == 0 and model_dirs(fresh) == model_dirs(home)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ def test_shipped_configuration_is_valid() -> None:
     assert settings.family("flowers").tag == "flower_classifier:latest"
     assert settings.family("face_validator").threshold is not None
     assert settings.limits.images.max_images >= 1
+
+
+def test_tls_settings_offer_only_aead_suites_on_tls12() -> None:
+    """BentoML's default, "TLSv1", offers only CBC suites with SHA-1 MACs on TLS 1.2."""
+    ciphers = load_settings(DEFAULT_CONFIG_PATH).service_options("Despliegue")["ssl"]["ciphers"]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers(ciphers)
+    tls12 = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 and all(c["aead"] and c["kea"] == "kx-ecdhe" for c in tls12), tls12
 
 
 def test_service_options_merge_defaults_with_the_service_entry() -> None:
@@ -64,6 +74,14 @@ def test_service_options_merge_defaults_with_the_service_entry() -> None:
         ),
         (lambda raw: raw["families"]["face_detector"].update(max_side=10), "max_side"),
         (lambda raw: raw["tensorflow"].pop("intra_op_threads"), "tensorflow.intra_op_threads"),
+        (
+            lambda raw: raw["security"].update(trusted_proxies=["10.0.0.1/8"]),
+            "security.trusted_proxies",
+        ),
+        (
+            lambda raw: raw["limits"].update(request_head_timeout_s=0),
+            "limits.request_head_timeout_s",
+        ),
     ],
 )
 def test_bad_value_is_refused_with_the_key_named(tmp_path: Path, mutate, named_key: str) -> None:

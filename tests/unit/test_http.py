@@ -1,15 +1,30 @@
-"""The body-size middleware on a real Starlette app (no mocks): 413 before parsing."""
+"""The HTTP guards on real Starlette apps (no mocks): framing, size, media types, forms."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
 import pytest
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
-from despliegue.http import BodySizeLimit, UploadFieldGuard
+from despliegue.http import (
+    JSON,
+    MULTIPART,
+    BodySizeLimit,
+    ContentTypeGuard,
+    FormField,
+    MethodNotAllowed,
+    UploadFieldGuard,
+    form_fields,
+)
 
 LIMIT = 2048
 
@@ -58,9 +73,8 @@ async def count_files(request: Request) -> JSONResponse:
 @pytest.fixture
 def upload_client() -> TestClient:
     app = Starlette(routes=[Route("/upload", count_files, methods=["POST"])])
-    app.add_middleware(
-        UploadFieldGuard, file_fields={"/upload": frozenset({"images"})}, max_body_bytes=LIMIT
-    )
+    forms = {"/upload": {"images": FormField(file=True, many=True)}}
+    app.add_middleware(UploadFieldGuard, forms=forms, max_body_bytes=LIMIT)
     return TestClient(app)
 
 
@@ -92,3 +106,169 @@ def test_malformed_multipart_is_a_400(upload_client: TestClient) -> None:
 def test_oversized_upload_is_a_413(upload_client: TestClient) -> None:
     files = [("images", ("a.png", b"x" * (LIMIT + 1), "image/png"))]
     assert upload_client.post("/upload", files=files).status_code == 413
+
+
+async def run_asgi(app: ASGIApp, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> dict:
+    """Call an ASGI app with headers exactly as given (repeats included): status and body."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/echo",
+        "headers": headers,
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+        "scheme": "http",
+        "root_path": "",
+        "http_version": "1.1",
+        "asgi": {"version": "3.0"},
+    }
+    answer: dict = {"body": b""}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        else:
+            answer["body"] += message.get("body", b"")
+
+    await app(scope, receive, send)
+    return {"status": answer["status"], **json.loads(answer["body"])}
+
+
+def echo_app() -> ASGIApp:
+    app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
+    return BodySizeLimit(app, max_body_bytes=LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("headers", "loc"),
+    [
+        ([(b"content-length", b"1"), (b"transfer-encoding", b"chunked")], "transfer-encoding"),
+        ([(b"transfer-encoding", b"chunked"), (b"content-length", b"1")], "transfer-encoding"),
+        ([(b"content-length", b"3"), (b"content-length", b"3")], "content-length"),
+        (
+            [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")],
+            "transfer-encoding",
+        ),
+    ],
+)
+def test_ambiguous_framing_is_refused(headers: list[tuple[bytes, bytes]], loc: str) -> None:
+    """`Content-Length: 1` + chunked passed the limit while the server read the chunks."""
+    answer = asyncio.run(run_asgi(echo_app(), headers, b"abc"))
+    assert answer["status"] == 400 and answer["detail"][0]["loc"] == ["header", loc]
+
+
+def test_a_chunked_body_within_the_limit_passes() -> None:
+    answer = asyncio.run(run_asgi(echo_app(), [(b"transfer-encoding", b"chunked")], b"abc"))
+    assert answer == {"status": 200, "received": 3}
+
+
+@pytest.fixture
+def typed_client() -> TestClient:
+    routes = [Route(path, echo_length, methods=["POST"]) for path in ("/json", "/upload")]
+    app = Starlette(routes=routes)
+    app.add_middleware(ContentTypeGuard, media_types={"/json": JSON, "/upload": MULTIPART})
+    return TestClient(app)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "status"),
+    [
+        ("/json", "application/json", 200),
+        ("/json", "application/json; charset=utf-8", 200),
+        ("/json", "application/merge-patch+json", 200),
+        ("/json", None, 200),  # BentoML's default: JSON
+        ("/json", "text/plain", 415),
+        ("/json", "application/x-www-form-urlencoded", 415),
+        ("/json", "multipart/form-data; boundary=x", 415),
+        ("/upload", "multipart/form-data; boundary=x", 200),
+        ("/upload", "multipart/form-data", 400),
+        ("/upload", "application/x-www-form-urlencoded", 415),
+        ("/upload", "application/json", 415),
+        ("/upload", None, 415),
+    ],
+)
+def test_each_endpoint_takes_its_own_media_type(
+    typed_client: TestClient, path: str, content_type: str | None, status: int
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = typed_client.post(path, content=b"{}", headers=headers)
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert response.json()["detail"][0]["loc"] == ["header", "content-type"]
+
+
+def test_a_repeated_content_type_is_a_400() -> None:
+    """The guard read the last Content-Type and BentoML the first."""
+    app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
+    guard = ContentTypeGuard(app, media_types={"/echo": JSON})
+    headers = [(b"content-type", b"application/json"), (b"content-type", b"text/plain")]
+    answer = asyncio.run(run_asgi(guard, headers, b"{}"))
+    assert answer["status"] == 400 and answer["detail"][0]["loc"] == ["header", "content-type"]
+
+
+class UploadForm(BaseModel):
+    images: list[Path]
+    photo: Path | None = None
+    top_k: int = 3
+
+
+def test_form_fields_are_read_from_the_input_model() -> None:
+    assert form_fields(UploadForm, ["images", "photo"]) == {
+        "images": FormField(file=True, many=True),
+        "photo": FormField(file=True, many=False),
+        "top_k": FormField(file=False, many=False),
+    }
+
+
+@pytest.fixture
+def form_client() -> TestClient:
+    app = Starlette(routes=[Route("/upload", count_files, methods=["POST"])])
+    forms = {"/upload": form_fields(UploadForm, ["images", "photo"])}
+    app.add_middleware(UploadFieldGuard, forms=forms, max_body_bytes=LIMIT)
+    return TestClient(app)
+
+
+@pytest.mark.parametrize(
+    ("files", "loc", "msg"),
+    [
+        ([("images", ("a.png", b"x", "image/png")), ("extra", (None, b"1"))], ["extra"], "unknown"),
+        (
+            [("photo", ("a.png", b"x", "image/png")), ("photo", ("b.png", b"y", "image/png"))],
+            ["photo"],
+            "takes one file, got 2",
+        ),
+        ([("top_k", (None, b"1")), ("top_k", (None, b"2"))], ["top_k"], "takes one value"),
+        ([("top_k", ("k.txt", b"1", "text/plain"))], ["top_k", 0], "not a file"),
+        ([("photo", (None, b"http://example.org/x"))], ["photo", 0], "uploaded file"),
+    ],
+)
+def test_form_fields_are_checked_one_by_one(
+    form_client: TestClient, files: list, loc: list, msg: str
+) -> None:
+    response = form_client.post("/upload", files=files)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc and msg in detail["msg"]
+
+
+def test_every_guard_lets_the_lifespan_through() -> None:
+    """The app's start-up runs through every middleware: a guard that reads request headers
+    from a lifespan scope stops the service from ever starting."""
+    started = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        started.append(scope["type"])
+
+    guards = [
+        BodySizeLimit(app, max_body_bytes=LIMIT),
+        ContentTypeGuard(app, media_types={"/json": JSON}),
+        UploadFieldGuard(app, forms={"/upload": {}}, max_body_bytes=LIMIT),
+        MethodNotAllowed(app, allowed={"/x": frozenset({"GET"})}),
+    ]
+    for guard in guards:
+        asyncio.run(guard({"type": "lifespan", "asgi": {"version": "3.0"}}, None, None))
+    assert started == ["lifespan"] * len(guards)

@@ -149,3 +149,30 @@ def test_help_explains_the_commands() -> None:
     assert result.returncode == 0
     for word in ("import", "list", "reference", "heatflow_svr"):
         assert word in result.stdout
+
+
+def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
+    home: Path, tmp_path: Path
+) -> None:
+    run_save_models(*SKLEARN_REFERENCES, home=str(home))
+    artifact = tmp_path / "newer.joblib"
+    joblib.dump(fitted_heatflow_model(), artifact)
+    assert run_save_models("import", "heatflow_svr", str(artifact), home=str(home)).returncode == 0
+    listed = run_save_models("list", home=str(home), columns=40)
+    assert listed.returncode == 0, listed.stderr
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in listed.stderr.splitlines()]
+    serves = {row[0]: row[2] for row in cells if len(row) == 5}  # tag -> the "serves" column
+    versions = sorted(stored(home, "heatflow_svr"), key=lambda model: model["creation_time"])
+    older, newer = (f"heatflow_svr:{model['version']}" for model in versions)
+    falsetrue = f"falsetrue_classifier:{stored(home, 'falsetrue_classifier')[0]['version']}"
+    # Whole tags in a 40-column terminal; configuration.yaml serves `latest`: the import, not
+    # the reference model it replaced.
+    assert serves[newer] == "heatflow" and serves[older] == "-", listed.stderr
+    assert serves[falsetrue] == "falsetrue"
+
+
+def test_list_on_an_empty_store_says_how_to_fill_it(home: Path) -> None:
+    listed = run_save_models("list", home=str(home))
+    assert listed.returncode == 0
+    text = " ".join(listed.stderr.split())
+    assert "is empty" in text and "python save_models.py" in text and "import NAME FILE" in text
