@@ -50,8 +50,15 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
-from despliegue.artifacts import ModelCard, load_artifact, panel_models, stored_models
+from despliegue.artifacts import (
+    ModelCard,
+    load_artifact,
+    panel_models,
+    stored_model,
+    stored_models,
+)
 from despliegue.config import PROJECT_ROOT, Canary, FamilyConfig, PanelConfig, settings
+from despliegue.startup import stop_server_on_failure
 
 logger = logging.getLogger("despliegue.lifecycle")
 # BentoML's server logging leaves the root logger at WARNING; a swap is worth a line.
@@ -586,28 +593,28 @@ class ServedModels:
     def _loaded(self, tag: str, reuse: dict[str, Loaded]) -> Loaded:
         if tag in reuse:
             return reuse[tag]
-        stored = bentoml.models.get(tag)
+        stored = stored_model(tag)  # missing or unreadable: says what to do
         card = ModelCard.of(stored)
         return Loaded(str(stored.tag), self.prepare(load_artifact(stored), card), card)
 
     def _load(self, wanted: dict[str, Plan], strict: bool = False) -> dict[str, FamilyModels]:
         """Load what the plans name, reusing models already loaded. A served model that
         cannot load fails start-up (`strict`) or keeps the family on its current models."""
-        from despliegue.artifacts import require_models_in_store
-
         reuse = {
             loaded.tag: loaded
             for models in self.families.values()
             for loaded in (models.served, models.canary, models.shadow)
             if loaded
         }
-        if strict:
-            require_models_in_store(plan.served for plan in wanted.values())
         result: dict[str, FamilyModels] = {}
         problems: dict[str, str] = {}
         for family, plan in wanted.items():
             try:
-                served = self._loaded(plan.served, reuse)
+                if strict:  # at start-up: a served model that cannot load stops the server
+                    with stop_server_on_failure(f"model {plan.served}"):
+                        served = self._loaded(plan.served, reuse)
+                else:
+                    served = self._loaded(plan.served, reuse)
             except Exception as exc:
                 if strict:
                     raise

@@ -27,6 +27,7 @@ from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
+from despliegue.startup import serve_until_callers_stop
 
 PANEL = settings().panel("antibiotics")
 
@@ -76,6 +77,7 @@ class AntibioticPanel:
         # silenced); Keras is imported by the loader, here in the runner process only.
         configure_tensorflow()
         self.models = ServedModels("antibiotics", prepare=PanelMember.prepare)
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**PANEL.batching.api_options())

@@ -1,4 +1,8 @@
-"""Falsetrue runner (seed 004): the `falsetrue_classifier` text pipeline, batched over texts."""
+"""Falsetrue runner (seed 004): the `falsetrue_classifier` text pipeline, batched over texts.
+
+The model gets the input shape it was fitted on (a named DataFrame column or a list of
+strings; despliegue/sklearn_input.py). Which stored model answers follows the lifecycle state
+(despliegue/lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +11,28 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
+from despliegue.sklearn_input import OneColumnInput, text_column
+from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("falsetrue")
 
 
-def label_and_probability(model: Any, texts: list[str]) -> np.ndarray:
+def with_input(model: Any, card: ModelCard) -> tuple[Any, OneColumnInput]:
+    return model, OneColumnInput(model, text_column)
+
+
+def label_and_probability(prepared: tuple[Any, OneColumnInput], texts: list[str]) -> np.ndarray:
     """Rows of (label, probability of Real) per text; probability is NaN if unknown."""
-    labels = np.asarray(model.predict(texts), dtype=float)
+    model, model_input = prepared
+    inputs = model_input(texts)
+    labels = np.asarray(model.predict(inputs), dtype=float)
     if hasattr(model, "predict_proba"):
         real_column = list(model.classes_).index(1)
-        p_real = np.asarray(model.predict_proba(texts), dtype=float)[:, real_column]
+        p_real = np.asarray(model.predict_proba(inputs), dtype=float)[:, real_column]
     else:
         p_real = np.full(len(texts), np.nan)
     return np.stack([labels, p_real], axis=1)
@@ -29,7 +42,8 @@ def label_and_probability(model: Any, texts: list[str]) -> np.ndarray:
 @packs_served_models("falsetrue")
 class FalseTrueClassifier:
     def __init__(self) -> None:
-        self.models = ServedModels("falsetrue")
+        self.models = ServedModels("falsetrue", prepare=with_input)
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())

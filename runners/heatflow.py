@@ -1,4 +1,8 @@
-"""Heat flow runner (seed 000): the `heatflow_svr` SVR pipeline, batched over thickness values."""
+"""Heat flow runner (seed 000): the `heatflow_svr` SVR pipeline, batched over thickness values.
+
+The model gets the input shape it was fitted on (a named DataFrame column or an (n, 1) array;
+despliegue/sklearn_input.py). Which stored model answers follows the lifecycle state
+(despliegue/lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +11,32 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
+from despliegue.sklearn_input import OneColumnInput, numeric_column
+from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("heatflow")
 
 
-def heat_flow(model: Any, sediment_thickness_m: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(sediment_thickness_m.reshape(-1, 1)), dtype=float)
+def with_input(model: Any, card: ModelCard) -> tuple[Any, OneColumnInput]:
+    return model, OneColumnInput(model, numeric_column)
+
+
+def heat_flow(prepared: tuple[Any, OneColumnInput], sediment_thickness_m: np.ndarray) -> np.ndarray:
+    model, model_input = prepared
+    inputs = model_input(np.asarray(sediment_thickness_m, dtype=float).reshape(-1))
+    return np.asarray(model.predict(inputs), dtype=float).reshape(-1)
 
 
 @bentoml.service(**settings().service_options("HeatFlowRegressor"))
 @packs_served_models("heatflow")
 class HeatFlowRegressor:
     def __init__(self) -> None:
-        self.models = ServedModels("heatflow")
+        self.models = ServedModels("heatflow", prepare=with_input)
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
