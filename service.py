@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from http import HTTPStatus
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
@@ -23,6 +23,25 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
 
+from despliegue import registry
+from despliegue.answers.antibiotics import (
+    antibiotics_response,
+    panel_listing,
+    panel_of,
+    panel_rows,
+    requested_codes,
+)
+from despliegue.answers.faces import (
+    annotate_image,
+    crops_to_validate,
+    face_response,
+    faces_of,
+    super_response,
+    validated_faces,
+)
+from despliegue.answers.falsetrue import falsetrue_response
+from despliegue.answers.flowers import flowers_response
+from despliegue.answers.heatflow import heat_flow_response
 from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
 from despliegue.auth import (
@@ -33,16 +52,10 @@ from despliegue.auth import (
     auth_enabled,
     token_book,
 )
-from despliegue.coalescing import coalesce
+from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.errors import (
-    ClientError,
-    ClientErrorWording,
-    answers_client_errors,
-    install_log_filter,
-)
-from despliegue.faces import annotate_image, crop, faces_of
+from despliegue.errors import ClientErrorWording, answers_client_errors, install_log_filter
 from despliegue.heap import freeze_startup_heap
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
@@ -57,40 +70,28 @@ from despliegue.images import decode_images, decode_uploads, encode_png
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
-    AntibioticResult,
     AntibioticsRequest,
     AntibioticsResponse,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
-    FlowerAnswer,
-    FlowerClass,
     FlowersRequest,
     FlowersResponse,
     HeatFlowRequest,
     HeatFlowResponse,
-    ImageFaces,
-    ImageVerdict,
-    PanelEntry,
-    Prediction,
     ServedModels,
     SuperResponse,
-    ValidatedFace,
 )
-from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
-from runners.faces import FaceAnalyzer
-from runners.falsetrue import FalseTrueClassifier
-from runners.flowers import FlowerClassifier
-from runners.heatflow import HeatFlowRegressor
 
-# Attribute names of the runner dependencies below, one per runner.
-FAMILIES = ("heatflow", "falsetrue", "flowers", "faces", "antibiotics")
-UNIDENTIFIED_FLOWER = "Flor no identificada"
-# Thresholds are required for these families (checked when the configuration is loaded).
-FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
-DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
-VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
+# Decision thresholds by model key; configuration loading checks every model that needs one
+# has one (despliegue/registry.py says which).
+THRESHOLDS: dict[str, float] = {
+    model.key: float(settings().family(model.key).threshold)  # type: ignore[arg-type]
+    for model in registry.models()
+    if model.needs_threshold
+}
+PANEL = settings().panel("antibiotics")
 
 install_log_filter()
 if starts_a_server(sys.argv):
@@ -114,18 +115,35 @@ async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
     return await asyncio.to_thread(decode_uploads, files, field)
 
 
+def with_runners(service: type) -> type:
+    """One `bentoml.depends` attribute per family of the registry, named after the family (set
+    before `@bentoml.service` reads the class)."""
+    for family in registry.FAMILIES:
+        setattr(service, family.name, bentoml.depends(family.runner_class()))
+    return service
+
+
+def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
+    """How merged request items go to a runner method: one array when it takes an array (a
+    list of floats would be split back into numpy scalars), else the list itself."""
+    function = runner.apis[method].func
+    hints = typing.get_type_hints(function)
+    first = next(name for name in list(hints) if name != "return")
+    if hints[first] is np.ndarray:
+        return np.asarray
+    return list
+
+
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.asgi_app(catalog, path="/")
-@bentoml.service(**settings().service_options("Despliegue"))
+@bentoml.service(**settings().service_options(registry.API_SERVICE))
+@with_runners
 class Despliegue:
-    heatflow = bentoml.depends(HeatFlowRegressor)
-    falsetrue = bentoml.depends(FalseTrueClassifier)
-    flowers = bentoml.depends(FlowerClassifier)
-    faces = bentoml.depends(FaceAnalyzer)
-    antibiotics = bentoml.depends(AntibioticPanel)
+    """Every endpoint: decode, call the family's runner (coalesced), answer with the family's
+    pure answer function (despliegue/answers/)."""
 
     @bentoml.on_deployment
     def preflight() -> None:
@@ -136,77 +154,47 @@ class Despliegue:
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
-        # Every batchable runner method, as the endpoints call it: concurrent requests share
-        # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
-        families = settings().families
-        self.predict_heat_flow = coalesce(
-            "HeatFlowRegressor.predict",
-            lambda values: self.heatflow.to_async.predict(np.asarray(values, dtype=float)),
-            families["heatflow"].batching,
-        )
-        self.classify_texts = coalesce(
-            "FalseTrueClassifier.classify",
-            lambda texts: self.falsetrue.to_async.classify(texts),
-            families["falsetrue"].batching,
-        )
-        self.classify_flowers = coalesce(
-            "FlowerClassifier.classify",
-            lambda images: self.flowers.to_async.classify(images),
-            families["flowers"].batching,
-        )
-        self.detect_faces = coalesce(
-            "FaceAnalyzer.detect",
-            lambda images: self.faces.to_async.detect(images),
-            families["face_detector"].batching,
-        )
-        self.validate_faces = coalesce(
-            "FaceAnalyzer.validate",
-            lambda crops: self.faces.to_async.validate(crops),
-            families["face_validator"].batching,
-        )
-        self.susceptibility = coalesce(
-            "AntibioticPanel.susceptibility",
-            lambda rows: self.antibiotics.to_async.susceptibility(rows),
-            families["antibiotics"].batching,
-        )
+        # Every batchable runner method by model key, as the endpoints call it: concurrent
+        # requests share one call (despliegue/coalescing.py).
+        self.calls: dict[str, RunnerMethod[Any, Any]] = {
+            model.key: coalesce(
+                f"{family.service_name}.{model.method}",
+                self.runner_method(family.name, model.method, family.runner_class()),
+                settings().families[model.key].batching,
+            )
+            for family in registry.FAMILIES
+            for model in family.models
+        }
         freeze_startup_heap()
 
+    def runner_method(self, family: str, method: str, runner: Any) -> RunnerMethod[Any, Any]:
+        """A runner method reached at call time (the dependency resolves in the worker)."""
+        prepare = as_declared(runner, method)
+        return lambda items: getattr(getattr(self, family).to_async, method)(prepare(items))
+
     async def cards(self, family: str) -> list[ModelCard]:
-        """The model cards of a family's runner (its attribute here), asked once, then kept."""
+        """The model cards of a family's runner, asked once, then kept."""
         if family not in self._cards:
             described = await getattr(self, family).to_async.describe()
             self._cards[family] = [ModelCard.model_validate(card) for card in described]
         return self._cards[family]
 
-    async def tag(self, runner: str, family: str | None = None) -> str:
-        """The tag a runner serves for a family (its only model when `family` is not given)."""
-        cards = await self.cards(runner)
-        return next(card.tag for card in cards if family is None or card.family == family)
-
-    async def card(self, runner: str, family: str) -> ModelCard:
-        return next(card for card in await self.cards(runner) if card.family == family)
+    async def card(self, key: str) -> ModelCard:
+        """The card of the model a configuration key serves (not for a panel: see `panel`)."""
+        cards = await self.cards(registry.family_of(key).name)
+        return next(card for card in cards if card.family == key)
 
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
-        # The validated list goes to the coalescer as is: the runner call makes one array of
-        # every merged request (an array here would be split back into numpy scalars).
-        heat_flow = np.asarray(await self.predict_heat_flow(sediment_thickness_m), dtype=float)
-        return HeatFlowResponse(
-            sediment_thickness_m=sediment_thickness_m,
-            heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
-            model=await self.tag("heatflow"),
-        )
+        heat_flow = await self.calls["heatflow"](sediment_thickness_m)
+        return heat_flow_response(sediment_thickness_m, heat_flow, await self.card("heatflow"))
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
-        rows = np.asarray(await self.classify_texts(texts), dtype=float)
-        return FalseTrueResponse(
-            is_falsetrue=[int(label) for label in rows[:, 0]],
-            probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
-            model=await self.tag("falsetrue"),
-        )
+        rows = await self.calls["falsetrue"](texts)
+        return falsetrue_response(rows, await self.card("falsetrue"))
 
     @bentoml.api(route="/flowers", input_spec=FlowersRequest)
     @answers_client_errors
@@ -225,30 +213,10 @@ class Despliegue:
         return await self.answer_flowers(await uploaded(images, "images"), top_k)
 
     async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
-        probabilities = await self.classify_flowers(pixels)
-        card = await self.card("flowers", "flowers")
-        classes = card.metadata["classes"]
-        answers = []
-        for row in probabilities:
-            ranked = np.argsort(row)[::-1][:top_k]
-            top = [
-                FlowerClass(
-                    class_id=classes[i]["id"],
-                    name=classes[i]["name"],
-                    confidence=round(float(row[i]), 4),
-                )
-                for i in ranked
-            ]
-            known = top[0].confidence >= FLOWER_THRESHOLD
-            answers.append(
-                FlowerAnswer(
-                    class_id=top[0].class_id if known else None,
-                    name=top[0].name if known else UNIDENTIFIED_FLOWER,
-                    confidence=top[0].confidence,
-                    top_k=top,
-                )
-            )
-        return FlowersResponse(predictions=answers, threshold=FLOWER_THRESHOLD, model=card.tag)
+        probabilities = await self.calls["flowers"](pixels)
+        return flowers_response(
+            probabilities, await self.card("flowers"), top_k, THRESHOLDS["flowers"]
+        )
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
     @answers_client_errors
@@ -265,13 +233,13 @@ class Despliegue:
         return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
-        detections = await self.detect_faces(pixels)
-        answers = []
-        for image, rows in zip(pixels, detections, strict=True):
-            faces = faces_of(rows, DETECTION_THRESHOLD)
-            drawn = encode_png(annotate_image(image, faces)) if annotate else None
-            answers.append(ImageFaces(faces=faces, annotated_png=drawn))
-        return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
+        detections = await self.calls["face_detector"](pixels)
+        per_image = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
+        drawn = [
+            encode_png(annotate_image(image, faces)) if annotate else None
+            for image, faces in zip(pixels, per_image, strict=True)
+        ]
+        return face_response(per_image, drawn, await self.card("face_detector"))
 
     @bentoml.api(route="/super", input_spec=FaceRequest)
     @answers_client_errors
@@ -288,44 +256,26 @@ class Despliegue:
         return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
 
     async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
-        detections = await self.detect_faces(pixels)
-        per_image = [faces_of(rows, DETECTION_THRESHOLD) for rows in detections]
-        # Every face of every image goes to the validation CNN in one call (one batch).
-        crops = [
-            crop(image, face.box)
-            for image, faces in zip(pixels, per_image, strict=True)
-            for face in faces
+        detections = await self.calls["face_detector"](pixels)
+        per_image = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
+        crops = crops_to_validate(pixels, per_image)
+        scores = await self.calls["face_validator"](crops) if crops else []
+        validated = validated_faces(per_image, scores, THRESHOLDS["face_validator"])
+        drawn = [
+            encode_png(annotate_image(image, faces)) if annotate else None
+            for image, faces in zip(pixels, validated, strict=True)
         ]
-        scores = await self.validate_faces(crops) if crops else []
-        verdicts, start = [], 0
-        for image, faces in zip(pixels, per_image, strict=True):
-            own, start = scores[start : start + len(faces)], start + len(faces)
-            validated = [
-                ValidatedFace(
-                    **face.model_dump(), score=round(score, 4), result=score >= VALIDATION_THRESHOLD
-                )
-                for face, score in zip(faces, own, strict=True)
-            ]
-            drawn = encode_png(annotate_image(image, validated)) if annotate else None
-            verdicts.append(
-                ImageVerdict(
-                    result=any(face.result for face in validated),
-                    score=max((face.score for face in validated), default=0.0),
-                    faces=validated,
-                    annotated_png=drawn,
-                )
-            )
-        return SuperResponse(
-            images=verdicts,
-            threshold=VALIDATION_THRESHOLD,
-            detector=await self.tag("faces", "face_detector"),
-            model=await self.tag("faces", "face_validator"),
+        return super_response(
+            validated,
+            drawn,
+            THRESHOLDS["face_validator"],
+            await self.card("face_detector"),
+            await self.card("face_validator"),
         )
 
     async def panel(self) -> dict[str, ModelCard]:
         """The served antibiotic models by code."""
-        cards = await self.cards("antibiotics")
-        return {PANEL.code_of(card.tag.partition(":")[0]) or card.tag: card for card in cards}
+        return panel_of(await self.cards("antibiotics"), PANEL)
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
     @answers_client_errors
@@ -333,72 +283,13 @@ class Despliegue:
         self, features: list[list[float]], codes: list[str] | None = None
     ) -> AntibioticsResponse:
         """S / I / R for each feature vector, from each requested antibiotic's model."""
-        panel = await self.panel()
-        if not panel:
-            raise ClientError(
-                ["codes"],
-                "no antibiotic model is served: import one (python save_models.py import "
-                f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel, then restart",
-                status=HTTPStatus.NOT_FOUND,
-            )
-        wanted = list(dict.fromkeys(codes)) if codes else list(panel)
-        for index, code in enumerate(wanted):
-            if code not in panel:
-                raise ClientError(
-                    ["codes", index],
-                    f"unknown antibiotic {code!r}; available: {', '.join(sorted(panel))}",
-                )
-        for code in wanted:
-            expected = int(panel[code].metadata["input_length"])
-            for index, vector in enumerate(features):
-                if len(vector) != expected:
-                    raise ClientError(
-                        ["features", index],
-                        f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
-                    )
-        rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
-        probabilities = iter(await self.susceptibility(rows))
-        results = []
-        for code in wanted:
-            card = panel[code]
-            classes = card.metadata["classes"]
-            predictions = []
-            for _ in features:
-                p = next(probabilities)
-                by_class = {c: round(float(v), 4) for c, v in zip(classes, p, strict=True)}
-                predictions.append(
-                    Prediction(predicted_class=classes[int(np.argmax(p))], probabilities=by_class)
-                )
-            results.append(
-                AntibioticResult(
-                    code=code,
-                    model=card.tag,
-                    version=card.tag.partition(":")[2],
-                    registered_version=card.labels.get("mlflow_version"),
-                    predictions=predictions,
-                )
-            )
-        return AntibioticsResponse(results=results)
-
-    async def panel_listing(self) -> AntibioticPanelListing:
-        entries = [
-            PanelEntry(
-                code=code,
-                model=card.tag,
-                version=card.tag.partition(":")[2],
-                input_length=int(card.metadata["input_length"]),
-                classes=card.metadata["classes"],
-                features=card.metadata.get("features"),
-                preprocessing=(card.metadata.get("preprocessing") or {}).get("kind", "none"),
-                reference=card.reference,
-                source={k: v for k, v in card.labels.items() if k not in {"family", "reference"}},
-            )
-            for code, card in sorted((await self.panel()).items())
-        ]
-        return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
+        served = await self.panel()
+        wanted = requested_codes(served, PANEL, features, codes)
+        probabilities = await self.calls["antibiotics"](panel_rows(wanted, features))
+        return antibiotics_response(served, wanted, len(features), probabilities)
 
     async def model_listing(self) -> ServedModels:
-        per_family = await asyncio.gather(*(self.cards(family) for family in FAMILIES))
+        per_family = await asyncio.gather(*(self.cards(f.name) for f in registry.FAMILIES))
         return ServedModels(models=[card for cards in per_family for card in cards])
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
@@ -406,12 +297,12 @@ class Despliegue:
     @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
     async def get_antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel: one model per code, its input length, classes and origin."""
-        return await self.panel_listing()
+        return panel_listing(await self.panel(), PANEL)
 
     @bentoml.api(route="/antibiotics/panel")
     async def antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel, as GET /antibiotics gives it (for the Python client)."""
-        return await self.panel_listing()
+        return panel_listing(await self.panel(), PANEL)
 
     @catalog.get("/models", response_model=ServedModels)
     async def get_models(self) -> ServedModels:

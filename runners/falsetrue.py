@@ -23,7 +23,7 @@ class FalseTrueClassifier:
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, texts: list[str]) -> np.ndarray:
-        """Rows of (label, probability of Real) per text; probability is NaN if unknown."""
+        """One TextVerdictRow per text (despliegue/contracts.py): label, probability of Real."""
         labels = np.asarray(self.model.predict(texts), dtype=float)
         if self.has_probabilities:
             real_column = list(self.model.classes_).index(1)
