@@ -127,9 +127,9 @@ def require_models_in_store(tags: Iterable[str]) -> None:
 
 
 def bentoml_home() -> str:
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from despliegue.bentoml_compat import bentoml_home
 
-    return str(BentoMLContainer.bentoml_home.get())
+    return bentoml_home()
 
 
 def _load_joblib(path: Path) -> Any:

@@ -215,6 +215,8 @@ class ClientErrorWording:
 
 def install_log_filter() -> None:
     """Attach the filter where BentoML logs request exceptions (idempotent)."""
-    logger = logging.getLogger("bentoml._internal.server.http_app")
+    from despliegue.bentoml_compat import REQUEST_ERRORS_LOGGER
+
+    logger = logging.getLogger(REQUEST_ERRORS_LOGGER)
     if not any(isinstance(f, ClientMistakeLogFilter) for f in logger.filters):
         logger.addFilter(ClientMistakeLogFilter())
