@@ -124,8 +124,8 @@ def with_runners(service: type) -> type:
 
 
 def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
-    """How merged request items go to a runner method: one array when it takes an array (a
-    list of floats would be split back into numpy scalars), else the list itself."""
+    """How merged request items go to a runner method: as one array when the method is declared
+    to take an array (BentoML checks arguments against the declaration), else as the list."""
     function = runner.apis[method].func
     hints = typing.get_type_hints(function)
     first = next(name for name in list(hints) if name != "return")
