@@ -158,3 +158,25 @@ def test_the_api_service_depends_on_every_runner_of_the_registry() -> None:
         family.name: family.service_name for family in FAMILIES
     }
     assert set(service.THRESHOLDS) == {"flowers", "face_detector", "face_validator"}
+
+
+def test_merged_items_reach_each_runner_method_as_it_declares_them() -> None:
+    import numpy as np
+
+    import service
+
+    declared = {
+        f"{family.service_name}.{model.method}": service.as_declared(
+            family.runner_class(), model.method
+        )
+        for family in FAMILIES
+        for model in family.models
+    }
+    assert declared == {
+        "HeatFlowRegressor.predict": np.asarray,
+        "FalseTrueClassifier.classify": list,
+        "FlowerClassifier.classify": list,
+        "FaceAnalyzer.detect": list,
+        "FaceAnalyzer.validate": list,
+        "AntibioticPanel.susceptibility": list,
+    }
