@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import typing
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,12 +68,19 @@ from despliegue.http import (
     form_fields,
 )
 from despliegue.http_server import configure_http_server
-from despliegue.images import decode_images, decode_uploads, encode_png
+from despliegue.images import (
+    DecodedImage,
+    ModelInput,
+    PixelBudget,
+    admitted_images,
+    encode_png,
+)
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticsRequest,
     AntibioticsResponse,
+    Face,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
@@ -83,6 +92,7 @@ from despliegue.schemas import (
     ServedModels,
     SuperResponse,
 )
+from despliegue.startup import check_tls_files, preflight
 
 # Decision thresholds by model key; configuration loading checks every model that needs one
 # has one (despliegue/registry.py says which).
@@ -92,27 +102,19 @@ THRESHOLDS: dict[str, float] = {
     if model.needs_threshold
 }
 PANEL = settings().panel("antibiotics")
+# The detector takes any size; images larger than this are scaled down before it sees them.
+DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
 install_log_filter()
 if starts_a_server(sys.argv):
     claim_home(bentoml_home())  # before BentoML empties this home's metrics folder
 
 
-# Requests with less Base64 than this are decoded on the event loop: a ~48 KB JPEG (about
-# 400x400) decodes in about a millisecond; handing small images to a thread costs more.
-INLINE_DECODE_CHARS = 64 * 1024
-
-
-async def decoded(images: list[str], field: str) -> list[np.ndarray]:
-    """Decode Base64 images, off the event loop when they are large (a big JPEG takes tens of
-    milliseconds and would stall every other request meanwhile)."""
-    if sum(len(image) for image in images) <= INLINE_DECODE_CHARS:
-        return decode_images(images, field)
-    return await asyncio.to_thread(decode_images, images, field)
-
-
-async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
-    return await asyncio.to_thread(decode_uploads, files, field)
+async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
+    """The full-size image with the boxes drawn, as Base64 PNG. Encoding a large PNG takes
+    seconds: it runs in a worker thread, not on the event loop."""
+    assert image.original is not None, "decoded with keep_original=True"
+    return await asyncio.to_thread(lambda: encode_png(annotate_image(image.original, faces)))
 
 
 def with_runners(service: type) -> type:
@@ -147,13 +149,21 @@ class Despliegue:
 
     @bentoml.on_deployment
     def preflight() -> None:
-        """Once, when `bentoml serve` starts (not at build): stop with a message naming what is
-        wrong, if auth is on with no tokens or a configured model is not in the store."""
-        token_book(settings().security.auth)
-        require_models_in_store(served_tags().values())
+        """Once, when `bentoml serve` starts (not at build), before any worker: stop with one
+        line naming what is wrong and the fix, if auth is on with no tokens, a served model is
+        missing, unreadable or damaged (sha256), or a TLS file cannot be loaded."""
+        preflight(
+            registry.API_SERVICE,
+            [
+                lambda: token_book(settings().security.auth),
+                lambda: require_models_in_store(served_tags().values()),
+                check_tls_files,
+            ],
+        )
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
+        self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
         # Every batchable runner method by model key, as the endpoints call it: concurrent
         # requests share one call (despliegue/coalescing.py).
         self.calls: dict[str, RunnerMethod[Any, Any]] = {
@@ -184,13 +194,32 @@ class Despliegue:
         cards = await self.cards(registry.family_of(key).name)
         return next(card for card in cards if card.family == key)
 
+    async def model_input(self, key: str) -> ModelInput:
+        """The input size a CNN takes, as its model card's preprocessing records it."""
+        height, width = (await self.card(key)).metadata["preprocessing"]["size"]
+        return ModelInput(size=(int(height), int(width)))
+
+    def admitted(
+        self,
+        sources: list[str] | list[Path],
+        field: str,
+        target: ModelInput,
+        keep_original: bool = False,
+    ) -> AbstractAsyncContextManager[list[DecodedImage]]:
+        """The request's images decoded for `target`, under this worker's pixel budget."""
+        return admitted_images(
+            sources, field, target, self.pixels_in_flight, keep_original=keep_original
+        )
+
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
+    @answers_client_errors
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
         heat_flow = await self.calls["heatflow"](sediment_thickness_m)
         return heat_flow_response(sediment_thickness_m, heat_flow, await self.card("heatflow"))
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
+    @answers_client_errors
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
         rows = await self.calls["falsetrue"](texts)
@@ -200,7 +229,8 @@ class Despliegue:
     @answers_client_errors
     async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
         """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
-        return await self.answer_flowers(await decoded(images, "images"), top_k)
+        async with self.admitted(images, "images", await self.model_input("flowers")) as decoded:
+            return await self.answer_flowers(decoded, top_k)
 
     @bentoml.api(route="/flowers/upload")
     @answers_client_errors
@@ -210,10 +240,11 @@ class Despliegue:
         top_k: Annotated[int, Field(ge=1, le=18)] = 3,
     ) -> FlowersResponse:
         """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_flowers(await uploaded(images, "images"), top_k)
+        async with self.admitted(images, "images", await self.model_input("flowers")) as decoded:
+            return await self.answer_flowers(decoded, top_k)
 
-    async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
-        probabilities = await self.calls["flowers"](pixels)
+    async def answer_flowers(self, images: list[DecodedImage], top_k: int) -> FlowersResponse:
+        probabilities = await self.calls["flowers"]([image.pixels for image in images])
         return flowers_response(
             probabilities, await self.card("flowers"), top_k, THRESHOLDS["flowers"]
         )
@@ -222,7 +253,8 @@ class Despliegue:
     @answers_client_errors
     async def face_detect(self, input_data: list[str], annotate: bool = False) -> FaceResponse:
         """Find the faces in each image: box (x, y, width, height), confidence, landmarks."""
-        return await self.answer_faces(await decoded(input_data, "input_data"), annotate)
+        async with self.admitted(input_data, "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_faces(decoded, annotate)
 
     @bentoml.api(route="/face/upload")
     @answers_client_errors
@@ -230,14 +262,18 @@ class Despliegue:
         self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
     ) -> FaceResponse:
         """/face with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
+        async with self.admitted([input_data], "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_faces(decoded, annotate)
 
-    async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
-        detections = await self.calls["face_detector"](pixels)
-        per_image = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
+    async def answer_faces(self, images: list[DecodedImage], annotate: bool) -> FaceResponse:
+        detections = await self.calls["face_detector"]([image.pixels for image in images])
+        per_image = [
+            faces_of(rows, THRESHOLDS["face_detector"], image.scale)
+            for image, rows in zip(images, detections, strict=True)
+        ]
         drawn = [
-            encode_png(annotate_image(image, faces)) if annotate else None
-            for image, faces in zip(pixels, per_image, strict=True)
+            await annotated_png(image, faces) if annotate else None
+            for image, faces in zip(images, per_image, strict=True)
         ]
         return face_response(per_image, drawn, await self.card("face_detector"))
 
@@ -245,7 +281,8 @@ class Despliegue:
     @answers_client_errors
     async def face_validate(self, input_data: list[str], annotate: bool = False) -> SuperResponse:
         """Detect faces, crop each, score the crops with the validation CNN: TRUE/FALSE."""
-        return await self.answer_super(await decoded(input_data, "input_data"), annotate)
+        async with self.admitted(input_data, "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_super(decoded, annotate)
 
     @bentoml.api(route="/super/upload")
     @answers_client_errors
@@ -253,17 +290,27 @@ class Despliegue:
         self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
     ) -> SuperResponse:
         """/super with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
+        async with self.admitted([input_data], "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_super(decoded, annotate)
 
-    async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
+    async def answer_super(self, images: list[DecodedImage], annotate: bool) -> SuperResponse:
+        pixels = [image.pixels for image in images]
         detections = await self.calls["face_detector"](pixels)
-        per_image = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
-        crops = crops_to_validate(pixels, per_image)
+        crop_size = (await self.model_input("face_validator")).size
+        assert crop_size is not None
+        # Crops are cut from the image the detector saw; the answer's coordinates are the sent
+        # image's (`scale`).
+        seen = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
+        crops = crops_to_validate(pixels, seen, crop_size)
         scores = await self.calls["face_validator"](crops) if crops else []
-        validated = validated_faces(per_image, scores, THRESHOLDS["face_validator"])
+        sent = [
+            faces_of(rows, THRESHOLDS["face_detector"], image.scale)
+            for image, rows in zip(images, detections, strict=True)
+        ]
+        validated = validated_faces(sent, scores, THRESHOLDS["face_validator"])
         drawn = [
-            encode_png(annotate_image(image, faces)) if annotate else None
-            for image, faces in zip(pixels, validated, strict=True)
+            await annotated_png(image, faces) if annotate else None
+            for image, faces in zip(images, validated, strict=True)
         ]
         return super_response(
             validated,

@@ -36,8 +36,9 @@ def requested_codes(
     features: list[list[float]],
     codes: list[str] | None,
 ) -> list[str]:
-    """The codes to answer for, in request order without repeats (all served ones when none
-    are named), after checking each is served and takes vectors of the length sent."""
+    """The codes to answer for, in request order without repeats (when none are named, every
+    served one that takes vectors of the length sent), after checking each is served and
+    takes vectors of the length sent."""
     if not served:
         raise ClientError(
             ["codes"],
@@ -45,7 +46,7 @@ def requested_codes(
             f"{panel.model_name('CODE')} SOURCE) or build the reference panel, then restart",
             status=HTTPStatus.NOT_FOUND,
         )
-    wanted = list(dict.fromkeys(codes)) if codes else list(served)
+    wanted = list(dict.fromkeys(codes)) if codes else models_for_length(served, features)
     for index, code in enumerate(wanted):
         if code not in served:
             raise ClientError(
@@ -61,6 +62,30 @@ def requested_codes(
                     f"{served[code].tag} ({code}) expects {expected} values, got {len(vector)}",
                 )
     return wanted
+
+
+def models_for_length(panel: dict[str, ModelCard], features: list[list[float]]) -> list[str]:
+    """What a request without `codes` asks: every panel model whose input length is the
+    vectors' length (the panel may mix models of different lengths). All vectors of such a
+    request must have one length; if no model takes it, 422 lists the lengths by code."""
+    length = len(features[0])
+    for index, vector in enumerate(features):
+        if len(vector) != length:
+            raise ClientError(
+                ["features", index],
+                f"without codes, every vector must have the same length (vector 0 has "
+                f"{length} values, this one {len(vector)}): send codes, or one length per request",
+            )
+    lengths = {code: int(card.metadata["input_length"]) for code, card in panel.items()}
+    matching = [code for code, expected in lengths.items() if expected == length]
+    if not matching:
+        listed = ", ".join(f"{code}: {expected}" for code, expected in sorted(lengths.items()))
+        raise ClientError(
+            ["features", 0],
+            f"no antibiotic model takes {length} values per vector; input lengths by code: "
+            f"{listed}",
+        )
+    return matching
 
 
 def panel_rows(codes: list[str], features: list[list[float]]) -> list[PanelRow]:

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from despliegue.artifacts import ModelCard
 from despliegue.contracts import LANDMARKS, DetectionRow
+from despliegue.images import resize
 from despliegue.schemas import (
     Box,
     Face,
@@ -25,12 +26,18 @@ from despliegue.schemas import (
 )
 
 
-def faces_of(rows: np.ndarray, minimum_confidence: float) -> list[Face]:
-    """Detector rows at or above the confidence threshold, as Face answers."""
+def faces_of(
+    rows: np.ndarray, minimum_confidence: float, scale: tuple[float, float] = (1.0, 1.0)
+) -> list[Face]:
+    """Detector rows at or above the confidence threshold, as Face answers; `scale` (x, y)
+    maps the coordinates of the image the detector saw to those of the image sent."""
     faces = []
     for row in np.asarray(rows, dtype=float).reshape(-1, DetectionRow.WIDTH):
         if row[DetectionRow.CONFIDENCE] < minimum_confidence:
             continue
+        row = row.copy()
+        row[list(DetectionRow.X_COLUMNS)] *= scale[0]
+        row[list(DetectionRow.Y_COLUMNS)] *= scale[1]
         x, y, width, height = (round(v) for v in row[DetectionRow.BOX])
         points = row[DetectionRow.LANDMARK_POINTS].reshape(len(LANDMARKS), 2)
         faces.append(
@@ -57,16 +64,16 @@ def crop(image: np.ndarray, box: Box) -> np.ndarray:
     return np.ascontiguousarray(image[y0:y1, x0:x1])
 
 
-def annotate_image(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+def annotate_image(image: Image.Image, faces: Sequence[Face]) -> Image.Image:
     """A copy of the image with each face's box drawn (green if validated, else red)."""
-    drawn = Image.fromarray(image)
+    drawn = image.copy()
     pen = ImageDraw.Draw(drawn)
-    line = max(2, min(image.shape[:2]) // 150)
+    line = max(2, min(image.size) // 150)
     for face in faces:
         colour = (0, 200, 0) if getattr(face, "result", True) else (220, 0, 0)
         b = face.box
         pen.rectangle([b.x, b.y, b.x + b.width, b.y + b.height], outline=colour, width=line)
-    return np.asarray(drawn)
+    return drawn
 
 
 def face_response(
@@ -83,11 +90,12 @@ def face_response(
 
 
 def crops_to_validate(
-    images: Sequence[np.ndarray], faces_per_image: Sequence[list[Face]]
+    images: Sequence[np.ndarray], faces_per_image: Sequence[list[Face]], size: tuple[int, int]
 ) -> list[np.ndarray]:
-    """Every face of every image, in order: one call (one batch) to the validation CNN."""
+    """Every face of every image, in order, sized (height, width) as the validation CNN takes
+    it: one call (one batch) to the validation CNN."""
     return [
-        crop(image, face.box)
+        resize(crop(image, face.box), size)
         for image, faces in zip(images, faces_per_image, strict=True)
         for face in faces
     ]
