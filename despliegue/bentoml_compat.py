@@ -50,7 +50,8 @@ REACHES: tuple[Reach, ...] = (
     Reach(
         "bentoml._internal.configuration.containers",
         "BentoMLContainer",
-        "the BentoML home in use and each service's URL (artifacts.py, probes.py)",
+        "the BentoML home, model store folder, TLS settings and each service's URL "
+        "(artifacts.py, probes.py, startup.py)",
     ),
     Reach(
         "bentoml._internal.models.model",
@@ -60,7 +61,8 @@ REACHES: tuple[Reach, ...] = (
     Reach(
         "bentoml._internal.context",
         "server_context",
-        "the API's routes, so metrics label only known paths (despliegue/http_server.py)",
+        "the API's routes, so metrics label only known paths (http_server.py), and whether "
+        "this process is a server worker (startup.py)",
     ),
     Reach(
         "bentoml._internal.server.http.instruments",
