@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
@@ -27,7 +27,25 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI, HTTPException
 from pydantic import Field
 
-from despliegue import lifecycle
+from despliegue import lifecycle, registry
+from despliegue.answers.antibiotics import (
+    antibiotics_response,
+    panel_listing,
+    panel_of,
+    panel_rows,
+    requested_codes,
+)
+from despliegue.answers.faces import (
+    annotate_image,
+    crops_to_validate,
+    face_response,
+    faces_of,
+    super_response,
+    validated_faces,
+)
+from despliegue.answers.falsetrue import falsetrue_response
+from despliegue.answers.flowers import flowers_response
+from despliegue.answers.heatflow import heat_flow_response
 from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import (
@@ -38,16 +56,10 @@ from despliegue.auth import (
     auth_enabled,
     token_book,
 )
-from despliegue.coalescing import coalesce
+from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.errors import (
-    ClientError,
-    ClientErrorWording,
-    answers_client_errors,
-    install_log_filter,
-)
-from despliegue.faces import annotate_image, crop, faces_of
+from despliegue.errors import ClientErrorWording, answers_client_errors, install_log_filter
 from despliegue.heap import freeze_startup_heap
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
@@ -64,13 +76,11 @@ from despliegue.images import (
     PixelBudget,
     admitted_images,
     encode_png,
-    resize,
 )
 from despliegue.lifecycle import RunnerModels, ShadowStats, served_tags, unzip
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
-    AntibioticResult,
     AntibioticsRequest,
     AntibioticsResponse,
     CanaryState,
@@ -80,40 +90,55 @@ from despliegue.schemas import (
     FalseTrueRequest,
     FalseTrueResponse,
     FamilyLifecycle,
-    FlowerAnswer,
-    FlowerClass,
     FlowersRequest,
     FlowersResponse,
     HeatFlowRequest,
     HeatFlowResponse,
-    ImageFaces,
-    ImageVerdict,
-    PanelEntry,
-    Prediction,
     ServedModels,
     SuperResponse,
-    ValidatedFace,
 )
 from despliegue.startup import check_tls_files, preflight
-from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
-from runners.faces import FaceAnalyzer
-from runners.falsetrue import FalseTrueClassifier
-from runners.flowers import FlowerClassifier
-from runners.heatflow import HeatFlowRegressor
 
-# Attribute names of the runner dependencies below, one per runner.
-FAMILIES = ("heatflow", "falsetrue", "flowers", "faces", "antibiotics")
-UNIDENTIFIED_FLOWER = "Flor no identificada"
-# Thresholds are required for these families (checked when the configuration is loaded).
-FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
-DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
-VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
+# Decision thresholds by model key; configuration loading checks every model that needs one
+# has one (despliegue/registry.py says which).
+THRESHOLDS: dict[str, float] = {
+    model.key: float(settings().family(model.key).threshold)  # type: ignore[arg-type]
+    for model in registry.models()
+    if model.needs_threshold
+}
+PANEL = settings().panel("antibiotics")
 # The detector takes any size; images larger than this are scaled down before it sees them.
 DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
 install_log_filter()
 if starts_a_server(sys.argv):
     claim_home(bentoml_home())  # before BentoML empties this home's metrics folder
+
+
+async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
+    """The full-size image with the boxes drawn, as Base64 PNG. Encoding a large PNG takes
+    seconds: it runs in a worker thread, not on the event loop."""
+    assert image.original is not None, "decoded with keep_original=True"
+    return await asyncio.to_thread(lambda: encode_png(annotate_image(image.original, faces)))
+
+
+def with_runners(service: type) -> type:
+    """One `bentoml.depends` attribute per family of the registry, named after the family (set
+    before `@bentoml.service` reads the class)."""
+    for family in registry.FAMILIES:
+        setattr(service, family.name, bentoml.depends(family.runner_class()))
+    return service
+
+
+def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
+    """How merged request items go to a runner method: as one array when the method is declared
+    to take an array (BentoML checks arguments against the declaration), else as the list."""
+    function = runner.apis[method].func
+    hints = typing.get_type_hints(function)
+    first = next(name for name in list(hints) if name != "return")
+    if hints[first] is np.ndarray:
+        return np.asarray
+    return list
 
 
 # A runner's models are asked again at most this often while it has not yet applied the
@@ -127,35 +152,12 @@ class Described:
     at: float
 
 
-async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
-    """The full-size image with the boxes drawn, as Base64 PNG. Encoding a large PNG takes
-    seconds: it runs in a worker thread, not on the event loop."""
-    assert image.original is not None, "decoded with keep_original=True"
-    return await asyncio.to_thread(lambda: encode_png(annotate_image(image.original, faces)))
-
-
-def models_for_length(panel: dict[str, ModelCard], features: list[list[float]]) -> list[str]:
-    """What a request without `codes` asks: every panel model whose input length is the
-    vectors' length (the panel may mix models of different lengths). All vectors of such a
-    request must have one length; if no model takes it, 422 lists the lengths by code."""
-    length = len(features[0])
-    for index, vector in enumerate(features):
-        if len(vector) != length:
-            raise ClientError(
-                ["features", index],
-                f"without codes, every vector must have the same length (vector 0 has "
-                f"{length} values, this one {len(vector)}): send codes, or one length per request",
-            )
-    lengths = {code: int(card.metadata["input_length"]) for code, card in panel.items()}
-    matching = [code for code, expected in lengths.items() if expected == length]
-    if not matching:
-        listed = ", ".join(f"{code}: {expected}" for code, expected in sorted(lengths.items()))
-        raise ClientError(
-            ["features", 0],
-            f"no antibiotic model takes {length} values per vector; input lengths by code: "
-            f"{listed}",
-        )
-    return matching
+def tagged(response: Any, tags: list[str]) -> Any:
+    """A response naming every tag that answered: a request split across two runner batches
+    while a canary runs or a swap happens may have two (despliegue/lifecycle.py)."""
+    if len(tags) > 1:
+        response.model_tag = ",".join(tags)
+    return response
 
 
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
@@ -163,13 +165,11 @@ catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_
 
 
 @bentoml.asgi_app(catalog, path="/")
-@bentoml.service(**settings().service_options("Despliegue"))
+@bentoml.service(**settings().service_options(registry.API_SERVICE))
+@with_runners
 class Despliegue:
-    heatflow = bentoml.depends(HeatFlowRegressor)
-    falsetrue = bentoml.depends(FalseTrueClassifier)
-    flowers = bentoml.depends(FlowerClassifier)
-    faces = bentoml.depends(FaceAnalyzer)
-    antibiotics = bentoml.depends(AntibioticPanel)
+    """Every endpoint: decode, call the family's runner (coalesced), answer with the family's
+    pure answer function (despliegue/answers/)."""
 
     @bentoml.on_deployment
     def preflight() -> None:
@@ -177,7 +177,7 @@ class Despliegue:
         line naming what is wrong and the fix, if auth is on with no tokens, a served model is
         missing, unreadable or damaged (sha256), or a TLS file cannot be loaded."""
         preflight(
-            "Despliegue",
+            registry.API_SERVICE,
             [
                 lambda: token_book(settings().security.auth),
                 lambda: require_models_in_store(served_tags().values()),
@@ -188,59 +188,44 @@ class Despliegue:
     def __init__(self) -> None:
         self._described: dict[str, Described] = {}
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
-        # Every batchable runner method, as the endpoints call it: concurrent requests share
-        # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
-        families = settings().families
-        self.predict_heat_flow = coalesce(
-            "HeatFlowRegressor.predict",
-            lambda values: self.heatflow.to_async.predict(np.asarray(values, dtype=float)),
-            families["heatflow"].batching,
-        )
-        self.classify_texts = coalesce(
-            "FalseTrueClassifier.classify",
-            lambda texts: self.falsetrue.to_async.classify(texts),
-            families["falsetrue"].batching,
-        )
-        self.classify_flowers = coalesce(
-            "FlowerClassifier.classify",
-            lambda images: self.flowers.to_async.classify(images),
-            families["flowers"].batching,
-        )
-        self.detect_faces = coalesce(
-            "FaceAnalyzer.detect",
-            lambda images: self.faces.to_async.detect(images),
-            families["face_detector"].batching,
-        )
-        self.validate_faces = coalesce(
-            "FaceAnalyzer.validate",
-            lambda crops: self.faces.to_async.validate(crops),
-            families["face_validator"].batching,
-        )
-        self.susceptibility = coalesce(
-            "AntibioticPanel.susceptibility",
-            lambda rows: self.antibiotics.to_async.susceptibility(rows),
-            families["antibiotics"].batching,
-        )
+        # Every batchable runner method by model key, as the endpoints call it: concurrent
+        # requests share one call (despliegue/coalescing.py).
+        self.calls: dict[str, RunnerMethod[Any, Any]] = {
+            model.key: coalesce(
+                f"{family.service_name}.{model.method}",
+                self.runner_method(family.name, model.method, family.runner_class()),
+                settings().families[model.key].batching,
+            )
+            for family in registry.FAMILIES
+            for model in family.models
+        }
         freeze_startup_heap()
 
-    async def described(self, runner: str, fresh: bool = False) -> RunnerModels:
-        """What a runner (its attribute here) has loaded: kept until the lifecycle state file
-        changes, then asked again until the runner reports it has applied the change."""
-        kept = self._described.get(runner)
+    def runner_method(self, family: str, method: str, runner: Any) -> RunnerMethod[Any, Any]:
+        """A runner method reached at call time (the dependency resolves in the worker)."""
+        prepare = as_declared(runner, method)
+        return lambda items: getattr(getattr(self, family).to_async, method)(prepare(items))
+
+    async def described(self, family: str, fresh: bool = False) -> RunnerModels:
+        """What a family's runner has loaded: kept until the lifecycle state file changes, then
+        asked again until the runner reports it has applied the change."""
+        kept = self._described.get(family)
         behind = kept is not None and kept.models.state_stamp != lifecycle.state_stamp()
         if kept is None or fresh or (behind and time.monotonic() - kept.at > DESCRIBE_AGAIN_S):
-            answer = await getattr(self, runner).to_async.describe()
-            kept = Described(
-                RunnerModels.model_validate(answer, from_attributes=True), time.monotonic()
-            )
-            self._described[runner] = kept
+            answer = await getattr(self, family).to_async.describe()
+            models = RunnerModels.model_validate(answer, from_attributes=True)
+            kept = self._described[family] = Described(models, time.monotonic())
         return kept.models
 
-    async def cards(self, runner: str) -> list[ModelCard]:
-        return (await self.described(runner)).cards
+    async def cards(self, family: str) -> list[ModelCard]:
+        return (await self.described(family)).cards
 
-    async def card(self, runner: str, tag: str) -> ModelCard:
-        """The card of a tag a runner answered with (the first, if a request got two)."""
+    async def card(self, key: str, tag: str | None = None) -> ModelCard:
+        """The card of the model that answered with `tag` for a configuration key (the first,
+        if two did), or of the model the key serves now."""
+        runner = lifecycle.facts(key).runner
+        if tag is None:
+            tag = str((await self.described(runner)).lanes[key]["served"])
         tag = tag.split(",")[0]
         for fresh in (False, True):
             for card in (await self.described(runner, fresh)).cards:
@@ -248,16 +233,9 @@ class Despliegue:
                     return card
         raise LookupError(f"{runner} answered with {tag}, which it does not describe")
 
-    async def served_tag(self, runner: str, family: str) -> str:
-        return str((await self.described(runner)).lanes[family]["served"])
-
-    async def served_card(self, runner: str, family: str) -> ModelCard:
-        """The card of the model a family serves now (not its canary or shadow)."""
-        return await self.card(runner, await self.served_tag(runner, family))
-
-    async def model_input(self, runner: str, family: str) -> ModelInput:
+    async def model_input(self, key: str) -> ModelInput:
         """The input size a CNN takes, as its model card's preprocessing records it."""
-        height, width = (await self.served_card(runner, family)).metadata["preprocessing"]["size"]
+        height, width = (await self.card(key)).metadata["preprocessing"]["size"]
         return ModelInput(size=(int(height), int(width)))
 
     def admitted(
@@ -276,34 +254,22 @@ class Despliegue:
     @answers_client_errors
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
-        # The validated list goes to the coalescer as is: the runner call makes one array of
-        # every merged request (an array here would be split back into numpy scalars).
-        answers, tag = unzip(await self.predict_heat_flow(sediment_thickness_m), "heatflow")
-        return HeatFlowResponse(
-            sediment_thickness_m=sediment_thickness_m,
-            heat_flow_mw_m2=np.round(np.asarray(answers, dtype=float), 3).tolist(),
-            model=tag,
-            model_tag=tag,
-        )
+        heat_flow, tags = unzip(await self.calls["heatflow"](sediment_thickness_m), "heatflow")
+        card = await self.card("heatflow", tags[0])
+        return tagged(heat_flow_response(sediment_thickness_m, heat_flow, card), tags)
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
     @answers_client_errors
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
-        answers, tag = unzip(await self.classify_texts(texts), "falsetrue")
-        rows = np.asarray(answers, dtype=float).reshape(-1, 2)
-        return FalseTrueResponse(
-            is_falsetrue=[int(label) for label in rows[:, 0]],
-            probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
-            model=tag,
-            model_tag=tag,
-        )
+        rows, tags = unzip(await self.calls["falsetrue"](texts), "falsetrue")
+        return tagged(falsetrue_response(rows, await self.card("falsetrue", tags[0])), tags)
 
     @bentoml.api(route="/flowers", input_spec=FlowersRequest)
     @answers_client_errors
     async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
         """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
-        async with self.admitted(images, "images", await self.flower_input()) as decoded:
+        async with self.admitted(images, "images", await self.model_input("flowers")) as decoded:
             return await self.answer_flowers(decoded, top_k)
 
     @bentoml.api(route="/flowers/upload")
@@ -314,40 +280,14 @@ class Despliegue:
         top_k: Annotated[int, Field(ge=1, le=18)] = 3,
     ) -> FlowersResponse:
         """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
-        async with self.admitted(images, "images", await self.flower_input()) as decoded:
+        async with self.admitted(images, "images", await self.model_input("flowers")) as decoded:
             return await self.answer_flowers(decoded, top_k)
 
-    async def flower_input(self) -> ModelInput:
-        return await self.model_input("flowers", "flowers")
-
     async def answer_flowers(self, images: list[DecodedImage], top_k: int) -> FlowersResponse:
-        pixels = [image.pixels for image in images]
-        probabilities, tag = unzip(await self.classify_flowers(pixels), "flowers")
-        card = await self.card("flowers", tag)
-        classes = card.metadata["classes"]
-        answers = []
-        for row in probabilities:
-            ranked = np.argsort(row)[::-1][:top_k]
-            top = [
-                FlowerClass(
-                    class_id=classes[i]["id"],
-                    name=classes[i]["name"],
-                    confidence=round(float(row[i]), 4),
-                )
-                for i in ranked
-            ]
-            known = top[0].confidence >= FLOWER_THRESHOLD
-            answers.append(
-                FlowerAnswer(
-                    class_id=top[0].class_id if known else None,
-                    name=top[0].name if known else UNIDENTIFIED_FLOWER,
-                    confidence=top[0].confidence,
-                    top_k=top,
-                )
-            )
-        return FlowersResponse(
-            predictions=answers, threshold=FLOWER_THRESHOLD, model=tag, model_tag=tag
-        )
+        answers = await self.calls["flowers"]([image.pixels for image in images])
+        probabilities, tags = unzip(answers, "flowers")
+        card = await self.card("flowers", tags[0])
+        return tagged(flowers_response(probabilities, card, top_k, THRESHOLDS["flowers"]), tags)
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
     @answers_client_errors
@@ -366,14 +306,19 @@ class Despliegue:
             return await self.answer_faces(decoded, annotate)
 
     async def answer_faces(self, images: list[DecodedImage], annotate: bool) -> FaceResponse:
-        pixels = [image.pixels for image in images]
-        detections, tag = unzip(await self.detect_faces(pixels), "face_detector")
-        answers = []
-        for image, rows in zip(images, detections, strict=True):
-            faces = faces_of(rows, DETECTION_THRESHOLD, image.scale)
-            drawn = await annotated_png(image, faces) if annotate else None
-            answers.append(ImageFaces(faces=faces, annotated_png=drawn))
-        return FaceResponse(images=answers, model=tag, model_tag=tag)
+        answers = await self.calls["face_detector"]([image.pixels for image in images])
+        detections, tags = unzip(answers, "face_detector")
+        per_image = [
+            faces_of(rows, THRESHOLDS["face_detector"], image.scale)
+            for image, rows in zip(images, detections, strict=True)
+        ]
+        drawn = [
+            await annotated_png(image, faces) if annotate else None
+            for image, faces in zip(images, per_image, strict=True)
+        ]
+        return tagged(
+            face_response(per_image, drawn, await self.card("face_detector", tags[0])), tags
+        )
 
     @bentoml.api(route="/super", input_spec=FaceRequest)
     @answers_client_errors
@@ -393,58 +338,38 @@ class Despliegue:
 
     async def answer_super(self, images: list[DecodedImage], annotate: bool) -> SuperResponse:
         pixels = [image.pixels for image in images]
-        detections, detector = unzip(await self.detect_faces(pixels), "face_detector")
-        crop_size = (await self.model_input("faces", "face_validator")).size
+        detections, detectors = unzip(await self.calls["face_detector"](pixels), "face_detector")
+        crop_size = (await self.model_input("face_validator")).size
         assert crop_size is not None
-        # Every face of every image goes to the validation CNN in one call (one batch), each
-        # crop cut from the image the detector saw and sized as the validator takes it.
-        crops = [
-            resize(crop(image.pixels, face.box), crop_size)
-            for image, rows in zip(images, detections, strict=True)
-            for face in faces_of(rows, DETECTION_THRESHOLD)
-        ]
-        if crops:
-            scores, validator = unzip(await self.validate_faces(crops), "face_validator")
-        else:
-            scores, validator = [], await self.served_tag("faces", "face_validator")
-        per_image = [
-            faces_of(rows, DETECTION_THRESHOLD, image.scale)
-            for image, rows in zip(images, detections, strict=True)
-        ]
-        verdicts, start = [], 0
-        for image, faces in zip(images, per_image, strict=True):
-            own, start = scores[start : start + len(faces)], start + len(faces)
-            validated = [
-                ValidatedFace(
-                    **face.model_dump(), score=round(score, 4), result=score >= VALIDATION_THRESHOLD
-                )
-                for face, score in zip(faces, own, strict=True)
-            ]
-            drawn = await annotated_png(image, validated) if annotate else None
-            verdicts.append(
-                ImageVerdict(
-                    result=any(face.result for face in validated),
-                    score=max((face.score for face in validated), default=0.0),
-                    faces=validated,
-                    annotated_png=drawn,
-                )
-            )
-        return SuperResponse(
-            images=verdicts,
-            threshold=VALIDATION_THRESHOLD,
-            detector=detector,
-            model=validator,
-            model_tag=validator,
+        # Crops are cut from the image the detector saw; the answer's coordinates are the sent
+        # image's (`scale`).
+        seen = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
+        crops = crops_to_validate(pixels, seen, crop_size)
+        scores, validators = unzip(
+            await self.calls["face_validator"](crops) if crops else [], "face_validator"
         )
+        sent = [
+            faces_of(rows, THRESHOLDS["face_detector"], image.scale)
+            for image, rows in zip(images, detections, strict=True)
+        ]
+        validated = validated_faces(sent, scores, THRESHOLDS["face_validator"])
+        drawn = [
+            await annotated_png(image, faces) if annotate else None
+            for image, faces in zip(images, validated, strict=True)
+        ]
+        verdicts = super_response(
+            validated,
+            drawn,
+            THRESHOLDS["face_validator"],
+            await self.card("face_detector", detectors[0]),
+            await self.card("face_validator", validators[0] if validators else None),
+        )
+        return tagged(verdicts, validators)
 
     async def panel(self) -> dict[str, ModelCard]:
-        """The served antibiotic models by code."""
+        """The served antibiotic models by code (not their canaries or shadows)."""
         cards = await self.cards("antibiotics")
-        return {
-            card.serves.partition(".")[2]: card
-            for card in cards
-            if card.lane == "served" and card.serves
-        }
+        return panel_of([card for card in cards if card.lane == "served"], PANEL)
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
     @answers_client_errors
@@ -452,99 +377,44 @@ class Despliegue:
         self, features: list[list[float]], codes: list[str] | None = None
     ) -> AntibioticsResponse:
         """S / I / R for each feature vector, from each requested antibiotic's model."""
-        panel = await self.panel()
-        if not panel:
-            raise ClientError(
-                ["codes"],
-                "no antibiotic model is served: import one (python save_models.py import "
-                f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel",
-                status=HTTPStatus.NOT_FOUND,
-            )
-        wanted = list(dict.fromkeys(codes)) if codes else models_for_length(panel, features)
-        for index, code in enumerate(wanted):
-            if code not in panel:
-                raise ClientError(
-                    ["codes", index],
-                    f"unknown antibiotic {code!r}; available: {', '.join(sorted(panel))}",
-                )
-        for code in wanted:
-            expected = int(panel[code].metadata["input_length"])
-            for index, vector in enumerate(features):
-                if len(vector) != expected:
-                    raise ClientError(
-                        ["features", index],
-                        f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
-                    )
-        rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
-        answered = await self.susceptibility(rows)
-        results = []
-        for start, code in zip(range(0, len(rows), len(features)), wanted, strict=True):
-            own, tag = unzip(answered[start : start + len(features)], f"antibiotics.{code}")
-            card = await self.card("antibiotics", tag)
-            classes = card.metadata["classes"]
-            predictions = []
-            for p in own:
-                by_class = {c: round(float(v), 4) for c, v in zip(classes, p, strict=True)}
-                predictions.append(
-                    Prediction(predicted_class=classes[int(np.argmax(p))], probabilities=by_class)
-                )
-            results.append(
-                AntibioticResult(
-                    code=code,
-                    model=tag,
-                    model_tag=tag,
-                    version=card.tag.partition(":")[2],
-                    registered_version=card.labels.get("mlflow_version"),
-                    predictions=predictions,
-                )
-            )
-        return AntibioticsResponse(results=results)
-
-    async def panel_listing(self) -> AntibioticPanelListing:
-        entries = [
-            PanelEntry(
-                code=code,
-                model=card.tag,
-                version=card.tag.partition(":")[2],
-                input_length=int(card.metadata["input_length"]),
-                classes=card.metadata["classes"],
-                features=card.metadata.get("features"),
-                preprocessing=(card.metadata.get("preprocessing") or {}).get("kind", "none"),
-                reference=card.reference,
-                source={k: v for k, v in card.labels.items() if k not in {"family", "reference"}},
-            )
-            for code, card in sorted((await self.panel()).items())
-        ]
-        return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
+        served = await self.panel()
+        wanted = requested_codes(served, PANEL, features, codes)
+        answered = await self.calls["antibiotics"](panel_rows(wanted, features))
+        # Each code's answers, and the card of the model that gave them (served or canary).
+        per_code, answering = [], {}
+        for start, code in zip(range(0, len(answered), len(features)), wanted, strict=True):
+            answers, tags = unzip(answered[start : start + len(features)], f"antibiotics.{code}")
+            per_code += answers
+            answering[code] = await self.card(f"antibiotics.{code}", tags[0])
+        return antibiotics_response(answering, wanted, len(features), per_code)
 
     async def model_listing(self) -> ServedModels:
-        described = dict(
-            zip(FAMILIES, await asyncio.gather(*map(self.described, FAMILIES)), strict=True)
-        )
+        names = [family.name for family in registry.FAMILIES]
+        described = dict(zip(names, await asyncio.gather(*map(self.described, names)), strict=True))
         families = {}
-        for family, plan in lifecycle.plans().items():
-            runner = described[lifecycle.facts(family).runner]
-            families[family] = FamilyLifecycle(
+        for key, plan in lifecycle.plans().items():
+            runner = described[lifecycle.facts(key).runner]
+            families[key] = FamilyLifecycle(
                 served=plan.served,
                 source=plan.source,
                 previous=plan.previous,
                 candidates=lifecycle.candidates(plan),
                 canary=CanaryState(tag=plan.canary, percent=plan.percent) if plan.canary else None,
                 shadow=plan.shadow,
-                loaded=runner.lanes.get(family, {}),
-                problem=runner.problems.get(family),
+                loaded=runner.lanes.get(key, {}),
+                problem=runner.problems.get(key),
             )
         cards = [card for models in described.values() for card in models.cards]
         return ServedModels(models=cards, families=families)
 
-    async def comparison(self, family: str) -> ShadowStats:
+    async def comparison(self, key: str) -> ShadowStats:
         try:
-            runner = lifecycle.facts(family).runner
+            runner = lifecycle.facts(key).runner
         except KeyError:
-            raise HTTPException(404, f"unknown family {family!r}") from None
-        stats = (await self.described(runner, fresh=True)).shadow.get(family)
+            raise HTTPException(404, f"unknown family {key!r}") from None
+        stats = (await self.described(runner, fresh=True)).shadow.get(key)
         if stats is None:
-            raise HTTPException(404, f"{family} is not served")
+            raise HTTPException(404, f"{key} is not served")
         return stats
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
@@ -552,12 +422,12 @@ class Despliegue:
     @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
     async def get_antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel: one model per code, its input length, classes and origin."""
-        return await self.panel_listing()
+        return panel_listing(await self.panel(), PANEL)
 
     @bentoml.api(route="/antibiotics/panel")
     async def antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel, as GET /antibiotics gives it (for the Python client)."""
-        return await self.panel_listing()
+        return panel_listing(await self.panel(), PANEL)
 
     @catalog.get("/models", response_model=ServedModels)
     async def get_models(self) -> ServedModels:

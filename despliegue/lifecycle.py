@@ -502,15 +502,15 @@ class Answered(NamedTuple):
     answer: Any
 
 
-def unzip(answers: Sequence[Answered], family: str) -> tuple[list[Any], str]:
-    """The answers of one request, and the tag that answered it (in the API).
+def unzip(answers: Sequence[Answered], family: str) -> tuple[list[Any], list[str]]:
+    """The answers of one request, and the tags that answered it (in the API), counted.
 
-    A request split across two runner batches while a canary runs or a swap happens may be
-    answered by two tags; both are named, comma-separated."""
+    One tag, except for a request split across two runner batches while a canary runs or a
+    swap happens: responses then name both, comma-separated."""
     tags = list(dict.fromkeys(item.model_tag for item in answers))
     for tag in tags:
         _api_requests().labels(family=family, model_tag=tag).inc()
-    return [item.answer for item in answers], ",".join(tags)
+    return [item.answer for item in answers], tags
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class FalseTrueClassifier:
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, texts: list[str]) -> list[Answered]:
-        """(label, probability of Real) per text, with the tag that answered."""
+        """One TextVerdictRow per text (despliegue/contracts.py), with the tag that answered."""
         return self.models.answer("falsetrue", texts, label_and_probability)
 
     @bentoml.api
