@@ -24,8 +24,10 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
 
 from despliegue import lifecycle, registry
 from despliegue.answers.antibiotics import (
@@ -59,7 +61,13 @@ from despliegue.auth import (
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.errors import ClientErrorWording, answers_client_errors, install_log_filter
+from despliegue.errors import (
+    ClientErrorWording,
+    answers_client_errors,
+    error_body,
+    error_response,
+    install_log_filter,
+)
 from despliegue.heap import freeze_startup_heap
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
@@ -407,14 +415,17 @@ class Despliegue:
         cards = [card for models in described.values() for card in models.cards]
         return ServedModels(models=cards, families=families)
 
-    async def comparison(self, key: str) -> ShadowStats:
+    async def comparison(self, key: str) -> ShadowStats | Response:
+        """A family's shadow comparison, or 404 naming the family when it is not served."""
         try:
             runner = lifecycle.facts(key).runner
         except KeyError:
-            raise HTTPException(404, f"unknown family {key!r}") from None
-        stats = (await self.described(runner, fresh=True)).shadow.get(key)
+            runner = None
+        stats = (await self.described(runner, fresh=True)).shadow.get(key) if runner else None
         if stats is None:
-            raise HTTPException(404, f"{key} is not served")
+            served = ", ".join(sorted(lifecycle.served_tags()))
+            message = f"{key!r} is not a served family; families: {served}"
+            return error_response(404, error_body(["family"], message, "value_error"))
         return stats
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
@@ -439,11 +450,29 @@ class Despliegue:
         """The models being served, as GET /models gives them (for the Python client)."""
         return await self.model_listing()
 
-    @catalog.get("/models/{family}/compare", response_model=ShadowStats)
-    async def get_comparison(self, family: str) -> ShadowStats:
+    # The family is read from the path, not declared as a parameter: FastAPI would add its own
+    # 422 answer to the document, and every error here has the product's error body.
+    @catalog.get(
+        "/models/{family}/compare",
+        response_model=ShadowStats,
+        responses={404: {"description": "Not a served family (the body lists them)"}},
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "family",
+                    "in": "path",
+                    "required": True,
+                    "description": "heatflow, falsetrue, flowers, face_detector, "
+                    "face_validator or antibiotics.<CODE>",
+                    "schema": {"type": "string", "examples": ["heatflow"]},
+                }
+            ]
+        },
+    )
+    async def get_comparison(self, request: Request) -> ShadowStats | Response:
         """The shadow model's answers compared with the served model's: agreement rate and
         mean absolute difference (since the runner loaded this pair)."""
-        return await self.comparison(family)
+        return await self.comparison(request.path_params["family"])
 
 
 # The first added is the outermost. Probes come first: answered at once, before auth, audit
