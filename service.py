@@ -195,6 +195,7 @@ class Despliegue:
 
     def __init__(self) -> None:
         self._described: dict[str, Described] = {}
+        self._cards_by_tag: dict[str, ModelCard] = {}
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
         # Every batchable runner method by model key, as the endpoints call it: concurrent
         # requests share one call (despliegue/coalescing.py).
@@ -223,6 +224,8 @@ class Despliegue:
             answer = await getattr(self, family).to_async.describe()
             models = RunnerModels.model_validate(answer, from_attributes=True)
             kept = self._described[family] = Described(models, time.monotonic())
+            # Kept for good: a batch that started before a swap answers with the replaced model.
+            self._cards_by_tag.update({card.tag: card for card in models.cards})
         return kept.models
 
     async def cards(self, family: str) -> list[ModelCard]:
@@ -235,11 +238,9 @@ class Despliegue:
         if tag is None:
             tag = str((await self.described(runner)).lanes[key]["served"])
         tag = tag.split(",")[0]
-        for fresh in (False, True):
-            for card in (await self.described(runner, fresh)).cards:
-                if card.tag == tag:
-                    return card
-        raise LookupError(f"{runner} answered with {tag}, which it does not describe")
+        if tag not in self._cards_by_tag:
+            await self.described(runner, fresh=True)
+        return self._cards_by_tag[tag]
 
     async def model_input(self, key: str) -> ModelInput:
         """The input size a CNN takes, as its model card's preprocessing records it."""
