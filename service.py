@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
@@ -36,6 +37,17 @@ from despliegue.auth import (
 from despliegue.coalescing import coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
+from despliegue.drift import (
+    FAMILIES as DRIFT_FAMILIES,
+)
+from despliegue.drift import (
+    Recorder,
+    RejectionMetrics,
+    family_report,
+    observed,
+    storage_dir,
+    worker_name,
+)
 from despliegue.errors import (
     ClientError,
     ClientErrorWording,
@@ -60,10 +72,13 @@ from despliegue.schemas import (
     AntibioticResult,
     AntibioticsRequest,
     AntibioticsResponse,
+    BaselineFacts,
+    DriftState,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
+    FamilyMonitoring,
     FlowerAnswer,
     FlowerClass,
     FlowersRequest,
@@ -136,43 +151,75 @@ class Despliegue:
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
+        drift = settings().drift
+        self.recorder = Recorder(drift, storage_dir(drift), worker_name())
+
+        def monitored(name: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+            """The one place answered calls are recorded for drift (despliegue/drift.py)."""
+            return observed(name, call, self.cards, self.recorder)
+
         # Every batchable runner method, as the endpoints call it: concurrent requests share
         # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
         families = settings().families
-        self.predict_heat_flow = coalesce(
-            "HeatFlowRegressor.predict",
-            lambda values: self.heatflow.to_async.predict(np.asarray(values, dtype=float)),
-            families["heatflow"].batching,
+        self.predict_heat_flow = monitored(
+            "heatflow",
+            coalesce(
+                "HeatFlowRegressor.predict",
+                lambda values: self.heatflow.to_async.predict(np.asarray(values, dtype=float)),
+                families["heatflow"].batching,
+            ),
         )
-        self.classify_texts = coalesce(
-            "FalseTrueClassifier.classify",
-            lambda texts: self.falsetrue.to_async.classify(texts),
-            families["falsetrue"].batching,
+        self.classify_texts = monitored(
+            "falsetrue",
+            coalesce(
+                "FalseTrueClassifier.classify",
+                lambda texts: self.falsetrue.to_async.classify(texts),
+                families["falsetrue"].batching,
+            ),
         )
-        self.classify_flowers = coalesce(
-            "FlowerClassifier.classify",
-            lambda images: self.flowers.to_async.classify(images),
-            families["flowers"].batching,
+        self.classify_flowers = monitored(
+            "flowers",
+            coalesce(
+                "FlowerClassifier.classify",
+                lambda images: self.flowers.to_async.classify(images),
+                families["flowers"].batching,
+            ),
         )
-        self.detect_faces = coalesce(
-            "FaceAnalyzer.detect",
-            lambda images: self.faces.to_async.detect(images),
-            families["face_detector"].batching,
+        self.detect_faces = monitored(
+            "face_detector",
+            coalesce(
+                "FaceAnalyzer.detect",
+                lambda images: self.faces.to_async.detect(images),
+                families["face_detector"].batching,
+            ),
         )
-        self.validate_faces = coalesce(
-            "FaceAnalyzer.validate",
-            lambda crops: self.faces.to_async.validate(crops),
-            families["face_validator"].batching,
+        self.validate_faces = monitored(
+            "face_validator",
+            coalesce(
+                "FaceAnalyzer.validate",
+                lambda crops: self.faces.to_async.validate(crops),
+                families["face_validator"].batching,
+            ),
         )
-        self.susceptibility = coalesce(
-            "AntibioticPanel.susceptibility",
-            lambda rows: self.antibiotics.to_async.susceptibility(rows),
-            families["antibiotics"].batching,
+        self.susceptibility = monitored(
+            "antibiotics",
+            coalesce(
+                "AntibioticPanel.susceptibility",
+                lambda rows: self.antibiotics.to_async.susceptibility(rows),
+                families["antibiotics"].batching,
+            ),
         )
         freeze_startup_heap()
 
+    @bentoml.on_shutdown
+    def save_drift_windows(self) -> None:
+        """The live drift windows survive a restart (they are also saved periodically)."""
+        self.recorder.save()
+
     async def cards(self, family: str) -> list[ModelCard]:
-        """The model cards of a family's runner (its attribute here), asked once, then kept."""
+        """The model cards of a family's runner (its attribute here), asked once, then kept.
+
+        This is where the served model tags come from (drift labels everything by them)."""
         if family not in self._cards:
             described = await getattr(self, family).to_async.describe()
             self._cards[family] = [ModelCard.model_validate(card) for card in described]
@@ -399,7 +446,43 @@ class Despliegue:
 
     async def model_listing(self) -> ServedModels:
         per_family = await asyncio.gather(*(self.cards(family) for family in FAMILIES))
-        return ServedModels(models=[card for cards in per_family for card in cards])
+        monitoring = {}
+        if self.recorder.settings.capture:
+            for family in DRIFT_FAMILIES:
+                report = await family_report(family, self.cards, self.recorder)
+                monitoring[family] = FamilyMonitoring(
+                    baseline={
+                        m["model_tag"]: BaselineFacts(**m["baseline"]) for m in report["models"]
+                    },
+                    drift=DriftState(verdict=report["verdict"], checked_at=report["checked_at"]),
+                )
+        return ServedModels(
+            models=[card for cards in per_family for card in cards], monitoring=monitoring
+        )
+
+    async def drift_of(self, family: str) -> dict[str, Any]:
+        if family not in DRIFT_FAMILIES:
+            raise ClientError(
+                ["family"],
+                f"unknown family {family!r}; one of {list(DRIFT_FAMILIES)}",
+                status=HTTPStatus.NOT_FOUND,
+            )
+        return await family_report(family, self.cards, self.recorder)
+
+    @catalog.get("/drift/{family}")
+    async def get_drift(self, family: str) -> Any:
+        """Drift of a family's served models: per feature the test, p-value, PSI, threshold
+        and verdict, against each model's baseline (see docs/operations.md)."""
+        try:
+            return await self.drift_of(family)
+        except ClientError as exc:
+            return exc.to_response()
+
+    @bentoml.api(route="/drift")
+    @answers_client_errors
+    async def drift_report(self, family: str) -> dict[str, Any]:
+        """Drift of a family, as GET /drift/{family} gives it (for the Python client)."""
+        return await self.drift_of(family)
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
     # bentoml.SyncHTTPClient has a method for each (it only calls APIs, never mounted routes).
@@ -431,6 +514,9 @@ Despliegue.add_asgi_middleware(
     Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
 )
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
+Despliegue.add_asgi_middleware(
+    RejectionMetrics, routes=frozenset(api.route for api in Despliegue.apis.values())
+)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(
     PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)

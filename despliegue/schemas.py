@@ -183,8 +183,34 @@ class AntibioticPanelListing(BaseModel):
     antibiotics: list[PanelEntry]
 
 
+class BaselineFacts(BaseModel):
+    source: str = Field(
+        description='"reference", "import" (data passed at import) or "first N requests"',
+        examples=["reference"],
+    )
+    count: int = Field(description="items the baseline was made from")
+
+
+class DriftState(BaseModel):
+    verdict: str = Field(
+        examples=["no drift"], description='"no drift", "drift" or "insufficient data"'
+    )
+    checked_at: str
+
+
+class FamilyMonitoring(BaseModel):
+    """Drift monitoring of one family: each served model's baseline, the family's verdict
+    (details: GET /drift/{family})."""
+
+    baseline: dict[str, BaselineFacts] = Field(description="by model tag")
+    drift: DriftState
+
+
 class ServedModels(BaseModel):
     models: list[ModelCard]
+    monitoring: dict[str, FamilyMonitoring] = Field(
+        default_factory=dict, description="by family; empty when drift capture is off"
+    )
 
 
 # Image endpoints. Only the length of each Base64 text is bounded here (it shows in the

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from despliegue.baselines import build_baseline, text_summary
 from despliegue.families.base import Recipe, ReferenceModel
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "falsetrue_corpus.csv"
@@ -59,14 +60,14 @@ def build_reference() -> ReferenceModel:
             "accuracy": round(float(accuracy_score(y_test, predicted)), 4),
             "f1_real": round(float(f1_score(y_test, predicted)), 4),
         },
-        "baseline": {
-            "text_chars": {
-                "mean": round(float(lengths.mean()), 2),
-                "std": round(float(lengths.std()), 2),
+        "baseline": build_baseline(
+            text_summary(x_train),
+            {
+                "class": [str(int(label)) for label in model.predict(x_train)],
+                "probability_real": model.predict_proba(x_train)[:, 1].tolist(),
             },
-            "real_rate": round(float(np.mean(y_train)), 4),
-            "count": len(x_train),
-        },
+            source="reference",
+        ),
     }
     return ReferenceModel(model=model, metadata=metadata)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from despliegue.baselines import build_baseline, images_summary
 from despliegue.families.base import Recipe, ReferenceModel
 
 # Oxford-102 category ids the seed serves, with the dataset's own names.
@@ -267,6 +268,7 @@ def build_reference() -> ReferenceModel:
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
     named = 1.0 - rejection_rate(probabilities)
     rejected = rejection_rate(predict(others_held_out))
+    trained = predict(flowers)
     metadata = {
         "reference": True,
         "task": "image classification, 18 Oxford-102 flower classes",
@@ -295,6 +297,15 @@ def build_reference() -> ReferenceModel:
             "non_flowers_rejected": round(rejected, 4),
         },
         "parameters": int(model.count_params()),
+        # Of the flowers trained on (what the model is for), not of the non-flower photos.
+        "baseline": build_baseline(
+            images_summary(flowers),
+            {
+                "class": [str(int(i)) for i in trained.argmax(axis=1)],
+                "confidence": trained.max(axis=1).tolist(),
+            },
+            source="reference",
+        ),
     }
     return ReferenceModel(model=model, metadata=metadata)
 
