@@ -134,12 +134,19 @@ def print_store() -> None:
     show(table)
 
 
-def import_source(model_name: str, source: str, classes: str | None) -> Outcome:
+def import_source(
+    model_name: str, source: str, classes: str | None, baseline: Path | None = None
+) -> Outcome:
     """An MLflow URI or folder goes through MLflow; any other source is an artifact file."""
     if is_mlflow_source(source):
+        if baseline is not None:
+            raise ImportRefused(
+                "--baseline is for artifact files; an MLflow model's baseline "
+                "comes from its first served requests"
+            )
         return import_mlflow(source, model_name)
     declared = {"classes": classes.split(",")} if classes else None
-    return import_artifact(model_name, Path(source), declared=declared)
+    return import_artifact(model_name, Path(source), declared=declared, baseline_data=baseline)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -170,6 +177,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--classes",
         help="class labels of a Keras classifier file, in output order (default S,I,R); "
         "MLflow models declare them in their MLmodel metadata",
+    )
+    imports.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="FILE_OR_FOLDER",
+        help="data like the training data, for drift monitoring: a CSV of values (heatflow) or "
+        "feature vectors (antibiotics), a text file of one text per line (falsetrue), a folder "
+        "of images (flowers). Without it, the first served requests make the baseline",
     )
     commands.add_parser("list", help="list the models in the store")
     backups = commands.add_parser("backup", help="export the served models with a manifest")
@@ -209,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import":
         prepare_tensorflow([r for r in RECIPES.values() if r.matches(args.model_name)])
         try:
-            outcome = import_source(args.model_name, args.source, args.classes)
+            outcome = import_source(args.model_name, args.source, args.classes, args.baseline)
         except ImportRefused as exc:
             console.print(f"[bold red]import refused:[/] {exc}")
             console.print("The model store is unchanged.")

@@ -164,6 +164,121 @@ def runners_of(family: str) -> list[str]:
     return list(dict.fromkeys(e.runner for e in MONITORED.values() if e.family == family))
 
 
+# --- Baselines from data passed at import (`save_models.py import ... --baseline PATH`) -----
+# Per family: how the data is read and how the model answers it, as its runner would; the
+# answers then go through the same summary function as live calls, so the baseline and the
+# live windows measure the same things.
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def read_numbers(path: Path) -> np.ndarray:
+    """Rows of numbers from a CSV file (a header line of names is skipped)."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    try:
+        float(rows[0][0])
+    except (ValueError, IndexError):
+        rows = rows[1:]
+    try:
+        data = np.asarray(rows, dtype=float)
+    except ValueError as exc:
+        raise ValueError(f"{path}: every row must hold the same count of numbers ({exc})") from None
+    return data.reshape(len(rows), -1)
+
+
+def read_texts(path: Path) -> list[str]:
+    """One text per non-empty line."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_images(path: Path) -> list[np.ndarray]:
+    """Every image file of a folder, as RGB arrays."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    return images
+
+
+def _heatflow_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    values = read_numbers(path)[:, 0]
+    return values.tolist(), np.asarray(model.predict(values.reshape(-1, 1)), dtype=float)
+
+
+def _falsetrue_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    texts = read_texts(path)
+    labels = np.asarray(model.predict(texts), dtype=float)
+    if hasattr(model, "predict_proba"):
+        p_real = np.asarray(model.predict_proba(texts))[:, list(model.classes_).index(1)]
+    else:
+        p_real = np.full(len(texts), np.nan)
+    return texts, np.stack([labels, p_real], axis=1)
+
+
+def _flowers_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    from despliegue.artifacts import ModelCard
+    from despliegue.tensorflow_runtime import CompiledImageModel
+
+    images = read_images(path)
+    card = ModelCard(
+        tag="import:baseline", family="flowers", framework="keras", reference=False,
+        created=datetime.now(UTC), metadata=dict(meta),
+    )  # fmt: skip
+    return images, list(CompiledImageModel(model, card)(images))
+
+
+def _antibiotics_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    from types import SimpleNamespace
+
+    features = read_numbers(path).astype(np.float32)
+    if features.shape[1] != int(meta["input_length"]):
+        raise ValueError(
+            f"{path}: {features.shape[1]} columns; the model takes {meta['input_length']}"
+        )
+    preprocessing = meta.get("preprocessing") or {"kind": "none"}
+    scaled = features
+    if preprocessing.get("kind") == "standardize":
+        scaled = (features - np.asarray(preprocessing["mean"])) / np.asarray(preprocessing["std"])
+    answers = np.asarray(model(scaled.astype(np.float32), training=False), dtype=float)
+    rows = [SimpleNamespace(code=meta["code"], features=row) for row in features.tolist()]
+    return rows, answers
+
+
+IMPORT_ANSWERS: dict[str, Callable[[Any, Mapping[str, Any], Path], tuple[list, Any]]] = {
+    "heatflow": _heatflow_answers,
+    "falsetrue": _falsetrue_answers,
+    "flowers": _flowers_answers,
+    "antibiotics": _antibiotics_answers,
+}
+
+
+def import_baseline(family: str, model: Any, metadata: Mapping[str, Any], path: Path) -> dict:
+    """The baseline of an imported model from the data given with it (CSV of values or
+    vectors, a text file of one text per line, a folder of images); ValueError if unusable."""
+    from types import SimpleNamespace
+
+    if family not in IMPORT_ANSWERS:
+        raise ValueError(
+            f"no baseline from data for {family} models: leave --baseline out, and the first "
+            "served requests make one"
+        )
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    items, answers = IMPORT_ANSWERS[family](model, metadata, path)
+    if len(items) < 10:
+        raise ValueError(f"{path}: {len(items)} items; a baseline needs at least 10")
+    card = SimpleNamespace(tag="import", family=family, metadata=dict(metadata))
+    observations = MONITORED[family].summarise(items, answers, [card])
+    _, _, summary, outputs = observations[0]
+    return build_baseline(summary, outputs, source="import")
+
+
 # --- Statistics -------------------------------------------------------------------------------
 
 PROPORTION_FLOOR = 1e-4  # an empty bin counts as this share, so PSI stays finite

@@ -63,11 +63,14 @@ def import_artifact(
     declared: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
+    baseline_data: Path | None = None,
 ) -> Outcome:
     """Probe a user's artifact and, if it answers, store it under `model_name`.
 
     `declared` is what the import says about serving the model (class labels, preprocessing);
     `provenance` and `labels` record where it came from (e.g. an MLflow run and version).
+    `baseline_data` (data like the model's training data) makes its drift baseline; without
+    it the first served requests do.
     """
     recipe = recipe_for(model_name)
     if not path.is_file():
@@ -83,6 +86,13 @@ def import_artifact(
             serving = recipe.serving_metadata(model_name, model, declared or {})
         except ValueError as exc:
             raise ImportRefused(f"{path}: {exc}") from exc
+    if baseline_data is not None:
+        from despliegue.drift import import_baseline
+
+        try:
+            serving["baseline"] = import_baseline(recipe.family, model, serving, baseline_data)
+        except (ValueError, OSError) as exc:
+            raise ImportRefused(f"--baseline {baseline_data}: {exc}") from exc
     digest = sha256_of(path)
     write = copy_file(path)
     if recipe.framework == "keras" and path.suffix.lower() != ".keras":

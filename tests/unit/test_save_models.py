@@ -172,3 +172,31 @@ def test_list_on_an_empty_store_says_how_to_fill_it(home: Path) -> None:
     assert listed.returncode == 0
     text = " ".join(listed.stderr.split())
     assert "is empty" in text and "python save_models.py" in text and "import NAME FILE" in text
+
+
+def test_import_with_baseline_data_stores_an_import_baseline(home: Path, tmp_path: Path) -> None:
+    artifact, data = tmp_path / "svr.joblib", tmp_path / "thickness.csv"
+    joblib.dump(fitted_heatflow_model(), artifact)
+    values = np.random.default_rng(0).uniform(0, 8000, 40)
+    data.write_text("sediment_thickness_m\n" + "\n".join(f"{v:.1f}" for v in values) + "\n")
+    args = ("import", "heatflow_svr", str(artifact), "--baseline", str(data))
+    result = run_save_models(*args, home=str(home))
+    assert result.returncode == 0, result.stdout + result.stderr
+    baseline = stored(home, "heatflow_svr")[0]["metadata"]["baseline"]
+    assert baseline["source"] == "import" and baseline["count"] == 40
+    thickness = baseline["inputs"]["sediment_thickness_m"]
+    assert thickness["mean"] == pytest.approx(values.mean())
+    assert baseline["outputs"]["heat_flow_mw_m2"]["count"] == 40
+
+
+def test_import_with_unusable_baseline_data_is_refused(home: Path, tmp_path: Path) -> None:
+    artifact, texts = tmp_path / "svr.joblib", tmp_path / "three.txt"
+    joblib.dump(fitted_heatflow_model(), artifact)
+    texts.write_text("1\n2\n3\n")
+    result = run_save_models(
+        "import", "heatflow_svr", str(artifact), "--baseline", str(texts), home=str(home)
+    )
+    assert result.returncode == 1
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "3 items; a baseline needs at least 10" in said
+    assert stored(home, "heatflow_svr") == []
