@@ -480,7 +480,9 @@ class Despliegue:
 
     @bentoml.api(route="/drift")
     @answers_client_errors
-    async def drift_report(self, family: str) -> dict[str, Any]:
+    async def drift_report(
+        self, family: Annotated[str, Field(examples=["heatflow"], description="a model family")]
+    ) -> dict[str, Any]:
         """Drift of a family, as GET /drift/{family} gives it (for the Python client)."""
         return await self.drift_of(family)
 

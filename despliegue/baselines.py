@@ -142,18 +142,24 @@ def build_baseline(
     """The baseline of a model from summaries of its data and its answers on them.
 
     `outputs` maps an output name to one value per item: strings for a class, numbers for a
-    score or a predicted value. Texts: the vocabulary comes from every other text, and the
-    out-of-vocabulary rate is measured on the texts left out of it, so the baseline holds the
-    rate an unseen text of the same kind has (on the vocabulary's own texts it would be 0).
+    score or a predicted value. Texts: the vocabulary holds every text's words, and the
+    out-of-vocabulary rate of each text is measured leaving that text out (its words no other
+    text has), so the baseline holds the rate an unseen text of the same kind has.
     """
     inputs = {name: numeric_baseline(values) for name, values in summary.numeric.items()}
     baseline: dict[str, Any] = {"source": source, "inputs": inputs}
     if summary.words is not None:
-        own, held_out = summary.words[::2], summary.words[1::2] or summary.words[::2]
-        frequent = Counter(w for words in own for w in set(words)).most_common(MAX_VOCABULARY)
-        vocabulary = sorted(w for w, _ in frequent)
+        texts_with = Counter(w for words in summary.words for w in set(words))
+        vocabulary = sorted(w for w, _ in texts_with.most_common(MAX_VOCABULARY))
         known = frozenset(vocabulary)
-        inputs["oov_rate"] = numeric_baseline([out_of_vocabulary(ws, known) for ws in held_out])
+        inputs["oov_rate"] = numeric_baseline(
+            [
+                sum(w not in known or texts_with[w] == 1 for w in words) / len(words)
+                if words
+                else 0.0
+                for words in summary.words
+            ]
+        )
         baseline["vocabulary"] = vocabulary
     baseline["outputs"] = {
         name: categorical_baseline(values)

@@ -129,6 +129,7 @@ FAMILY_TAGS: dict[str, str] = {
     "face": "img_super",
     "super": "img_super",
     "models": "catalog",
+    "drift": "monitoring",
     "livez": "infrastructure",
     "readyz": "infrastructure",
     "healthz": "infrastructure",
@@ -141,6 +142,7 @@ TAG_DESCRIPTIONS: dict[str, str] = {
     "img_super": "Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
     "antibiotics": "Seed 003: S / I / R per antibiotic, one Keras model per code (open panel).",
     "catalog": "What is being served: model tags, families, origin and metadata.",
+    "monitoring": "Drift of each family's served models against their baselines.",
     "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
 }
 # A multipart file field as OpenAPI 3.1 writes it (BentoML writes the non-standard type "file").
