@@ -31,10 +31,12 @@ until then, not written to disk); `GET /models` says which source each baseline 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,7 +49,6 @@ import numpy as np
 
 from despliegue.baselines import (
     Summary,
-    bin_counts,
     build_baseline,
     images_summary,
     out_of_vocabulary,
@@ -297,7 +298,7 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
 
 def binned_ks(expected: Sequence[float], actual: Sequence[float]) -> tuple[float, float]:
     """Two-sample KS statistic and asymptotic p-value from counts on the same bins."""
-    from scipy.stats import kstwobign
+    from scipy.special import kolmogorov  # the limiting distribution's survival function
 
     e = np.asarray(expected, dtype=float)
     a = np.asarray(actual, dtype=float)
@@ -305,7 +306,7 @@ def binned_ks(expected: Sequence[float], actual: Sequence[float]) -> tuple[float
     if n == 0 or m == 0:
         return float("nan"), float("nan")
     statistic = float(np.max(np.abs(np.cumsum(e) / n - np.cumsum(a) / m)))
-    return statistic, float(kstwobign.sf(statistic * np.sqrt(n * m / (n + m))))
+    return statistic, float(kolmogorov(statistic * np.sqrt(n * m / (n + m))))
 
 
 def chi_square(expected: Mapping[str, int], actual: Mapping[str, int]) -> tuple[float, float]:
@@ -408,8 +409,12 @@ def add_to_window(
                 for value in values:
                     counts[str(value)] = counts.get(str(value), 0) + 1
             else:
-                added = bin_counts(feature["edges"], values)
-                window[role][name] = [a + b for a, b in zip(window[role][name], added, strict=True)]
+                # bisect on a short list: a call holds few values, and numpy's overhead per
+                # call is larger than the work here.
+                counts, edges = window[role][name], feature["edges"]
+                for value in values:
+                    if math.isfinite(value):
+                        counts[bisect.bisect_left(edges, value)] += 1
     items = max([len(v) for v in numeric.values()] + [len(v) for v in outputs.values()] + [0])
     window["items"] += items
     return items
@@ -637,6 +642,8 @@ def _write_json(path: Path, content: Any) -> None:
 
 # --- Metrics ---------------------------------------------------------------------------------
 
+# Outputs that are scores or probabilities in [0, 1]; every other numeric output is a value.
+SCORE_OUTPUTS = frozenset({"probability_real", "confidence", "score"})
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 VALUE_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150, 200, 500, 1000)
 
@@ -688,6 +695,7 @@ class ServiceMetrics:
         self.rejections = Counter(
             "despliegue_input_rejections", "Refused inputs by route and reason", ["route", "reason"]
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def observe(self, family: str, tag: str, outputs: Outputs) -> None:
         for name, values in outputs.items():
@@ -695,21 +703,31 @@ class ServiceMetrics:
                 continue
             if isinstance(values[0], str):
                 for label, count in _tally(values).items():
-                    self.predictions.labels(family, tag, label).inc(count)
+                    self._child(self.predictions, family, tag, label).inc(count)
                 continue
-            unit = all(0.0 <= v <= 1.0 for v in values)
-            histogram = (self.scores if unit and name != "faces" else self.values).labels(
-                family, tag, name
-            )
+            # A [0, 1] output is a score, anything else a value (a count of faces is a value
+            # even when it happens to be 0 or 1).
+            kind = self.scores if name in SCORE_OUTPUTS else self.values
+            histogram = self._child(kind, family, tag, name)
             for value in values:
                 histogram.observe(value)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """The labelled series, looked up once (prometheus_client's labels() costs more than
+        an increment)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def drift(self, family: str, tag: str, judged: Sequence[Mapping[str, Any]]) -> None:
         for feature in judged:
             name = f"{feature['role']}.{feature['feature']}"
             if feature["psi"] is not None:
-                self.psi.labels(family, tag, name).set(feature["psi"])
-            self.drifted.labels(family, tag, name).set(float(feature["verdict"] == "drift"))
+                self._child(self.psi, family, tag, name).set(feature["psi"])
+            drifted = float(feature["verdict"] == "drift")
+            self._child(self.drifted, family, tag, name).set(drifted)
 
 
 def _tally(values: Sequence[str]) -> dict[str, int]:
