@@ -53,6 +53,8 @@ def exported_names() -> set[str]:
     metrics = service_metrics()
     names = set()
     for metric in vars(metrics).values():
+        if not hasattr(metric, "collect"):
+            continue
         for family in metric.collect():
             names.update(sample.name for sample in family.samples)
             names.add(family.name + ("_total" if family.type == "counter" else ""))
