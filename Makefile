@@ -10,8 +10,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make serve BENTOML_DO_NOT_TRACK=false` turns it on.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: help venv client-venv test-tools models serve test fuzz lint build bench bench-quick \
-	stress profile clean container-tools container-base container container-test \
+.PHONY: help venv client-venv test-tools models serve test postgresql fuzz lint build bench \
+	bench-quick stress profile clean container-tools container-base container container-test \
 	container-clean k8s-config
 
 help:  ## list the targets
@@ -42,10 +42,13 @@ models: venv  ## build the reference models missing from the BentoML model store
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
 	DESPLIEGUE_AUTH=off $(BIN)/python -m despliegue.serving --host 127.0.0.1 --port $(PORT)
 
-test: venv client-venv  ## run the whole test suite (unit, live server, browser, client, build)
+test: venv client-venv postgresql  ## run the whole test suite (unit, live server, browser, client, build)
 	@# Without the browser the UI tests skip saying why (and fail when CI=true).
 	-@scripts/test-tools.sh
 	$(BIN)/python -m pytest
+
+postgresql:  ## install Debian's PostgreSQL for the MLflow test (root, apt; says why if it cannot)
+	-scripts/postgresql.sh
 
 fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
 	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s

@@ -129,6 +129,30 @@ async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
     return await asyncio.to_thread(decode_uploads, files, field)
 
 
+def models_for_length(panel: dict[str, ModelCard], features: list[list[float]]) -> list[str]:
+    """What a request without `codes` asks: every panel model whose input length is the
+    vectors' length (the panel may mix models of different lengths). All vectors of such a
+    request must have one length; if no model takes it, 422 lists the lengths by code."""
+    length = len(features[0])
+    for index, vector in enumerate(features):
+        if len(vector) != length:
+            raise ClientError(
+                ["features", index],
+                f"without codes, every vector must have the same length (vector 0 has "
+                f"{length} values, this one {len(vector)}): send codes, or one length per request",
+            )
+    lengths = {code: int(card.metadata["input_length"]) for code, card in panel.items()}
+    matching = [code for code, expected in lengths.items() if expected == length]
+    if not matching:
+        listed = ", ".join(f"{code}: {expected}" for code, expected in sorted(lengths.items()))
+        raise ClientError(
+            ["features", 0],
+            f"no antibiotic model takes {length} values per vector; input lengths by code: "
+            f"{listed}",
+        )
+    return matching
+
+
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -388,7 +412,7 @@ class Despliegue:
                 f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel, then restart",
                 status=HTTPStatus.NOT_FOUND,
             )
-        wanted = list(dict.fromkeys(codes)) if codes else list(panel)
+        wanted = list(dict.fromkeys(codes)) if codes else models_for_length(panel, features)
         for index, code in enumerate(wanted):
             if code not in panel:
                 raise ClientError(

@@ -20,6 +20,7 @@ import bentoml
 from pydantic import BaseModel, Field
 
 from despliegue.config import PanelConfig
+from despliegue.preprocessing import summary as preprocessing_summary
 
 Framework = Literal["sklearn", "keras", "mtcnn"]
 # The file `framework` loads from; an mtcnn model is a manifest next to its three weight files.
@@ -41,6 +42,12 @@ class ModelCard(BaseModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Where the model came from (file, MLflow run/version)"
     )
+    preprocessing: str | None = Field(
+        default=None,
+        description="What is done to the input before the model is called, decided at import "
+        "(metadata.preprocessing has the numbers)",
+        examples=["raw 0–255 (detected, in the model: rescaling (Rescaling × 0.00392157 + 0))"],
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
@@ -53,6 +60,7 @@ class ModelCard(BaseModel):
             reference=bool(meta.get("reference", False)),
             created=stored.info.creation_time,
             labels=dict(stored.info.labels),
+            preprocessing=preprocessing_summary(meta),
             metadata=meta,
         )
 
@@ -140,6 +148,8 @@ def _load_joblib(path: Path) -> Any:
 
 def _load_keras(path: Path) -> Any:
     import keras
+
+    import despliegue.keras_conversion  # noqa: F401  (registers EmbeddedSavedModel for SavedModels)
 
     return keras.models.load_model(path, compile=False)
 

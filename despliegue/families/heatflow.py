@@ -18,6 +18,7 @@ import numpy as np
 
 from despliegue.baselines import Summary, build_baseline
 from despliegue.families.base import Recipe, ReferenceModel
+from despliegue.sklearn_input import OneColumnInput, numeric_column
 
 MAX_TRAINING_THICKNESS_M = 12_000.0
 SEED = 2026
@@ -70,7 +71,7 @@ def build_reference() -> ReferenceModel:
 def probe(model: Any) -> None:
     if not hasattr(model, "predict"):
         raise ValueError(f"a {type(model).__name__} has no predict() method")
-    probe_input = np.array([[0.0], [1000.0], [5000.0]])
+    probe_input = OneColumnInput(model, numeric_column)([0.0, 1000.0, 5000.0])
     output = np.asarray(model.predict(probe_input), dtype=float)
     if output.shape not in {(3,), (3, 1)}:
         raise ValueError(f"predict() on 3 thickness values returned shape {output.shape}")
