@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 
 .PHONY: help venv client-venv test-tools models serve test postgresql fuzz lint build bench \
-	bench-quick stress profile clean container-tools container-base container container-test \
+	bench-quick stress profile soak face-memory clean container-tools container-base container container-test \
 	container-clean k8s-config
 
 help:  ## list the targets
@@ -67,6 +67,12 @@ bench-quick: venv  ## the whole benchmark with short points (~2 min), to check t
 
 stress: venv  ## locust stress: users doubling until the configured SLO breaks, per endpoint
 	$(BIN)/python -m benchmarks.stress
+
+soak: venv  ## 30 min, every family at 70% of capacity: errors, p99/minute, RSS per process
+	$(BIN)/python -m benchmarks.soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES))
+
+face-memory: venv  ## 2,000 /face requests of varied sizes: does the face runner's RSS stay flat?
+	$(BIN)/python -m benchmarks.face_memory
 
 profile: venv  ## py-spy profile of every worker under load: make profile BENCH_PATH=heatflow
 	$(BIN)/python -m benchmarks.profile --path $(or $(BENCH_PATH),heatflow)

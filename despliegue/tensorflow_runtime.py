@@ -1,13 +1,15 @@
 """TensorFlow set-up for every process that runs a CNN (runners and reference training).
 
-Thread pools can only be sized before TensorFlow runs its first op, so each runner calls
-`configure_tensorflow()` first thing in `__init__`. The sizes come from configuration.yaml
-(`tensorflow:`), documented there. `CompiledImageModel` is how every runner calls a stored
-Keras image CNN.
+Thread pools can only be sized before TensorFlow runs its first op, and oneDNN switched off
+only before it loads, so each runner calls `configure_tensorflow()` first thing in `__init__`.
+The thread pools come from configuration.yaml (`tensorflow:`), documented there.
+`CompiledImageModel` is how every runner calls a stored Keras image CNN.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,19 @@ if TYPE_CHECKING:
     from despliegue.artifacts import ModelCard
 
 
-def configure_tensorflow() -> Any:
-    """Import TensorFlow with the configured thread pools and return the module."""
+def configure_tensorflow(onednn: bool = True) -> Any:
+    """Import TensorFlow with the configured thread pools and return the module.
+
+    `onednn=False` (effective only in the first call of a process, before TensorFlow loads)
+    runs TensorFlow's own kernels instead of oneDNN's. oneDNN keeps memory for every input
+    shape it meets, per worker thread, and never returns it: right for a model with a fixed
+    input size (faster), wrong for one that takes images of any size (the face detector's
+    runner grew 79% in 200 requests of varied sizes with it, not without: docs/performance.md).
+    """
     from despliegue.quiet import import_tensorflow
 
+    if not onednn and "tensorflow" not in sys.modules:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     tf = import_tensorflow()
 
     threads = settings().tensorflow

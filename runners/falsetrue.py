@@ -12,6 +12,7 @@ from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
 from despliegue.sklearn_input import OneColumnInput, text_column
+from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("falsetrue")
 
@@ -24,6 +25,7 @@ class FalseTrueClassifier:
         self.model, self.card = load_served_model(type(self).model_ref)
         self.model_input = OneColumnInput(self.model, text_column)
         self.has_probabilities = hasattr(self.model, "predict_proba")
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())

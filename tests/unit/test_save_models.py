@@ -17,6 +17,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.tree._tree import Tree
 
+from despliegue.artifacts import sha256_of
 from tests.conftest import run_save_models
 
 # The sklearn references build in seconds; the image families' references are built (and
@@ -51,6 +52,10 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     assert metadata["reference"] is True
     assert metadata["metrics_held_out"]["r2"] > 0.5
     assert set(metadata["baseline"]["sediment_thickness_m"]) >= {"mean", "std", "quantiles"}
+    # The sum every load checks, recorded for reference models as for imports.
+    for name in ("heatflow_svr", "falsetrue_classifier"):
+        (artifact,) = (home / "models" / name).glob("*/model.joblib")
+        assert stored(home, name)[0]["metadata"]["artifact_sha256"] == sha256_of(artifact)
 
     second = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert second.returncode == 0, second.stderr
@@ -66,9 +71,8 @@ def test_import_probes_then_stores_with_provenance(home: Path, tmp_path: Path) -
     (model,) = stored(home, "heatflow_svr")
     assert model["metadata"]["reference"] is False
     assert model["metadata"]["source_file"] == "my_svr.joblib"
-    from despliegue.artifacts import sha256_of
-
     assert model["metadata"]["sha256"] == sha256_of(artifact)
+    assert model["metadata"]["artifact_sha256"] == sha256_of(artifact)  # stored byte for byte
     assert model["metadata"]["sklearn_version_pickled"] == sklearn.__version__
     assert "warning" not in result.stderr
     # The stored artifact is the user's file, byte for byte.
