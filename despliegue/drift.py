@@ -742,9 +742,9 @@ def _tally(values: Sequence[str]) -> dict[str, int]:
 
 def worker_name() -> str:
     """This API worker's index (stable across restarts, unlike its pid)."""
-    from bentoml.server_context import worker_index
+    from bentoml import server_context
 
-    return str(worker_index or 1)
+    return str(server_context.worker_index or 1)
 
 
 def storage_dir(settings: DriftSettings) -> Path:
