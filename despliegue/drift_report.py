@@ -27,7 +27,7 @@ TOKEN_ENV = "DESPLIEGUE_TOKEN"
 BASELINE_COLOUR = "#8c9fb5"
 LIVE_COLOUR = "#d9822b"
 DRIFT_COLOUR = "#c23030"
-WIDTH, HEIGHT, PAD = 420, 170, 30
+WIDTH, HEIGHT, PAD = 460, 170, 30
 
 AXIS = (
     f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#333"/>'
@@ -47,10 +47,17 @@ def verdict_class(verdict: str) -> str:
     return {"drift": "drift", "no drift": "ok"}.get(verdict, "na")
 
 
+def compact(value: float) -> str:
+    """A bin edge short enough to sit under its bar: 4400 -> 4.4k, 0.5123 -> 0.512."""
+    if abs(value) >= 1000:
+        return f"{value / 1000:.3g}k"
+    return f"{value:.3g}"
+
+
 def bin_labels(feature: Mapping[str, Any]) -> list[str]:
     if feature.get("test") == "chi-square":
         return [str(c) for c in feature["classes"]]
-    edges = [f"{e:.3g}" for e in feature["edges"]]
+    edges = [compact(e) for e in feature["edges"]]
     if not edges:
         return ["all"]
     return [f"≤{edges[0]}", *[f"{a}–{b}" for a, b in itertools.pairwise(edges)], f">{edges[-1]}"]
@@ -113,6 +120,11 @@ def psi_over_time_svg(history: Sequence[Mapping[str, Any]], threshold: float) ->
             f"<title>{html.escape(name)}</title></polyline>"
         )
         parts.extend(f'<circle r="2" fill="{colour}" cx="{x:.1f}" cy="{y:.1f}"/>' for x, y in xy)
+        if drifted:  # name the lines that crossed; the others stay grey and unnamed
+            x, y = xy[-1]
+            parts.append(
+                f'<text x="{x + 4:.1f}" y="{y + 3:.1f}" font-size="8">{html.escape(name)}</text>'
+            )
     y = HEIGHT - PAD - (HEIGHT - 2 * PAD) * threshold / top
     parts.append(
         f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{y:.1f}" y2="{y:.1f}" stroke="{DRIFT_COLOUR}" '
