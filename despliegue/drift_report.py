@@ -123,7 +123,8 @@ def psi_over_time_svg(history: Sequence[Mapping[str, Any]], threshold: float) ->
         if drifted:  # name the lines that crossed; the others stay grey and unnamed
             x, y = xy[-1]
             parts.append(
-                f'<text x="{x + 4:.1f}" y="{y + 3:.1f}" font-size="8">{html.escape(name)}</text>'
+                f'<text x="{x:.1f}" y="{y - 4:.1f}" font-size="8" text-anchor="end">'
+                f"{html.escape(name)}</text>"
             )
     y = HEIGHT - PAD - (HEIGHT - 2 * PAD) * threshold / top
     parts.append(
