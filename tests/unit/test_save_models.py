@@ -51,7 +51,9 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     metadata = heatflow[0]["metadata"]
     assert metadata["reference"] is True
     assert metadata["metrics_held_out"]["r2"] > 0.5
-    assert set(metadata["baseline"]["sediment_thickness_m"]) >= {"mean", "std", "quantiles"}
+    thickness = metadata["baseline"]["inputs"]["sediment_thickness_m"]
+    assert set(thickness) >= {"mean", "std", "quantiles", "edges", "counts"}
+    assert metadata["baseline"]["source"] == "reference"
     # The sum every load checks, recorded for reference models as for imports.
     for name in ("heatflow_svr", "falsetrue_classifier"):
         (artifact,) = (home / "models" / name).glob("*/model.joblib")
