@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import Field
 
 from despliegue import registry
@@ -153,6 +153,13 @@ def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
         return np.asarray
     return list
 
+
+DRIFT_FAMILY_PARAMETER = {
+    "name": "family",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "enum": list(DRIFT_FAMILIES)},
+}
 
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
@@ -392,12 +399,14 @@ class Despliegue:
             )
         return await family_report(family, self.cards, self.recorder)
 
-    @catalog.get("/drift/{family}")
-    async def get_drift(self, family: str) -> Any:
+    # The family is read from the path, not declared as a parameter: FastAPI would document a
+    # 422 of its own for it, which this service never answers (any text is a family or a 404).
+    @catalog.get("/drift/{family}", openapi_extra={"parameters": [DRIFT_FAMILY_PARAMETER]})
+    async def get_drift(self, request: Request) -> Any:
         """Drift of a family's served models: per feature the test, p-value, PSI, threshold
         and verdict, against each model's baseline (see docs/operations.md)."""
         try:
-            return await self.drift_of(family)
+            return await self.drift_of(request.path_params["family"])
         except ClientError as exc:
             return exc.to_response()
 
