@@ -117,6 +117,7 @@ ERRORS = {
 FAMILY_TAGS: dict[str, str] = {
     **{segment: family.tag for family in registry.FAMILIES for segment in family.paths},
     "models": "catalog",
+    "drift": "monitoring",
     "livez": "infrastructure",
     "readyz": "infrastructure",
     "healthz": "infrastructure",
@@ -125,6 +126,7 @@ FAMILY_TAGS: dict[str, str] = {
 TAG_DESCRIPTIONS: dict[str, str] = {
     **{family.tag: family.summary for family in registry.FAMILIES},
     "catalog": "What is being served: model tags, families, origin and metadata.",
+    "monitoring": "Drift of each family's served models against their baselines.",
     "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
 }
 # A multipart file field as OpenAPI 3.1 writes it (BentoML writes the non-standard type "file").
