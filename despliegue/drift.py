@@ -377,6 +377,14 @@ def overall(verdicts: Sequence[str]) -> str:
 # --- Windows ------------------------------------------------------------------------------------
 
 
+def usable_baseline(baseline: Any) -> Any:
+    """A card's baseline in the form this version reads, else None: a model stored by an earlier
+    version (its baseline has no `inputs`/`outputs`) gets one from its first served requests."""
+    if isinstance(baseline, Mapping) and {"inputs", "outputs"} <= baseline.keys():
+        return baseline
+    return None
+
+
 def empty_window(baseline: Mapping[str, Any]) -> dict[str, Any]:
     """Zero counts on the baseline's bins, for every input and output feature."""
 
@@ -476,7 +484,7 @@ class Recorder:
             state = ModelState(family=family, baseline=None, open=None, closed=[])
             self.models[tag] = state
         if state.baseline is None:
-            state.baseline = baseline or self._learned_baseline(tag)
+            state.baseline = usable_baseline(baseline) or self._learned_baseline(tag)
         if state.baseline is not None and state.open is None:
             state.open = empty_window(state.baseline)
         return state

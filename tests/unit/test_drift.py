@@ -163,6 +163,16 @@ def test_a_model_without_baseline_learns_one_from_its_first_items(tmp_path: Path
     assert again.report("heatflow", {"imported:1": None})["models"][0]["baseline"]["count"] == 300
 
 
+def test_a_baseline_stored_by_an_earlier_version_is_learned_again(tmp_path: Path) -> None:
+    """Models stored before this baseline form (no inputs/outputs) broke GET /models."""
+    old_form = {"sediment_thickness_m": {"mean": 3.0}}
+    recorder = Recorder(SETTINGS, tmp_path, "1")
+    values = list(range(100))
+    recorder.record("heatflow", "old:1", Summary(numeric={"x": values}), {"y": values}, old_form)
+    model = recorder.report("heatflow", {"old:1": old_form})["models"][0]
+    assert model["baseline"]["source"] == "none yet"  # collecting from the first requests
+
+
 def test_drift_block_is_validated(tmp_path: Path) -> None:
     from despliegue.config import config_path
 
