@@ -533,7 +533,6 @@ class Despliegue:
     @catalog.get(
         "/models/{family}/compare",
         response_model=ShadowStats,
-        responses={404: {"description": "Not a served family (the body lists them)"}},
         openapi_extra={
             "parameters": [
                 {
