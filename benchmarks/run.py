@@ -33,8 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from benchmarks import servers
-from benchmarks.paths import PATHS, BenchPath, by_name
+from benchmarks.paths import PATHS, BenchPath, by_name, v2_body
+from benchmarks.peers import launch
 from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -199,6 +202,57 @@ def measure_mlflow(
         servers.stop(server)
 
 
+def check_answers(
+    url: str, route: str, design: str, path: BenchPath, checks: list[dict[str, Any]]
+) -> None:
+    """Each check body through the peer must give the answers of the model called directly
+    (benchmarks/limit.py); a peer that answers differently is not measured."""
+    for check in checks:
+        body = v2_body(path, check["body"]) if design == "mlserver" else check["body"]
+        response = httpx.post(url + route, json=body, timeout=120)
+        response.raise_for_status()
+        got = launch.answers_of(design, path.name, response.json())
+        if not launch.same_answers(got, check["answers"]):
+            raise RuntimeError(
+                f"{design} answers {path.name} differently from the model called directly:\n"
+                f"{str(got)[:500]}\nexpected {str(check['answers'])[:500]}"
+            )
+
+
+def measure_peer(
+    peer: str,
+    paths: Sequence[BenchPath],
+    checks: dict[str, list[dict[str, Any]]],
+    manifest: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cpus: tuple[list[int], list[int]],
+    workdir: Path,
+) -> tuple[dict[str, list[dict[str, Any]]], float] | None:
+    """One peer serving every path at once (as the service does), each path's answers checked,
+    then the same load points as the service. None: the peer's venv is not installed."""
+    print(f"peer: {launch.LABELS[peer]}", flush=True)
+    if not launch.installed(peer):
+        print(f"  skipped: .venv-{peer} is missing (make peer-venvs)", flush=True)
+        return None
+    names = [path.name for path in paths]
+    server = launch.start(peer, manifest, names, env, cpus[0], workdir)
+    design = "mlserver" if peer == "mlserver" else "service"
+    try:
+        ready = launch.wait_ready(peer, server, names)
+        print(f"  ready after {ready:.1f} s", flush=True)
+        per_path = {}
+        for path in paths:
+            route = path.request(design)[0]
+            check_answers(server.url, route, design, path, checks[path.name])
+            per_path[path.name] = load_points(
+                server.url, path, args, env, cpus[1], metrics=False, design=design
+            )
+    finally:
+        servers.stop(server, leader_first=peer == "ray")
+    return per_path, ready
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -239,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "paths": {},
     }
+    checks: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         print(f"physical limit: {path.name}", flush=True)
         limit = servers.run_json(
@@ -248,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=600,
         )
         print(f"  best {limit['best_items_per_s']:.0f} items/s at {limit['best_batch_size']}")
+        checks[path.name] = limit.pop("check")
         result["paths"][path.name] = {
             "route": path.route,
             "items_per_request": path.items_per_request,
@@ -266,10 +322,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for warning in result["warnings"]:
         print(f"WARNING: {warning}")
+    manifest = workdir / "peer-manifest.json"
+    peer_manifest = servers.run_json(["benchmarks.store", "--peer-manifest"], env, cpus[0], 120)
+    manifest.write_text(json.dumps(peer_manifest), encoding="utf-8")
+    peers = {}
+    for peer in launch.PEERS:
+        measured = measure_peer(peer, paths, checks, manifest, args, env, cpus, workdir)
+        if measured is not None:
+            peers[peer], result["cold_start"][f"{peer}_s"] = measured
     for path in paths:
         designs = result["paths"][path.name]["designs"]
         designs["batching_on"] = on[path.name]
         designs["batching_off"] = off[path.name]
+        for peer, per_path in peers.items():
+            designs[peer] = per_path[path.name]
         if path.baseline:
             designs["seed"] = measure_seed(
                 path, model_files[path.store_key], args, env, cpus, workdir
