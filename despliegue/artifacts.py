@@ -21,12 +21,13 @@ from pydantic import BaseModel, Field
 
 from despliegue.config import PanelConfig
 
-Framework = Literal["sklearn", "keras", "mtcnn"]
-# The file `framework` loads from; an mtcnn model is a manifest next to its three weight files.
+Framework = Literal["sklearn", "keras", "mtcnn", "blazeface"]
+# The file `framework` loads from; a face detector is a manifest next to its weight files.
 ARTIFACT_FILE: dict[str, str] = {
     "sklearn": "model.joblib",
     "keras": "model.keras",
     "mtcnn": "mtcnn.json",
+    "blazeface": "blazeface.json",
 }
 
 
@@ -156,10 +157,7 @@ def _load_mtcnn(path: Path) -> Any:
     weights = {}
     for stage, entry in manifest["weights"].items():
         file = path.parent / entry["file"]
-        if sha256_of(file) != entry["sha256"]:
-            raise ValueError(
-                f"{file}: sha256 differs from the manifest; the stored model is damaged"
-            )
+        check_weights(file, entry["sha256"])
         weights[stage] = str(file)
     return MTCNN(
         stages=[
@@ -170,10 +168,24 @@ def _load_mtcnn(path: Path) -> Any:
     )
 
 
+def check_weights(file: Path, sha256: str) -> None:
+    """A stored weight file must be the one its manifest recorded."""
+    if sha256_of(file) != sha256:
+        raise ValueError(f"{file}: sha256 differs from the manifest; the stored model is damaged")
+
+
+def _load_blazeface(path: Path) -> Any:
+    """BlazeFace (despliegue/blazeface.py) from the stored .tflite its manifest names."""
+    from despliegue.blazeface import load_blazeface
+
+    return load_blazeface(path, check_weights)
+
+
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "sklearn": _load_joblib,
     "keras": _load_keras,
     "mtcnn": _load_mtcnn,
+    "blazeface": _load_blazeface,
 }
 
 

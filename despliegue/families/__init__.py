@@ -6,6 +6,7 @@ runners never import these modules, so training code stays out of the serving pa
 
 from despliegue.families.antibiotics import RECIPE as ANTIBIOTICS
 from despliegue.families.base import Recipe
+from despliegue.families.faces import BLAZEFACE_DETECTOR
 from despliegue.families.faces import DETECTOR as FACE_DETECTOR
 from despliegue.families.faces import VALIDATOR as FACE_VALIDATOR
 from despliegue.families.falsetrue import RECIPE as FALSETRUE
@@ -16,5 +17,7 @@ RECIPES: dict[str, Recipe] = {
     recipe.family: recipe
     for recipe in (HEATFLOW, FALSETRUE, FLOWERS, FACE_DETECTOR, FACE_VALIDATOR, ANTIBIOTICS)
 }
+# A second detector the face_detector family can serve (configuration picks the model name).
+RECIPES[BLAZEFACE_DETECTOR.model_name] = BLAZEFACE_DETECTOR
 
 __all__ = ["RECIPES", "Recipe"]
