@@ -130,14 +130,16 @@ def measure_service(
     server = servers.start_bentoml(env, cpus[0], workdir / f"serve-{label}.log")
     try:
         reached = servers.wait_for(server, ["/readyz", "/models"])
+        cpu = servers.process_cpu(server)
         print(f"  ready: /readyz {reached['/readyz']:.1f} s, /models {reached['/models']:.1f} s")
+        print("  CPU s before ready: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
         per_path = {
             path.name: load_points(server.url, path, args, env, cpus[1], metrics=True)
             for path in paths
         }
     finally:
         servers.stop(server)
-    cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"]}
+    cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"], "cpu_s": cpu}
     return per_path, cold
 
 

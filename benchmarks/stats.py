@@ -454,6 +454,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"/models (every family loaded) {_fmt(cold.get('models_s'), 2)} s.",
             "",
         ]
+        if cold.get("cpu_s"):
+            lines += [
+                "CPU seconds each process used until then: "
+                + ", ".join(f"{name} {_fmt(cpu, 1)}" for name, cpu in cold["cpu_s"].items())
+                + "; peers to ready: "
+                + (", ".join(f"{p} {_fmt(cold.get(f'{p}_s'), 1)} s" for p in PEERS) or "–")
+                + ".",
+                "",
+            ]
     lines += [f"**Warning:** {warning}" for warning in result.get("warnings", [])]
     if result.get("warnings"):
         lines.append("")

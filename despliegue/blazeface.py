@@ -97,7 +97,7 @@ class BlazeFace:
         self.interpreter.invoke()
         raw_boxes = self.interpreter.get_tensor(self.boxes_index)[0]
         raw_scores = self.interpreter.get_tensor(self.scores_index)[0, :, 0]
-        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -100.0, 100.0)))
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.astype(np.float64), -100.0, 100.0)))
         keep = scores >= self.min_score
         if not keep.any():
             return []
