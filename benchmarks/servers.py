@@ -213,6 +213,14 @@ def batching_off_config(source: Path, target: Path) -> Path:
     return target
 
 
+def detector_config(source: Path, target: Path, model: str) -> Path:
+    """A copy of the configuration whose face family serves another stored detector."""
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    raw["families"]["face_detector"]["model"] = model
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
 def machine(server_cpus: Sequence[int], client_cpus: Sequence[int]) -> dict[str, Any]:
     cpu_model = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")

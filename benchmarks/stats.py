@@ -306,6 +306,7 @@ DESIGN_LABELS = {
     "batching_off": "service, batching off",
     "seed": "seed design (FastAPI)",
     "mlflow": "mlflow models serve",
+    "blazeface": "service, BlazeFace detector",
     "ray": "Ray Serve (@serve.batch)",
     "mlserver": "MLServer (adaptive batching)",
 }
@@ -380,15 +381,16 @@ def goals(result: dict[str, Any], many: int = 32) -> list[dict[str, Any]]:
                     None if value is None else value >= 0.8,
                 )
         if name in IMAGES_PER_S_GOALS:
-            on = point_at(path["designs"].get("batching_on", []), many)
+            on = point_at(path["designs"].get("blazeface", []), many)
             value = on["throughput_rps"] * items if on else None
             least = IMAGES_PER_S_GOALS[name]
             add(
-                f"{name}: images/s, {many} clients",
+                f"{name}: images/s with the fast detector (BlazeFace), {many} clients",
                 f">= {least}",
                 value,
                 None if value is None else value >= least,
-                ceiling,
+                # The detector's own in-process rate: benchmarks/faces_quality.py.
+                None,
             )
         if name == "flowers":
             value = many_r["service_vs_ceiling"]
@@ -428,7 +430,7 @@ def render_goals(result: dict[str, Any]) -> list[str]:
         "batch (and the API's image decoding) on the server core: for req/s, the one-core "
         "ceiling over the peer; for p99, the closed-loop least latency (clients / ceiling) "
         "over the peer's p99; for the lone client, a plain FastAPI process's p50 over the "
-        "peer's; for images/s, the ceiling itself.",
+        "peer's.",
         "",
     ]
 
