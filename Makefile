@@ -10,9 +10,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make serve BENTOML_DO_NOT_TRACK=false` turns it on.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: help venv client-venv test-tools models serve test fuzz lint build bench bench-quick \
-	peer-venvs \
-	stress profile clean container-tools container-base container container-test \
+.PHONY: help venv client-venv test-tools models serve test postgresql fuzz lint build bench \
+	bench-quick peer-venvs stress profile soak face-memory clean container-tools container-base \
+	container container-test \
 	container-clean k8s-config
 
 help:  ## list the targets
@@ -43,10 +43,13 @@ models: venv  ## build the reference models missing from the BentoML model store
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
 	DESPLIEGUE_AUTH=off $(BIN)/python -m despliegue.serving --host 127.0.0.1 --port $(PORT)
 
-test: venv client-venv  ## run the whole test suite (unit, live server, browser, client, build)
+test: venv client-venv postgresql  ## run the whole test suite (unit, live server, browser, client, build)
 	@# Without the browser the UI tests skip saying why (and fail when CI=true).
 	-@scripts/test-tools.sh
 	$(BIN)/python -m pytest
+
+postgresql:  ## install Debian's PostgreSQL for the MLflow test (root, apt; says why if it cannot)
+	-scripts/postgresql.sh
 
 fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
 	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s
@@ -78,6 +81,12 @@ bench-quick: venv peer-venvs  ## the whole benchmark with short points (~2 min),
 
 stress: venv  ## locust stress: users doubling until the configured SLO breaks, per endpoint
 	$(BIN)/python -m benchmarks.stress
+
+soak: venv  ## 30 min, every family at 70% of capacity: errors, p99/minute, RSS per process
+	$(BIN)/python -m benchmarks.soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES))
+
+face-memory: venv  ## 2,000 /face requests of varied sizes: does the face runner's RSS stay flat?
+	$(BIN)/python -m benchmarks.face_memory
 
 profile: venv  ## py-spy profile of every worker under load: make profile BENCH_PATH=heatflow
 	$(BIN)/python -m benchmarks.profile --path $(or $(BENCH_PATH),heatflow)

@@ -3,9 +3,11 @@
     python save_models.py                         build the reference models that are missing
     python save_models.py reference [NAME ...]    the same, for some model names only
     python save_models.py import NAME FILE        import your own artifact under a model name
-    python save_models.py import NAME models:/NAME/VERSION | models:/NAME@ALIAS | MLFLOW_FOLDER
-                                                  import a Keras model from MLflow (the registry
-                                                  at $MLFLOW_TRACKING_URI, or a local folder)
+    python save_models.py import NAME SAVEDMODEL_FOLDER    a TensorFlow SavedModel, stored as .keras
+    python save_models.py import NAME models:/NAME/VERSION | models:/NAME@ALIAS | models:/NAME/STAGE
+                          | models:/NAME/latest | runs:/RUN_ID/PATH | MLFLOW_FOLDER
+                                                  import a Keras/TensorFlow model from MLflow (the
+                                                  registry at $MLFLOW_TRACKING_URI, or a folder)
     python save_models.py list                    show what the store holds
     python save_models.py backup DIR              export the served models + sha256 manifest
     python save_models.py restore DIR             verify a backup, then import it
@@ -15,6 +17,10 @@ metadata says `reference: true`); replace any of them by importing your own arti
 import is loaded and called on a probe input before it enters the store: if that fails, the
 command exits with status 1 and the store is unchanged. The store lives in $BENTOML_HOME
 (default ~/bentoml).
+
+An image model's preprocessing is decided at import: raw 0-255 if the model scales its own
+input (Rescaling/Normalization layers), else pixels / 255; --preprocessing (a preset) and
+--scale/--offset/--mean/--std/--channels override it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import bentoml
 from rich.console import Console
@@ -34,6 +41,8 @@ from despliegue.backup import BackupRefused, backup, restore
 from despliegue.families import RECIPES, Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
 from despliegue.mlflow_import import import_mlflow, is_mlflow_source
+from despliegue.preprocessing import PRESETS
+from despliegue.preprocessing import summary as preprocessing_summary
 from despliegue.quiet import import_tensorflow
 
 console = Console(stderr=True)
@@ -94,8 +103,8 @@ def print_outcomes(outcomes: list[Outcome]) -> None:
     if all(outcome.action == "kept" for outcome in outcomes):
         console.print("Nothing to do: every model is already in the store.")
     for outcome in outcomes:
-        if outcome.warning:
-            console.print(f"[bold yellow]warning:[/] {outcome.warning}")
+        for warning in outcome.warnings:
+            console.print(f"[bold yellow]warning:[/] {outcome.model_name}: {warning}")
 
 
 def serving_keys() -> dict[str, str]:
@@ -121,7 +130,7 @@ def print_store() -> None:
         return
     serving = serving_keys()
     table = Table(title="Models in the store", caption="serves: the family it answers for now")
-    for column in ("tag", "family", "serves", "reference", "created"):
+    for column in ("tag", "family", "serves", "reference", "preprocessing", "created"):
         table.add_column(column, no_wrap=True)
     for recipe in RECIPES.values():
         for model in (m for name in names if recipe.matches(name) for m in stored_models(name)):
@@ -129,17 +138,39 @@ def print_store() -> None:
             created = model.info.creation_time.isoformat(timespec="seconds")
             tag = str(model.tag)
             table.add_row(
-                tag, recipe.family, serving.get(tag, "-"), str(meta.get("reference")), created
+                tag,
+                recipe.family,
+                serving.get(tag, "-"),
+                str(meta.get("reference")),
+                preprocessing_summary(meta) or "-",
+                created,
             )
     show(table)
 
 
-def import_source(model_name: str, source: str, classes: str | None) -> Outcome:
-    """An MLflow URI or folder goes through MLflow; any other source is an artifact file."""
+def declared_serving(args: argparse.Namespace) -> dict[str, Any]:
+    """What the import command line says about serving the model (classes, preprocessing)."""
+    declared: dict[str, Any] = {}
+    if args.classes:
+        declared["classes"] = args.classes.split(",")
+    preprocessing = {
+        key: getattr(args, key)
+        for key in ("preset", "scale", "offset", "mean", "std", "channels")
+        if getattr(args, key) is not None
+    }
+    if preprocessing:
+        declared["preprocessing"] = preprocessing
+    return declared
+
+
+def import_source(
+    model_name: str, source: str, declared: dict[str, Any], signature: str | None = None
+) -> Outcome:
+    """An MLflow URI or folder goes through MLflow; any other source is an artifact file or a
+    SavedModel folder. What the command line declares overrides an MLflow model's metadata."""
     if is_mlflow_source(source):
-        return import_mlflow(source, model_name)
-    declared = {"classes": classes.split(",")} if classes else None
-    return import_artifact(model_name, Path(source), declared=declared)
+        return import_mlflow(source, model_name, declared=declared, signature=signature)
+    return import_artifact(model_name, Path(source), declared=declared, signature=signature)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -163,13 +194,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     imports.add_argument("model_name", help="store name, e.g. heatflow_svr or modelo_CIP_NM")
     imports.add_argument(
         "source",
-        help="artifact file (.joblib/.pkl, trusted only; .keras or .h5), or an MLflow model: "
-        "models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH, or a local MLflow folder",
+        help="artifact file (.joblib/.pkl, trusted only; .keras or .h5), a TensorFlow SavedModel "
+        "folder, or an MLflow model: models:/NAME/VERSION, models:/NAME@ALIAS, "
+        "models:/NAME/STAGE, models:/NAME/latest, models:/MODEL_ID, runs:/RUN_ID/PATH, or a "
+        "local MLflow model folder",
     )
     imports.add_argument(
         "--classes",
         help="class labels of a Keras classifier file, in output order (default S,I,R); "
         "MLflow models declare them in their MLmodel metadata",
+    )
+    images = imports.add_argument_group(
+        "image preprocessing (flower_classifier, face_validator)",
+        "Applied to 0-255 RGB pixels before the model: x = pixels * scale + offset, then "
+        "(x - mean) / std per channel. By default: raw 0-255 if the model has Rescaling or "
+        "Normalization layers, else pixels / 255. These override it.",
+    )
+    images.add_argument(
+        "--preprocessing",
+        dest="preset",
+        choices=list(PRESETS),
+        help="raw: 0-255; unit: / 255; tf: / 127.5 - 1; torch: / 255 then ImageNet mean/std; "
+        "caffe: BGR minus the ImageNet mean (keras.applications' preprocess_input modes)",
+    )
+    images.add_argument("--scale", help="multiply the pixels, e.g. 1/255")
+    images.add_argument("--offset", help="then add, e.g. -1")
+    images.add_argument("--mean", help="then subtract per channel, e.g. 0.485,0.456,0.406")
+    images.add_argument("--std", help="then divide per channel, e.g. 0.229,0.224,0.225")
+    images.add_argument("--channels", choices=["RGB", "BGR"], help="colour order the model takes")
+    imports.add_argument(
+        "--signature",
+        help="serving signature of a TensorFlow SavedModel (default: serving_default)",
     )
     commands.add_parser("list", help="list the models in the store")
     backups = commands.add_parser("backup", help="export the served models with a manifest")
@@ -209,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import":
         prepare_tensorflow([r for r in RECIPES.values() if r.matches(args.model_name)])
         try:
-            outcome = import_source(args.model_name, args.source, args.classes)
+            outcome = import_source(
+                args.model_name, args.source, declared_serving(args), args.signature
+            )
         except ImportRefused as exc:
             console.print(f"[bold red]import refused:[/] {exc}")
             console.print("The model store is unchanged.")

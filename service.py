@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
@@ -53,13 +55,21 @@ from despliegue.http import (
     form_fields,
 )
 from despliegue.http_server import configure_http_server
-from despliegue.images import decode_images, decode_uploads, encode_png
+from despliegue.images import (
+    DecodedImage,
+    ModelInput,
+    PixelBudget,
+    admitted_images,
+    encode_png,
+    resize,
+)
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticResult,
     AntibioticsRequest,
     AntibioticsResponse,
+    Face,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
@@ -78,6 +88,7 @@ from despliegue.schemas import (
     SuperResponse,
     ValidatedFace,
 )
+from despliegue.startup import check_tls_files, preflight
 from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
 from runners.faces import FaceAnalyzer
 from runners.falsetrue import FalseTrueClassifier
@@ -91,27 +102,43 @@ UNIDENTIFIED_FLOWER = "Flor no identificada"
 FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
 DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
 VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
+# The detector takes any size; images larger than this are scaled down before it sees them.
+DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
 install_log_filter()
 if starts_a_server(sys.argv):
     claim_home(bentoml_home())  # before BentoML empties this home's metrics folder
 
 
-# Requests with less Base64 than this are decoded on the event loop: a ~48 KB JPEG (about
-# 400x400) decodes in about a millisecond; handing small images to a thread costs more.
-INLINE_DECODE_CHARS = 64 * 1024
+async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
+    """The full-size image with the boxes drawn, as Base64 PNG. Encoding a large PNG takes
+    seconds: it runs in a worker thread, not on the event loop."""
+    assert image.original is not None, "decoded with keep_original=True"
+    return await asyncio.to_thread(lambda: encode_png(annotate_image(image.original, faces)))
 
 
-async def decoded(images: list[str], field: str) -> list[np.ndarray]:
-    """Decode Base64 images, off the event loop when they are large (a big JPEG takes tens of
-    milliseconds and would stall every other request meanwhile)."""
-    if sum(len(image) for image in images) <= INLINE_DECODE_CHARS:
-        return decode_images(images, field)
-    return await asyncio.to_thread(decode_images, images, field)
-
-
-async def uploaded(files: list[Path], field: str) -> list[np.ndarray]:
-    return await asyncio.to_thread(decode_uploads, files, field)
+def models_for_length(panel: dict[str, ModelCard], features: list[list[float]]) -> list[str]:
+    """What a request without `codes` asks: every panel model whose input length is the
+    vectors' length (the panel may mix models of different lengths). All vectors of such a
+    request must have one length; if no model takes it, 422 lists the lengths by code."""
+    length = len(features[0])
+    for index, vector in enumerate(features):
+        if len(vector) != length:
+            raise ClientError(
+                ["features", index],
+                f"without codes, every vector must have the same length (vector 0 has "
+                f"{length} values, this one {len(vector)}): send codes, or one length per request",
+            )
+    lengths = {code: int(card.metadata["input_length"]) for code, card in panel.items()}
+    matching = [code for code, expected in lengths.items() if expected == length]
+    if not matching:
+        listed = ", ".join(f"{code}: {expected}" for code, expected in sorted(lengths.items()))
+        raise ClientError(
+            ["features", 0],
+            f"no antibiotic model takes {length} values per vector; input lengths by code: "
+            f"{listed}",
+        )
+    return matching
 
 
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
@@ -129,13 +156,21 @@ class Despliegue:
 
     @bentoml.on_deployment
     def preflight() -> None:
-        """Once, when `bentoml serve` starts (not at build): stop with a message naming what is
-        wrong, if auth is on with no tokens or a configured model is not in the store."""
-        token_book(settings().security.auth)
-        require_models_in_store(served_tags().values())
+        """Once, when `bentoml serve` starts (not at build), before any worker: stop with one
+        line naming what is wrong and the fix, if auth is on with no tokens, a served model is
+        missing, unreadable or damaged (sha256), or a TLS file cannot be loaded."""
+        preflight(
+            "Despliegue",
+            [
+                lambda: token_book(settings().security.auth),
+                lambda: require_models_in_store(served_tags().values()),
+                check_tls_files,
+            ],
+        )
 
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
+        self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
         # Every batchable runner method, as the endpoints call it: concurrent requests share
         # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
         families = settings().families
@@ -186,7 +221,25 @@ class Despliegue:
     async def card(self, runner: str, family: str) -> ModelCard:
         return next(card for card in await self.cards(runner) if card.family == family)
 
+    async def model_input(self, runner: str, family: str) -> ModelInput:
+        """The input size a CNN takes, as its model card's preprocessing records it."""
+        height, width = (await self.card(runner, family)).metadata["preprocessing"]["size"]
+        return ModelInput(size=(int(height), int(width)))
+
+    def admitted(
+        self,
+        sources: list[str] | list[Path],
+        field: str,
+        target: ModelInput,
+        keep_original: bool = False,
+    ) -> AbstractAsyncContextManager[list[DecodedImage]]:
+        """The request's images decoded for `target`, under this worker's pixel budget."""
+        return admitted_images(
+            sources, field, target, self.pixels_in_flight, keep_original=keep_original
+        )
+
     @bentoml.api(route="/heatflow", input_spec=HeatFlowRequest)
+    @answers_client_errors
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
         # The validated list goes to the coalescer as is: the runner call makes one array of
@@ -199,6 +252,7 @@ class Despliegue:
         )
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
+    @answers_client_errors
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
         rows = np.asarray(await self.classify_texts(texts), dtype=float)
@@ -212,7 +266,8 @@ class Despliegue:
     @answers_client_errors
     async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
         """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
-        return await self.answer_flowers(await decoded(images, "images"), top_k)
+        async with self.admitted(images, "images", await self.flower_input()) as decoded:
+            return await self.answer_flowers(decoded, top_k)
 
     @bentoml.api(route="/flowers/upload")
     @answers_client_errors
@@ -222,10 +277,14 @@ class Despliegue:
         top_k: Annotated[int, Field(ge=1, le=18)] = 3,
     ) -> FlowersResponse:
         """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_flowers(await uploaded(images, "images"), top_k)
+        async with self.admitted(images, "images", await self.flower_input()) as decoded:
+            return await self.answer_flowers(decoded, top_k)
 
-    async def answer_flowers(self, pixels: list[np.ndarray], top_k: int) -> FlowersResponse:
-        probabilities = await self.classify_flowers(pixels)
+    async def flower_input(self) -> ModelInput:
+        return await self.model_input("flowers", "flowers")
+
+    async def answer_flowers(self, images: list[DecodedImage], top_k: int) -> FlowersResponse:
+        probabilities = await self.classify_flowers([image.pixels for image in images])
         card = await self.card("flowers", "flowers")
         classes = card.metadata["classes"]
         answers = []
@@ -254,7 +313,8 @@ class Despliegue:
     @answers_client_errors
     async def face_detect(self, input_data: list[str], annotate: bool = False) -> FaceResponse:
         """Find the faces in each image: box (x, y, width, height), confidence, landmarks."""
-        return await self.answer_faces(await decoded(input_data, "input_data"), annotate)
+        async with self.admitted(input_data, "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_faces(decoded, annotate)
 
     @bentoml.api(route="/face/upload")
     @answers_client_errors
@@ -262,14 +322,15 @@ class Despliegue:
         self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
     ) -> FaceResponse:
         """/face with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_faces(await uploaded([input_data], "input_data"), annotate)
+        async with self.admitted([input_data], "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_faces(decoded, annotate)
 
-    async def answer_faces(self, pixels: list[np.ndarray], annotate: bool) -> FaceResponse:
-        detections = await self.detect_faces(pixels)
+    async def answer_faces(self, images: list[DecodedImage], annotate: bool) -> FaceResponse:
+        detections = await self.detect_faces([image.pixels for image in images])
         answers = []
-        for image, rows in zip(pixels, detections, strict=True):
-            faces = faces_of(rows, DETECTION_THRESHOLD)
-            drawn = encode_png(annotate_image(image, faces)) if annotate else None
+        for image, rows in zip(images, detections, strict=True):
+            faces = faces_of(rows, DETECTION_THRESHOLD, image.scale)
+            drawn = await annotated_png(image, faces) if annotate else None
             answers.append(ImageFaces(faces=faces, annotated_png=drawn))
         return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
 
@@ -277,7 +338,8 @@ class Despliegue:
     @answers_client_errors
     async def face_validate(self, input_data: list[str], annotate: bool = False) -> SuperResponse:
         """Detect faces, crop each, score the crops with the validation CNN: TRUE/FALSE."""
-        return await self.answer_super(await decoded(input_data, "input_data"), annotate)
+        async with self.admitted(input_data, "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_super(decoded, annotate)
 
     @bentoml.api(route="/super/upload")
     @answers_client_errors
@@ -285,20 +347,27 @@ class Despliegue:
         self, input_data: Annotated[Path, ContentType("image/*")], annotate: bool = False
     ) -> SuperResponse:
         """/super with one image file uploaded as multipart/form-data (the Swagger UI's way)."""
-        return await self.answer_super(await uploaded([input_data], "input_data"), annotate)
+        async with self.admitted([input_data], "input_data", DETECTION_INPUT, annotate) as decoded:
+            return await self.answer_super(decoded, annotate)
 
-    async def answer_super(self, pixels: list[np.ndarray], annotate: bool) -> SuperResponse:
-        detections = await self.detect_faces(pixels)
-        per_image = [faces_of(rows, DETECTION_THRESHOLD) for rows in detections]
-        # Every face of every image goes to the validation CNN in one call (one batch).
+    async def answer_super(self, images: list[DecodedImage], annotate: bool) -> SuperResponse:
+        detections = await self.detect_faces([image.pixels for image in images])
+        crop_size = (await self.model_input("faces", "face_validator")).size
+        assert crop_size is not None
+        # Every face of every image goes to the validation CNN in one call (one batch), each
+        # crop cut from the image the detector saw and sized as the validator takes it.
         crops = [
-            crop(image, face.box)
-            for image, faces in zip(pixels, per_image, strict=True)
-            for face in faces
+            resize(crop(image.pixels, face.box), crop_size)
+            for image, rows in zip(images, detections, strict=True)
+            for face in faces_of(rows, DETECTION_THRESHOLD)
         ]
         scores = await self.validate_faces(crops) if crops else []
+        per_image = [
+            faces_of(rows, DETECTION_THRESHOLD, image.scale)
+            for image, rows in zip(images, detections, strict=True)
+        ]
         verdicts, start = [], 0
-        for image, faces in zip(pixels, per_image, strict=True):
+        for image, faces in zip(images, per_image, strict=True):
             own, start = scores[start : start + len(faces)], start + len(faces)
             validated = [
                 ValidatedFace(
@@ -306,7 +375,7 @@ class Despliegue:
                 )
                 for face, score in zip(faces, own, strict=True)
             ]
-            drawn = encode_png(annotate_image(image, validated)) if annotate else None
+            drawn = await annotated_png(image, validated) if annotate else None
             verdicts.append(
                 ImageVerdict(
                     result=any(face.result for face in validated),
@@ -341,7 +410,7 @@ class Despliegue:
                 f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel, then restart",
                 status=HTTPStatus.NOT_FOUND,
             )
-        wanted = list(dict.fromkeys(codes)) if codes else list(panel)
+        wanted = list(dict.fromkeys(codes)) if codes else models_for_length(panel, features)
         for index, code in enumerate(wanted):
             if code not in panel:
                 raise ClientError(

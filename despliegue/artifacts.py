@@ -5,11 +5,16 @@ plus an artifact"): `framework` says how to load it, `family` which runner serve
 goes through `bentoml.models.create`, which builds the model in a temporary folder and only
 moves it into the store when the block ends without an exception, so a failed import leaves
 the store unchanged.
+
+The sha256 of the artifact as written is recorded in the metadata (`artifact_sha256`), and
+every load checks it (a face detector also checks its manifest's sum for each weight file):
+a damaged or altered file stops start-up naming it, rather than answering wrong numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -20,6 +25,7 @@ import bentoml
 from pydantic import BaseModel, Field
 
 from despliegue.config import PanelConfig
+from despliegue.preprocessing import summary as preprocessing_summary
 
 Framework = Literal["sklearn", "keras", "mtcnn", "blazeface"]
 # The file `framework` loads from; a face detector is a manifest next to its weight files.
@@ -29,6 +35,8 @@ ARTIFACT_FILE: dict[str, str] = {
     "mtcnn": "mtcnn.json",
     "blazeface": "blazeface.json",
 }
+# Frameworks whose artifact is a manifest listing weight files, each with its sha256.
+MANIFEST_FRAMEWORKS = frozenset({"mtcnn", "blazeface"})
 
 
 class ModelCard(BaseModel):
@@ -42,6 +50,12 @@ class ModelCard(BaseModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Where the model came from (file, MLflow run/version)"
     )
+    preprocessing: str | None = Field(
+        default=None,
+        description="What is done to the input before the model is called, decided at import "
+        "(metadata.preprocessing has the numbers)",
+        examples=["raw 0–255 (detected, in the model: rescaling (Rescaling × 0.00392157 + 0))"],
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
@@ -54,6 +68,7 @@ class ModelCard(BaseModel):
             reference=bool(meta.get("reference", False)),
             created=stored.info.creation_time,
             labels=dict(stored.info.labels),
+            preprocessing=preprocessing_summary(meta),
             metadata=meta,
         )
 
@@ -66,29 +81,122 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_artifact(stored: bentoml.Model) -> Any:
-    """Load the artifact of a stored model with the loader its `framework` names."""
-    framework = stored.info.metadata.get("framework")
-    if framework not in ARTIFACT_FILE:
-        raise ValueError(f"{stored.tag}: unknown framework {framework!r} in metadata")
-    path = Path(stored.path_of(ARTIFACT_FILE[framework]))
-    return LOADERS[framework](path)
-
-
 class ModelMissing(RuntimeError):
     """A model named in configuration.yaml is not in the store; says how to put it there."""
 
 
-def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
-    """Load the model a runner serves, failing start-up with instructions if it is missing."""
-    stored = ref.stored
-    if stored is None:
-        raise ModelMissing(
-            f"model {ref.tag} is not in the BentoML model store ({bentoml_home()}). "
-            f"Run `python save_models.py` to build the reference models, or "
-            f"`python save_models.py import {ref.tag.name} FILE` to import your own."
+class ModelUnusable(RuntimeError):
+    """A stored model cannot be served as it is (unreadable, damaged, no recorded sha256);
+    the message names the file and the fix."""
+
+
+def artifact_path(stored: bentoml.Model) -> Path:
+    framework = stored.info.metadata.get("framework")
+    if framework not in ARTIFACT_FILE:
+        raise ModelUnusable(
+            f"{stored.path}: unknown framework {framework!r} in the metadata of {stored.tag}. "
+            "Fix: import the model again with `python save_models.py import`."
         )
-    return load_artifact(stored), ModelCard.of(stored)
+    return Path(stored.path_of(ARTIFACT_FILE[framework]))
+
+
+def verify_artifact(stored: bentoml.Model) -> Path:
+    """The artifact's path, once every file it loads from is readable and has the sha256
+    recorded when it entered the store; otherwise ModelUnusable naming the file."""
+    path = artifact_path(stored)
+    expected = {path: stored.info.metadata.get("artifact_sha256")}
+    if stored.info.metadata.get("framework") in MANIFEST_FRAMEWORKS:
+        manifest = json.loads(_read_text(path, stored))
+        for entry in manifest["weights"].values():
+            expected[path.parent / entry["file"]] = entry["sha256"]
+    for file, recorded in expected.items():
+        if recorded is None:
+            raise ModelUnusable(
+                f"{file}: no sha256 was recorded for {stored.tag} when it was stored (a store "
+                f"made before models were verified at load), so it cannot be verified. Fix: "
+                f"{_restore_fix(stored)}"
+            )
+        actual = _sha256_readable(file, stored)
+        if actual != recorded:
+            raise ModelUnusable(
+                f"{file}: sha256 {actual[:16]}… differs from {recorded[:16]}… recorded when "
+                f"{stored.tag} was stored: the file is damaged or was altered. Fix: "
+                f"{_restore_fix(stored)}"
+            )
+    return path
+
+
+def _restore_fix(stored: bentoml.Model) -> str:
+    if stored.info.metadata.get("reference"):
+        return (
+            f"rebuild it: `bentoml models delete {stored.tag} -y && python save_models.py "
+            f"reference {stored.tag.name}`, or restore a backup (`python save_models.py restore "
+            "DIR`)."
+        )
+    return (
+        f"import the original artifact again (`python save_models.py import {stored.tag.name} "
+        "FILE`) or restore a backup (`python save_models.py restore DIR`), then serve that "
+        "version."
+    )
+
+
+def _sha256_readable(file: Path, stored: bentoml.Model) -> str:
+    try:
+        return sha256_of(file)
+    except OSError as exc:
+        raise ModelUnusable(
+            f"{file}: cannot be read ({exc.strerror or exc}), so {stored.tag} cannot be loaded. "
+            "Fix: give the user running the service read access to the model store "
+            f"({bentoml_home()}), or {_restore_fix(stored)}"
+        ) from None
+
+
+def _read_text(file: Path, stored: bentoml.Model) -> str:
+    _sha256_readable(file, stored)  # a readable file, or the message saying it is not
+    return file.read_text(encoding="utf-8")
+
+
+def load_artifact(stored: bentoml.Model) -> Any:
+    """Verify, then load the artifact of a stored model with the loader its `framework` names."""
+    path = verify_artifact(stored)
+    framework = stored.info.metadata["framework"]
+    try:
+        return LOADERS[framework](path)
+    except Exception as exc:  # a verified file the installed library cannot load
+        raise ModelUnusable(
+            f"{path}: the {framework} loader cannot load {stored.tag} "
+            f"({type(exc).__name__}: {exc}). Fix: import the model again with this "
+            "environment's libraries (`python save_models.py import`, which probes it first), "
+            "or install the versions its metadata records."
+        ) from None
+
+
+def stored_model(tag: str) -> bentoml.Model:
+    """The stored model of a tag, or ModelMissing / ModelUnusable saying what to do."""
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise ModelMissing(
+            f"model {tag} is not in the BentoML model store ({bentoml_home()}). "
+            f"Run `python save_models.py` to build the reference models, or "
+            f"`python save_models.py import {tag.split(':')[0]} FILE` to import your own."
+        ) from None
+    except Exception as exc:  # anything else: the store's folder for it cannot be read
+        raise ModelUnusable(
+            f"model {tag}: its folder in the BentoML model store ({bentoml_home()}/models) "
+            f"cannot be read ({exc}). Fix: give the user running the service read access to "
+            "the store, or restore the model from a backup (`python save_models.py restore DIR`)."
+        ) from None
+
+
+def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
+    """Load the model a runner serves. If it is missing, unreadable, damaged or cannot be
+    loaded, the server stops with one line saying which file and what to do (in a worker)."""
+    from despliegue.startup import stop_server_on_failure
+
+    with stop_server_on_failure(f"model {ref.tag}"):
+        stored = stored_model(str(ref.tag))
+        return load_artifact(stored), ModelCard.of(stored)
 
 
 def served_tags() -> dict[str, str]:
@@ -107,16 +215,17 @@ def served_tags() -> dict[str, str]:
 
 
 def require_models_in_store(tags: Iterable[str]) -> None:
-    """Pre-flight for `bentoml serve`: stop with the import command if a model is missing.
+    """Pre-flight for `bentoml serve`: stop with the import command if a model is missing,
+    and naming the file if one is unreadable or damaged (every served model is verified).
 
-    BentoML would also stop, but with a message about a cloud context that tells an operator
-    nothing about how to put the model there.
+    BentoML would also stop on a missing model, but with a message about a cloud context that
+    tells an operator nothing about how to put the model there.
     """
-    missing = []
+    missing, present = [], []
     for tag in tags:
         try:
-            bentoml.models.get(tag)
-        except bentoml.exceptions.NotFound:
+            present.append(stored_model(tag))
+        except ModelMissing:
             missing.append(tag)
     if missing:
         names = ", ".join(missing)
@@ -125,6 +234,8 @@ def require_models_in_store(tags: Iterable[str]) -> None:
             f"Run `python save_models.py` to build the reference models, or "
             f"`python save_models.py import {missing[0].split(':')[0]} FILE` to import your own."
         )
+    for stored in present:
+        verify_artifact(stored)
 
 
 def bentoml_home() -> str:
@@ -142,23 +253,21 @@ def _load_joblib(path: Path) -> Any:
 def _load_keras(path: Path) -> Any:
     import keras
 
+    import despliegue.keras_conversion  # noqa: F401  (registers EmbeddedSavedModel for SavedModels)
+
     return keras.models.load_model(path, compile=False)
 
 
 def _load_mtcnn(path: Path) -> Any:
     """An MTCNN detector built from the weight files stored beside its manifest (not from the
-    copy inside the installed package), after checking each file's sha256."""
-    import json
-
+    copy inside the installed package); load_artifact has checked each file's sha256."""
     from mtcnn import MTCNN
     from mtcnn.stages import StageONet, StagePNet, StageRNet
 
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    weights = {}
-    for stage, entry in manifest["weights"].items():
-        file = path.parent / entry["file"]
-        check_weights(file, entry["sha256"])
-        weights[stage] = str(file)
+    weights = {
+        stage: str(path.parent / entry["file"]) for stage, entry in manifest["weights"].items()
+    }
     return MTCNN(
         stages=[
             StagePNet(weights=weights["pnet"]),
@@ -168,17 +277,12 @@ def _load_mtcnn(path: Path) -> Any:
     )
 
 
-def check_weights(file: Path, sha256: str) -> None:
-    """A stored weight file must be the one its manifest recorded."""
-    if sha256_of(file) != sha256:
-        raise ValueError(f"{file}: sha256 differs from the manifest; the stored model is damaged")
-
-
 def _load_blazeface(path: Path) -> Any:
-    """BlazeFace (despliegue/blazeface.py) from the stored .tflite its manifest names."""
+    """BlazeFace (despliegue/blazeface.py) from the stored .tflite its manifest names;
+    load_artifact has checked each file's sha256."""
     from despliegue.blazeface import load_blazeface
 
-    return load_blazeface(path, check_weights)
+    return load_blazeface(path)
 
 
 LOADERS: dict[str, Callable[[Path], Any]] = {
@@ -206,7 +310,10 @@ def save_to_store(
     all_labels = {"family": family, "reference": str(metadata.get("reference", False)).lower()}
     all_labels.update(labels or {})
     with bentoml.models.create(name, labels=all_labels, metadata=full_metadata) as model:
-        write(Path(model.path_of(ARTIFACT_FILE[framework])))
+        artifact = Path(model.path_of(ARTIFACT_FILE[framework]))
+        write(artifact)
+        # The sum of the file as stored (an .h5 import is stored as .keras): what loads check.
+        model.info.metadata["artifact_sha256"] = sha256_of(artifact)
     return bentoml.models.get(model.tag)
 
 
@@ -222,10 +329,23 @@ def copy_file(source: Path) -> Callable[[Path], None]:
 def stored_models(name: str) -> list[bentoml.Model]:
     """Every version of one model name in the local store, newest first.
 
-    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`.
+    BentoML keeps tag names in lower case, so `modelo_AMK_NM` finds `modelo_amk_nm`. Only
+    this name's folders are read: an unreadable folder of another model does not get in the way.
     """
-    found = [m for m in bentoml.models.list() if m.tag.name == name.lower()]
+    try:
+        found = bentoml.models.list(name.lower())
+    except bentoml.exceptions.NotFound:
+        return []
     return sorted(found, key=lambda m: m.info.creation_time, reverse=True)
+
+
+def stored_model_names() -> set[str]:
+    """The model names in the local store, from its folder names, without reading any model's
+    metadata (one unreadable folder would hide every other model)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    root = Path(BentoMLContainer.model_store_dir.get())
+    return {folder.name for folder in root.iterdir() if folder.is_dir()} if root.is_dir() else set()
 
 
 def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
@@ -234,16 +354,21 @@ def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
     Read from the store when the runner module is imported (at `bentoml build` and at start-up),
     so a new `modelo_<CODE>_NM` is picked up by a restart or a rebuild, with no code change.
     Codes named in configuration but missing from the store keep a tag that fails start-up
-    with instructions (see load_served_model).
+    with instructions (see load_served_model), and so do members whose folder cannot be read:
+    this runs when the service is imported, where an exception would be a traceback, so the
+    preflight reports them instead.
     """
-    in_store = {code for model in bentoml.models.list() if (code := panel.code_of(model.tag.name))}
+    in_store = {code for name in stored_model_names() if (code := panel.code_of(name))}
     codes = sorted(panel.codes or in_store | set(panel.versions))
     refs: dict[str, bentoml.models.BentoModel] = {}
     for code in codes:
         name = panel.model_name(code)
         version = panel.versions.get(code)
         if version is None:
-            newest = stored_models(name)
+            try:
+                newest = stored_models(name)
+            except Exception:  # an unreadable folder: the preflight names it
+                newest = []
             version = newest[0].tag.version if newest else "latest"
         refs[code] = bentoml.models.BentoModel(f"{name}:{version}")
     return refs

@@ -14,18 +14,26 @@ requests is retried alone, so one request's failure is never another request's a
 
 The items of each call are counted in the Prometheus histogram
 `despliegue_runner_call_items{runner_name, method_name}` on the API's /metrics.
+
+A runner worker that dies (killed, out of memory) is replaced by BentoML's supervisor; the
+calls it had in flight lose their connection (so does a call sent on a keep-alive connection
+the runner is closing for idleness). Model calls are pure, so such a call is sent once more:
+it waits in the runner's socket until the replacement is up. If that fails too, or the runner
+sheds load (its own 503), the request is answered 503 with Retry-After (`TryLater`), never 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from despliegue.config import Batching
+from despliegue.errors import TryLater
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
@@ -35,6 +43,11 @@ Result = TypeVar("Result")
 
 # A runner method as the API calls it: a list of items in, one result per item out.
 RunnerMethod = Callable[[list[Item]], Awaitable[Sequence[Result]]]
+
+# Seconds a client is told to wait when a runner is being replaced (a TensorFlow runner loads
+# in ~5-10 s on 2 cores) or sheds load.
+RUNNER_RETRY_AFTER_S = 5
+logger = logging.getLogger("despliegue.runners")
 
 
 @dataclass
@@ -101,8 +114,9 @@ class Coalescer(Generic[Item, Result]):
                 results = await self._method(items)
                 self._answer(group, results)
             except Exception as error:  # handed to the requests, not swallowed
-                if len(group) == 1:
-                    _settle(group[0].answer, error=error)
+                if len(group) == 1 or isinstance(error, TryLater):  # not this request's fault
+                    for waiting in group:
+                        _settle(waiting.answer, error=error)
                     return
                 for waiting in group:  # isolate the failure: each request alone
                     try:
@@ -151,11 +165,61 @@ def call_items_histogram() -> Histogram:
     )
 
 
+def _runner_gone(error: BaseException) -> bool:
+    """The connection to the runner broke, as opposed to a slow answer: its process died, or
+    it closed an idle keep-alive connection just as the API reused it (BentoML's client to a
+    dependency is aiohttp)."""
+    import aiohttp
+
+    return isinstance(error, aiohttp.ClientConnectionError) and not isinstance(error, TimeoutError)
+
+
+def _runner_overloaded(error: BaseException) -> bool:
+    from bentoml.exceptions import BentoMLException
+
+    return isinstance(error, BentoMLException) and error.error_code == 503
+
+
+def surviving_restarts(
+    name: str, method: RunnerMethod[Item, Result], retries: int = 1
+) -> RunnerMethod[Item, Result]:
+    """`method`, called once more when its runner's process died under the call; TryLater
+    (503, Retry-After) when it died again or the runner sheds load."""
+
+    async def call(items: list[Item]) -> Sequence[Result]:
+        for attempt in range(retries + 1):
+            try:
+                return await method(items)
+            except Exception as error:
+                if _runner_overloaded(error):
+                    raise TryLater(
+                        f"{name}: the model is overloaded; retry after {RUNNER_RETRY_AFTER_S} s",
+                        retry_after_s=RUNNER_RETRY_AFTER_S,
+                    ) from None
+                if not _runner_gone(error):
+                    raise
+                logger.warning(
+                    "%s: connection to the runner lost (%s: %s); %s",
+                    name,
+                    type(error).__name__,
+                    error,
+                    "calling again" if attempt < retries else "answering 503",
+                )
+        raise TryLater(
+            f"{name}: the model's worker is being restarted; retry after {RUNNER_RETRY_AFTER_S} s",
+            retry_after_s=RUNNER_RETRY_AFTER_S,
+        )
+
+    return call
+
+
 def coalesce(
     name: str, method: RunnerMethod[Item, Result], batching: Batching
 ) -> RunnerMethod[Item, Result]:
     """The way the API calls the batchable runner method `name` ("RunnerClass.method"):
-    coalesced when batching is on, else one call per request (the benchmark's "batching off")."""
+    coalesced when batching is on, else one call per request (the benchmark's "batching off");
+    either way surviving a runner restart."""
+    method = surviving_restarts(name, method)
     if not batching.enabled:
         return method
     return Coalescer(name, method, batching.max_batch_size, batching.calls_in_flight)

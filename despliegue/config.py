@@ -25,6 +25,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,9 @@ class FamilyConfig(StrictModel):
     batching: Batching
     # Decision threshold on the model's score, for families that answer yes/no or "unknown".
     threshold: float | None = Field(default=None, ge=0, le=1)
+    # For a model that takes images of any size (the face detector): the API scales each image
+    # down to this longer side before the model sees it, and maps the answers back.
+    max_side: int | None = Field(default=None, ge=64, le=16384)
 
     @property
     def tag(self) -> str:
@@ -145,12 +149,30 @@ class FalseTrueLimits(StrictModel):
     max_text_chars: int = Field(ge=1, le=10_000_000)
 
 
+# Pillow warns about an image above this many pixels (its MAX_IMAGE_PIXELS) and refuses twice
+# as many. The service never changes that process-wide setting, so its own limit stays below.
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485
+
+
 class ImageLimits(StrictModel):
     """Bounds on the images of one request, checked before any pixel is decoded."""
 
     max_images: int = Field(ge=1, le=1024)
     max_image_bytes: int = Field(ge=1024, le=1 << 30)
-    max_pixels: int = Field(ge=1024, le=1 << 31)
+    max_pixels: int = Field(ge=1024, le=PILLOW_MAX_IMAGE_PIXELS)
+    # Decoded pixels (after reduced-scale JPEG decoding) of all images of one request, and of
+    # every request in flight in one API worker (past it: 429 with Retry-After).
+    max_request_pixels: int = Field(default=67_108_864, ge=1024, le=1 << 34)
+    max_pixels_in_flight: int = Field(default=134_217_728, ge=1024, le=1 << 36)
+
+    @model_validator(mode="after")
+    def _budgets_hold_one_image(self) -> ImageLimits:
+        if not self.max_pixels <= self.max_request_pixels <= self.max_pixels_in_flight:
+            raise ValueError(
+                "need max_pixels <= max_request_pixels <= max_pixels_in_flight (an image the "
+                "limits accept must fit in a request, and a request in the worker's budget)"
+            )
+        return self
 
 
 class AntibioticLimits(StrictModel):

@@ -9,7 +9,7 @@ This middleware serves instead:
 - `/ui/swagger-initializer.js`: the UI set-up, with the online spec validator switched off;
 - `/docs.json`: BentoML's document with our own description, the bearer-token scheme (so the
   UI's "Authorize" button works) and the error responses this service really gives (400, 401,
-  403, 413, 415, 422 with the `{"error", "detail"}` body).
+  403, 413, 415, 422, 429, 503 with the `{"error", "detail"}` body).
 """
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ ERRORS = {
     "413": "Request body larger than the configured limit",
     "415": "Content-Type is not the one this endpoint takes",
     "422": "Understood but cannot be answered (a value out of range after decoding)",
+    "429": "Image endpoints: this worker's budget of decoded pixels is in use; retry after "
+    "the Retry-After seconds",
+    "503": "A model's worker is being restarted or sheds load; retry after the Retry-After seconds",
 }
 
 
@@ -186,7 +189,11 @@ def publishable_openapi(
             responses = {
                 str(code): answer for code, answer in operation.get("responses", {}).items()
             }
-            codes = ["400", "413", "415", "422"] if method in {"post", "put", "patch"} else []
+            codes = (
+                ["400", "413", "415", "422", "429", "503"]
+                if method in {"post", "put", "patch"}
+                else []
+            )
             if auth_enabled(auth) and path not in PROBES and required_scope(path, auth) is not None:
                 operation["security"] = [{"bearer": []}]
                 codes += ["401", "403"]

@@ -4,6 +4,8 @@ Schema violations are caught by pydantic before our code runs; BentoML answers t
 and `{"error", "detail": [{"loc", "msg", "type"}]}`. Mistakes that can only be seen after
 decoding (an image that is not an image, an unknown model code) raise `ClientError`, which
 `answers_client_errors` turns into the same body shape with its own status (422 by default).
+A request the service cannot take right now through no fault of the client (its memory budget
+is spent, a runner is being replaced) raises `TryLater`: 429 or 503 with `Retry-After`.
 
 BentoML words a schema violation after its own internal class ("1 validation error for
 HeatFlowRequestIODescriptor") and some other 4xx as a list; `ClientErrorWording` rewrites those
@@ -57,10 +59,31 @@ class ClientError(Exception):
         return JSONResponse(body, status_code=int(self.status))
 
 
+class TryLater(Exception):
+    """The service cannot answer this request now; the same request may succeed later."""
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE,
+        retry_after_s: int = 1,
+    ) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    def to_response(self) -> JSONResponse:
+        body = {"error": self.msg, "detail": [{"loc": [], "msg": self.msg, "type": "try_later"}]}
+        headers = {"Retry-After": str(self.retry_after_s)}
+        return JSONResponse(body, status_code=int(self.status), headers=headers)
+
+
 def answers_client_errors(
     endpoint: Callable[P, Awaitable[R]],
 ) -> Callable[P, Awaitable[R | JSONResponse]]:
-    """Wrap an async API method so a ClientError becomes its JSON 4xx response."""
+    """Wrap an async API method so a ClientError or TryLater becomes its JSON response."""
 
     @functools.wraps(endpoint)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | JSONResponse:
@@ -69,6 +92,11 @@ def answers_client_errors(
         except ClientError as exc:
             logging.getLogger("despliegue.api").warning(
                 "client error %s: %s", int(exc.status), exc.args[0]
+            )
+            return exc.to_response()
+        except TryLater as exc:
+            logging.getLogger("despliegue.api").warning(
+                "answered %s (retry after %s s): %s", int(exc.status), exc.retry_after_s, exc.msg
             )
             return exc.to_response()
 

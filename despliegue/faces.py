@@ -16,12 +16,18 @@ from despliegue.schemas import Box, Face
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-def faces_of(rows: np.ndarray, minimum_confidence: float) -> list[Face]:
-    """Detector rows at or above the confidence threshold, as Face answers."""
+def faces_of(
+    rows: np.ndarray, minimum_confidence: float, scale: tuple[float, float] = (1.0, 1.0)
+) -> list[Face]:
+    """Detector rows at or above the confidence threshold, as Face answers; `scale` (x, y)
+    maps the coordinates of the image the detector saw to those of the image sent."""
     faces = []
     for row in np.asarray(rows, dtype=float).reshape(-1, 15):
         if row[4] < minimum_confidence:
             continue
+        row = row.copy()
+        row[[0, 2, *range(5, 15, 2)]] *= scale[0]
+        row[[1, 3, *range(6, 15, 2)]] *= scale[1]
         x, y, width, height = (round(v) for v in row[:4])
         points = row[5:].reshape(5, 2)
         faces.append(
@@ -48,13 +54,13 @@ def crop(image: np.ndarray, box: Box) -> np.ndarray:
     return np.ascontiguousarray(image[y0:y1, x0:x1])
 
 
-def annotate_image(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+def annotate_image(image: Image.Image, faces: Sequence[Face]) -> Image.Image:
     """A copy of the image with each face's box drawn (green if validated, else red)."""
-    drawn = Image.fromarray(image)
+    drawn = image.copy()
     pen = ImageDraw.Draw(drawn)
-    line = max(2, min(image.shape[:2]) // 150)
+    line = max(2, min(image.size) // 150)
     for face in faces:
         colour = (0, 200, 0) if getattr(face, "result", True) else (220, 0, 0)
         b = face.box
         pen.rectangle([b.x, b.y, b.x + b.width, b.y + b.height], outline=colour, width=line)
-    return np.asarray(drawn)
+    return drawn

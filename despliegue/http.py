@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import get_args, get_origin
 
 from pydantic import BaseModel
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
@@ -242,7 +243,6 @@ class UploadFieldGuard:
     async def _refusal(
         scope: Scope, messages: list[Message], fields: dict[str, FormField]
     ) -> tuple[int, list[str | int], str] | None:
-        from starlette.datastructures import UploadFile
         from starlette.requests import Request
 
         async def disconnected() -> Message:
@@ -262,7 +262,7 @@ class UploadFieldGuard:
                 index = counted[name] = counted.get(name, -1) + 1
                 if field.file and not isinstance(value, UploadFile):
                     return 422, [name, index], "must be an uploaded file, not a text value"
-                if not field.file and isinstance(value, UploadFile):
+                if not field.file and isinstance(value, UploadFile) and not is_value_part(value):
                     return 422, [name, index], "must be a text value, not a file"
                 if index and not field.many:
                     kind = "file" if field.file else "value"
@@ -270,6 +270,18 @@ class UploadFieldGuard:
         finally:
             await form.close()
         return None
+
+
+# A value sent as a part of its own: OpenAPI's Encoding Object, and so Swagger UI, sends a
+# form value as a file named "blob" with a JSON or plain-text media type; BentoML reads it.
+VALUE_PART_MEDIA_TYPES = ("application/json", "text/plain")
+VALUE_PART_MAX_BYTES = 64 * 1024
+
+
+def is_value_part(part: UploadFile) -> bool:
+    """A multipart part that carries a value (JSON or text, small), not a file."""
+    media_type = (part.content_type or "").split(";")[0].strip().lower()
+    return media_type in VALUE_PART_MEDIA_TYPES and (part.size or 0) <= VALUE_PART_MAX_BYTES
 
 
 async def send_client_error(

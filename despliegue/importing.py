@@ -6,6 +6,8 @@ that works is it copied (byte for byte) into the store, with its sha256 and prov
 
 from __future__ import annotations
 
+import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from typing import Any
 
 from despliegue.artifacts import copy_file, save_to_store, sha256_of, stored_models
 from despliegue.families import RECIPES, Recipe
+from despliegue.preprocessing import summary as preprocessing_summary
 
 
 class ImportRefused(Exception):
@@ -26,7 +29,7 @@ class Outcome:
     tag: str
     action: str  # "built", "kept", "imported"
     detail: str
-    warning: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 def recipe_for(model_name: str) -> Recipe:
@@ -63,99 +66,191 @@ def import_artifact(
     declared: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
+    signature: str | None = None,
 ) -> Outcome:
     """Probe a user's artifact and, if it answers, store it under `model_name`.
 
     `declared` is what the import says about serving the model (class labels, preprocessing);
-    `provenance` and `labels` record where it came from (e.g. an MLflow run and version).
+    `provenance` and `labels` record where it came from (e.g. an MLflow run and version);
+    `signature` picks a SavedModel's serving signature.
     """
     recipe = recipe_for(model_name)
-    if not path.is_file():
+    if declared and recipe.serving_metadata is None:
+        raise ImportRefused(
+            f"{model_name}: a {recipe.family} model takes no declared {' or '.join(declared)}"
+        )
+    if not path.exists():
         raise ImportRefused(f"{path}: no such file")
-    model, loaded_with, warning = _load_user_artifact(recipe, path)
-    try:
-        recipe.probe(model)
-    except Exception as exc:  # any failure of user code is a refusal, reported as such
-        raise ImportRefused(f"{path}: probe call failed: {exc}") from exc
-    serving: dict[str, Any] = {}
-    if recipe.serving_metadata is not None:
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImportRefused(f"{path}: the file is empty (0 bytes)")
+    with tempfile.TemporaryDirectory(prefix="despliegue-import-") as work:
+        loaded = _load_user_artifact(recipe, path, Path(work), signature)
         try:
-            serving = recipe.serving_metadata(model_name, model, declared or {})
-        except ValueError as exc:
-            raise ImportRefused(f"{path}: {exc}") from exc
-    digest = sha256_of(path)
-    write = copy_file(path)
-    if recipe.framework == "keras" and path.suffix.lower() != ".keras":
-        write = _writer(recipe, model)  # the store keeps one format: .keras
-    stored = save_to_store(
-        model_name,
-        family=recipe.family,
-        framework=recipe.framework,
-        metadata={
-            "reference": False,
-            "source_file": path.name,
-            "sha256": digest,
-            "imported_at": _now(),
-            **loaded_with,
-            **serving,
-            **(provenance or {}),
-        },
-        write=write,
-        labels={"source": "file", **(labels or {})},
-    )
-    return Outcome(model_name, str(stored.tag), "imported", f"sha256 {digest[:12]}…", warning)
+            recipe.probe(loaded.model)
+        except Exception as exc:  # any failure of user code is a refusal, reported as such
+            raise ImportRefused(f"{path}: probe call failed: {_reason(exc)}") from exc
+        serving: dict[str, Any] = {}
+        if recipe.serving_metadata is not None:
+            try:
+                serving = recipe.serving_metadata(model_name, loaded.model, declared or {})
+            except ValueError as exc:
+                raise ImportRefused(f"{path}: {_reason(exc)}") from exc
+        warnings_found = list(loaded.warnings)
+        if recipe.review is not None:
+            warnings_found += recipe.review(loaded.model, serving)
+        # The file imported; for a SavedModel folder, the .keras file converted from it.
+        digest = sha256_of(path if path.is_file() else loaded.file)
+        stored = save_to_store(
+            model_name,
+            family=recipe.family,
+            framework=recipe.framework,
+            metadata={
+                "reference": False,
+                "source_file": path.name,
+                "sha256": digest,
+                "imported_at": _now(),
+                **loaded.provenance,
+                **serving,
+                **(provenance or {}),
+            },
+            write=copy_file(loaded.file),
+            labels={"source": "file", **(labels or {})},
+        )
+    detail = f"sha256 {digest[:12]}…"
+    summary = preprocessing_summary(serving)
+    if summary:
+        detail += f"; input: {summary}"
+    return Outcome(model_name, str(stored.tag), "imported", detail, tuple(warnings_found))
 
 
-def _load_user_artifact(recipe: Recipe, path: Path) -> tuple[Any, dict[str, Any], str]:
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """A user's artifact loaded for probing, and the file the store will keep for it."""
+
+    model: Any
+    file: Path
+    provenance: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+
+def _load_user_artifact(
+    recipe: Recipe, path: Path, work: Path, signature: str | None
+) -> LoadedArtifact:
     if recipe.framework == "sklearn":
         return _load_sklearn(path)
     if recipe.framework == "keras":
-        return _load_keras(path)
+        from despliegue.keras_conversion import ConversionRefused, load_keras_artifact
+
+        try:
+            model, file, provenance = load_keras_artifact(path, work, signature)
+        except ConversionRefused as exc:
+            raise ImportRefused(str(exc)) from exc
+        import keras
+
+        provenance = {"keras_version_installed": keras.__version__, **provenance}
+        return LoadedArtifact(model, file, provenance)
     raise ImportRefused(f"{path}: importing {recipe.framework} artifacts is not supported yet")
 
 
-def _load_keras(path: Path) -> tuple[Any, dict[str, Any], str]:
-    """Load a .keras or .h5 file (a SavedModel folder is converted to .keras by the caller)."""
-    if path.suffix.lower() not in {".keras", ".h5", ".hdf5"}:
-        raise ImportRefused(f"{path}: a Keras model must be a .keras or .h5 file")
-    from despliegue.tensorflow_runtime import configure_tensorflow
-
-    configure_tensorflow()
-    import keras
-
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise ImportRefused(
-            f"{path}: cannot be loaded by Keras {keras.__version__}: {exc}"
-        ) from exc
-    return model, {"keras_version_installed": keras.__version__, "source_format": path.suffix}, ""
-
-
-def _load_sklearn(path: Path) -> tuple[Any, dict[str, Any], str]:
+def _load_sklearn(path: Path) -> LoadedArtifact:
     import joblib
     import sklearn
     from sklearn.exceptions import InconsistentVersionWarning
 
+    if not path.is_file():
+        raise ImportRefused(f"{path}: a scikit-learn model must be a joblib/pickle file")
     installed = sklearn.__version__
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InconsistentVersionWarning)
         try:
             model = joblib.load(path)
         except Exception as exc:
-            raise ImportRefused(f"{path}: cannot be loaded with joblib/pickle: {exc}") from exc
+            raise ImportRefused(_unloadable_pickle(path, installed, exc)) from exc
     pickled_with = installed
     for item in caught:
         if isinstance(item.message, InconsistentVersionWarning):
             pickled_with = item.message.original_sklearn_version
-    warning = ""
+    found: tuple[str, ...] = ()
     if pickled_with != installed:
-        warning = (
+        found = (
             f"{path.name} was pickled with scikit-learn {pickled_with}, "
-            f"but {installed} is installed: predictions may differ or fail"
+            f"but {installed} is installed: predictions may differ or fail",
         )
     provenance = {"sklearn_version_pickled": pickled_with, "sklearn_version_installed": installed}
-    return model, provenance, warning
+    return LoadedArtifact(model, path, provenance, found)
+
+
+def _unloadable_pickle(path: Path, installed: str, exc: Exception) -> str:
+    """Why a pickle cannot be loaded, naming the scikit-learn version that wrote it."""
+    pickled_with = sklearn_version_in_pickle(path)
+    if pickled_with is None or pickled_with == installed:
+        return f"{path}: cannot be loaded with joblib/pickle: {_reason(exc)}"
+    return (
+        f"{path}: pickled with scikit-learn {pickled_with} (recorded in the file), but "
+        f"{installed} is installed, and it cannot be loaded here ({_reason(exc)}). A pickle "
+        f"does not carry across scikit-learn versions: train the model again with "
+        f"scikit-learn {installed} (pip install scikit-learn=={installed} where it is "
+        f"trained) and import the new file, or serve it where {pickled_with} is installed"
+    )
+
+
+# After the key, an optional memo opcode, then the version string's opcode: SHORT_BINUNICODE
+# (\x8c, 1-byte length), BINUNICODE (X, 4-byte length), SHORT_BINSTRING (U, 1-byte length),
+# or protocol 0's UNICODE (V, text up to a newline).
+_VERSION_IN_PICKLE = re.compile(
+    rb"_sklearn_version\n?(?:\x94|q.|r....|p\d+\n)?"
+    rb"(?:\x8c(?P<short>.)|X(?P<long>....)|U(?P<old>.)|V(?P<text>[^\n]{1,32})\n)",
+    re.DOTALL,
+)
+_VERSION = re.compile(r"\d+\.\d+(\.\d+)?([.\w+-]*)")
+
+
+def sklearn_version_in_pickle(path: Path) -> str | None:
+    """The scikit-learn version a pickle records for its estimators, read from the bytes
+    without unpickling anything (estimators store it under `_sklearn_version`)."""
+    data = _decompressed(path.read_bytes())
+    for found in _VERSION_IN_PICKLE.finditer(data):
+        if found["text"] is not None:
+            raw = found["text"]
+        else:
+            length_bytes = found["short"] or found["long"] or found["old"]
+            length = int.from_bytes(length_bytes, "little")
+            raw = data[found.end() : found.end() + min(length, 32)]
+        text = raw.decode("utf-8", errors="replace")
+        if _VERSION.fullmatch(text):
+            return text
+    return None
+
+
+def _decompressed(data: bytes) -> bytes:
+    """joblib's compressed files, opened with the matching standard-library codec."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    codecs = (
+        (b"\x1f\x8b", gzip.decompress),
+        (b"BZh", bz2.decompress),
+        (b"\xfd7zXZ", lzma.decompress),
+        (b"\x78", zlib.decompress),
+    )
+    for magic, decompress in codecs:
+        if data.startswith(magic):
+            try:
+                return decompress(data)
+            except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error):
+                return data
+    return data
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line, never empty, account of an exception (a numpy dtype dump is cut)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0] if len(lines) == 1 else f"{lines[0]} …"
+    return first if len(first) <= 300 else f"{first[:300]}…"
 
 
 def _writer(recipe: Recipe, model: Any):

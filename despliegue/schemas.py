@@ -139,7 +139,10 @@ class AntibioticsRequest(Request):
     codes: list[AntibioticCode] | None = Field(
         default=None,
         min_length=1,
-        description="Antibiotics to answer for; omit for the whole panel.",
+        description=(
+            "Antibiotics to answer for. Omitted: every antibiotic whose model takes vectors of "
+            "the length sent (GET /antibiotics lists input_length per code)."
+        ),
         examples=[["AMK", "CAZ"]],
     )
 

@@ -1,13 +1,15 @@
 """TensorFlow set-up for every process that runs a CNN (runners and reference training).
 
-Thread pools can only be sized before TensorFlow runs its first op, so each runner calls
-`configure_tensorflow()` first thing in `__init__`. The sizes come from configuration.yaml
-(`tensorflow:`), documented there. `CompiledImageModel` is how every runner calls a stored
-Keras image CNN.
+Thread pools can only be sized before TensorFlow runs its first op, and oneDNN switched off
+only before it loads, so each runner calls `configure_tensorflow()` first thing in `__init__`.
+The thread pools come from configuration.yaml (`tensorflow:`), documented there.
+`CompiledImageModel` is how every runner calls a stored Keras image CNN.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,15 +17,25 @@ import numpy as np
 
 from despliegue.config import settings
 from despliegue.images import resize
+from despliegue.preprocessing import ImagePreprocessing
 
 if TYPE_CHECKING:
     from despliegue.artifacts import ModelCard
 
 
-def configure_tensorflow() -> Any:
-    """Import TensorFlow with the configured thread pools and return the module."""
+def configure_tensorflow(onednn: bool = True) -> Any:
+    """Import TensorFlow with the configured thread pools and return the module.
+
+    `onednn=False` (effective only in the first call of a process, before TensorFlow loads)
+    runs TensorFlow's own kernels instead of oneDNN's. oneDNN keeps memory for every input
+    shape it meets, per worker thread, and never returns it: right for a model with a fixed
+    input size (faster), wrong for one that takes images of any size (the face detector's
+    runner grew 79% in 200 requests of varied sizes with it, not without: docs/performance.md).
+    """
     from despliegue.quiet import import_tensorflow
 
+    if not onednn and "tensorflow" not in sys.modules:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     tf = import_tensorflow()
 
     threads = settings().tensorflow
@@ -37,16 +49,15 @@ def configure_tensorflow() -> Any:
 
 class CompiledImageModel:
     """A stored Keras image CNN as a runner calls it: the preprocessing its model card records
-    (input size, scale, offset), so an imported model with its own input size or scaling is
-    served without code changes, and one traced graph for every batch size (a plain model
-    call per batch is slower, and `model.predict` adds ~80 ms per call)."""
+    (input size, colour order, scaling; despliegue/preprocessing.py), so an imported model with
+    its own input size or scaling is served without code changes, and one traced graph for
+    every batch size (a plain model call per batch is slower, and `model.predict` adds ~80 ms
+    per call)."""
 
     def __init__(self, model: Any, card: ModelCard) -> None:
         tf = configure_tensorflow()
-        preprocessing = card.metadata["preprocessing"]
-        self.size = (int(preprocessing["size"][0]), int(preprocessing["size"][1]))
-        self._scale = np.float32(preprocessing["scale"])
-        self._offset = np.float32(preprocessing["offset"])
+        self.preprocessing = ImagePreprocessing.from_metadata(card.metadata["preprocessing"])
+        self.size = self.preprocessing.size
         self._forward = tf.function(
             lambda batch: model(batch, training=False),
             input_signature=[tf.TensorSpec([None, *self.size, 3], tf.float32)],
@@ -55,4 +66,4 @@ class CompiledImageModel:
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The model's outputs for RGB images of any size (resized as it expects), one call."""
         batch = np.stack([resize(np.asarray(image, dtype=np.uint8), self.size) for image in images])
-        return np.asarray(self._forward(batch.astype(np.float32) * self._scale + self._offset))
+        return np.asarray(self._forward(self.preprocessing.apply(batch)))

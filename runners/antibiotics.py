@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from despliegue.artifacts import ModelCard, load_served_model, panel_models
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
+from despliegue.startup import serve_until_callers_stop
 
 PANEL = settings().panel("antibiotics")
 MODELS = panel_models(PANEL)
@@ -80,6 +81,7 @@ class AntibioticPanel:
         configure_tensorflow()
         self.members = {code: PanelMember.load(code, ref) for code, ref in MODELS.items()}
         self.cards = [member.card for member in self.members.values()]
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**PANEL.batching.api_options())

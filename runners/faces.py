@@ -2,7 +2,8 @@
 
 Both models live in one process: a request to /super needs both, and a second TensorFlow
 process would cost ~600 MB for nothing. Each model has its own batchable method, so
-concurrent requests are merged per model. Cropping and the verdict are the API's job.
+concurrent requests are merged per model. Cropping, scaling images to the detector's
+`max_side` and the verdict are the API's job: images arrive at most max_side a side.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.faces import LANDMARKS
 from despliegue.heap import freeze_startup_heap
+from despliegue.startup import serve_until_callers_stop
 
 DETECTOR = settings().family("face_detector")
 VALIDATOR = settings().family("face_validator")
@@ -39,10 +41,13 @@ class FaceAnalyzer:
     def __init__(self) -> None:
         from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
 
-        configure_tensorflow()  # thread pools first: they cannot be sized after the first op
+        # Thread pools first: they cannot be sized after the first op. The detector takes images
+        # of any size, so no oneDNN: its per-shape memory is never given back.
+        configure_tensorflow(onednn=False)
         self.detector, self.detector_card = load_served_model(type(self).detector_ref)
         validator, self.validator_card = load_served_model(type(self).validator_ref)
         self.score_crops = CompiledImageModel(validator, self.validator_card)
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**DETECTOR.batching.api_options())

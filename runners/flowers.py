@@ -14,6 +14,7 @@ import numpy as np
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
+from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("flowers")
 
@@ -28,6 +29,7 @@ class FlowerClassifier:
         configure_tensorflow()  # thread pools first: they cannot be sized after the first op
         model, self.card = load_served_model(type(self).model_ref)
         self.classifier = CompiledImageModel(model, self.card)
+        serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())

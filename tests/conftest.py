@@ -191,11 +191,22 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 
 # What `python save_models.py` printed while building the session's reference store.
 REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.stderr"
+# A model store `make models` built before the tests (CI builds it once, for the tests and the
+# image), and what that build printed. The session starts from a copy of it.
+PREBUILT_MODELS = os.environ.get("DESPLIEGUE_TEST_MODELS")
+PREBUILT_MODELS_LOG = os.environ.get("DESPLIEGUE_TEST_MODELS_LOG")
 
 
 @pytest.fixture(scope="session")
 def reference_store() -> str:
-    """The session's BentoML home with every reference model built by save_models.py."""
+    """The session's BentoML home with every reference model built by save_models.py (on a
+    copy of $DESPLIEGUE_TEST_MODELS when given: save_models.py then checks what it finds and
+    builds only what is missing)."""
+    if PREBUILT_MODELS:
+        import shutil
+
+        shutil.copytree(PREBUILT_MODELS, Path(os.environ["BENTOML_HOME"]) / "models")
+        print(f"reference store: starting from a copy of {PREBUILT_MODELS}")
     result = run_save_models()
     REFERENCE_BUILD_LOG.write_text(result.stderr)
     assert result.returncode == 0, result.stderr

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from despliegue.config import settings
+from despliegue.config import config_path, settings
 from despliegue.families.base import Recipe, ReferenceModel
 
 REFERENCE_CODES = ("AMK", "AMP", "ATM", "CAS", "CAZ")
@@ -28,6 +28,8 @@ DEFAULT_CLASSES = ["S", "I", "R"]
 N_MARKERS = 16
 N_ISOLATES = 1500
 PREPROCESSING_KINDS = ("none", "standardize")
+# Longest JSON text of one float and its comma ("-2.2250738585072014e-308,").
+JSON_BYTES_PER_VALUE = 25
 MODEL_PATTERN = settings().panel("antibiotics").model_pattern
 
 
@@ -163,6 +165,12 @@ def serving_metadata(model_name: str, model: Any, declared: dict[str, Any]) -> d
     if features is not None and len(features) != n_features:
         raise ValueError(f"{len(features)} feature names for an input of length {n_features}")
     preprocessing = dict(declared.get("preprocessing") or {"kind": "none"})
+    if "kind" not in preprocessing:
+        raise ValueError(
+            f"preprocessing {sorted(preprocessing)} describes images; an antibiotic model's "
+            f"preprocessing has a kind ({' or '.join(PREPROCESSING_KINDS)}), declared in its "
+            "MLflow metadata"
+        )
     kind = preprocessing.get("kind")
     if kind not in PREPROCESSING_KINDS:
         raise ValueError(f"preprocessing kind {kind!r} is not one of {PREPROCESSING_KINDS}")
@@ -173,6 +181,7 @@ def serving_metadata(model_name: str, model: Any, declared: dict[str, Any]) -> d
                 raise ValueError(f"preprocessing.{key} needs {n_features} finite numbers")
         if np.any(np.asarray(preprocessing["std"], dtype=float) <= 0):
             raise ValueError("preprocessing.std must be > 0")
+    check_request_limits(n_features)
     metadata = {
         "code": code_of(model_name),
         "input_length": n_features,
@@ -182,6 +191,26 @@ def serving_metadata(model_name: str, model: Any, declared: dict[str, Any]) -> d
     if features is not None:
         metadata["features"] = [str(f) for f in features]
     return metadata
+
+
+def check_request_limits(n_features: int) -> None:
+    """Refuse a model no request could reach: one vector of its length must pass the schema's
+    length limit and fit in a request body. Names the configuration key to raise."""
+    limits = settings().limits
+    where = f"in {config_path()}"
+    if n_features > limits.antibiotics.max_features:
+        raise ValueError(
+            f"the model takes {n_features} features per vector, but requests are limited to "
+            f"limits.antibiotics.max_features = {limits.antibiotics.max_features} {where}: "
+            f"raise it to at least {n_features}, then import again"
+        )
+    one_vector = n_features * JSON_BYTES_PER_VALUE + 1024
+    if one_vector > limits.max_body_bytes:
+        raise ValueError(
+            f"one vector of {n_features} values takes up to {one_vector} bytes of JSON, but "
+            f"request bodies are limited to limits.max_body_bytes = {limits.max_body_bytes} "
+            f"{where}: raise it, then import again"
+        )
 
 
 RECIPE = Recipe(

@@ -36,6 +36,9 @@ class Recipe:
     # Metadata the runner needs to serve an imported artifact (input length, labels, ...),
     # from the loaded model and what the import declared; raises ValueError if inconsistent.
     serving_metadata: Callable[[str, Any, dict[str, Any]], dict[str, Any]] | None = None
+    # Checks that do not refuse an import but belong in its summary (e.g. outputs that hardly
+    # change over varied inputs): warnings, from the probed model and its serving metadata.
+    review: Callable[[Any, dict[str, Any]], list[str]] | None = None
 
     def matches(self, model_name: str) -> bool:
         if self.name_pattern is None:

@@ -36,10 +36,18 @@ import numpy as np
 
 from despliegue.artifacts import sha256_of
 from despliegue.families.base import Recipe, ReferenceModel
+from despliegue.families.image_models import decide_preprocessing, flat_output_warnings
+from despliegue.preprocessing import PRESETS
 
 MTCNN_STAGES = ("pnet", "rnet", "onet")
 CROP_SIZE = (64, 64)
-PREPROCESSING = {"size": list(CROP_SIZE), "scale": 1 / 255, "offset": 0.0, "channels": "RGB"}
+PREPROCESSING = {
+    "size": list(CROP_SIZE),
+    "scale": 1 / 255,
+    "offset": 0.0,
+    "channels": "RGB",
+    "decided_by": "reference",
+}
 SEED = 2026
 MIN_DETECTION_CONFIDENCE = 0.9
 
@@ -263,8 +271,9 @@ def build_validator_reference() -> ReferenceModel:
 def validator_serving_metadata(
     model_name: str, model: Any, declared: dict[str, Any]
 ) -> dict[str, Any]:
-    _, height, width, _ = model.inputs[0].shape
-    return {"preprocessing": {**PREPROCESSING, "size": [int(height), int(width)]}}
+    """Its own input size; the preprocessing detected in it or declared (else pixels / 255)."""
+    preprocessing = decide_preprocessing(model, declared.get("preprocessing"), PRESETS["unit"])
+    return {"preprocessing": preprocessing.to_metadata()}
 
 
 def probe_validator(model: Any) -> None:
@@ -302,4 +311,5 @@ VALIDATOR = Recipe(
     build_reference=build_validator_reference,
     probe=probe_validator,
     serving_metadata=validator_serving_metadata,
+    review=flat_output_warnings,
 )

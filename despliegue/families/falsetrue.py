@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from despliegue.families.base import Recipe, ReferenceModel
+from despliegue.sklearn_input import OneColumnInput, text_column
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "falsetrue_corpus.csv"
 SEED = 2026
@@ -74,7 +75,8 @@ def build_reference() -> ReferenceModel:
 def probe(model: Any) -> None:
     if not hasattr(model, "predict"):
         raise ValueError(f"a {type(model).__name__} has no predict() method")
-    output = np.asarray(model.predict(["El banco central publicó su informe anual.", "¡Cura!"]))
+    texts = ["El banco central publicó su informe anual.", "¡Cura!"]
+    output = np.asarray(model.predict(OneColumnInput(model, text_column)(texts)))
     if output.shape != (2,):
         raise ValueError(f"predict() on 2 texts returned shape {output.shape}")
     if not set(output.tolist()) <= {0, 1}:

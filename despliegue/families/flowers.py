@@ -18,8 +18,9 @@ held-out `coffee`) still passed for a flower, since round is what the drawn flow
 Some photos are held out of training; the share of them answered "Flor no identificada" is
 measured here and recorded in the model's metadata (`metrics_held_out`).
 
-The preprocessing the model expects (input size, scale and offset) and the class list live in
-the model's metadata, so the runner serves an imported model with other preprocessing too.
+The preprocessing the model expects (input size, colour order, scaling; see
+despliegue/preprocessing.py) and the class list live in the model's metadata, so the runner
+serves an imported model with other preprocessing too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from despliegue.families.base import Recipe, ReferenceModel
+from despliegue.families.image_models import decide_preprocessing, flat_output_warnings
+from despliegue.preprocessing import PRESETS
 
 # Oxford-102 category ids the seed serves, with the dataset's own names.
 OXFORD102_NAMES: dict[int, str] = {
@@ -53,7 +56,13 @@ OXFORD102_NAMES: dict[int, str] = {
 }
 CLASSES = [{"id": key, "name": name} for key, name in OXFORD102_NAMES.items()]
 INPUT_SIZE = (224, 224)
-PREPROCESSING = {"size": list(INPUT_SIZE), "scale": 1 / 255, "offset": 0.0, "channels": "RGB"}
+PREPROCESSING = {
+    "size": list(INPUT_SIZE),
+    "scale": 1 / 255,
+    "offset": 0.0,
+    "channels": "RGB",
+    "decided_by": "reference",
+}
 
 PETAL_COLOURS = [
     (220, 40, 40),
@@ -300,12 +309,10 @@ def build_reference() -> ReferenceModel:
 
 
 def serving_metadata(model_name: str, model: Any, declared: dict[str, Any]) -> dict[str, Any]:
-    """Metadata an imported classifier gets: its own input size, 0..1 scaling, our classes."""
-    _, height, width, _ = model.inputs[0].shape
-    return {
-        "classes": CLASSES,
-        "preprocessing": {**PREPROCESSING, "size": [int(height), int(width)]},
-    }
+    """Metadata an imported classifier gets: its own input size, the preprocessing detected in
+    it or declared (pixels / 255 if neither), our classes."""
+    preprocessing = decide_preprocessing(model, declared.get("preprocessing"), PRESETS["unit"])
+    return {"classes": CLASSES, "preprocessing": preprocessing.to_metadata()}
 
 
 def probe(model: Any) -> None:
@@ -327,4 +334,5 @@ RECIPE = Recipe(
     build_reference=build_reference,
     probe=probe,
     serving_metadata=serving_metadata,
+    review=flat_output_warnings,
 )

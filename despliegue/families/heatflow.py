@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from despliegue.families.base import Recipe, ReferenceModel
+from despliegue.sklearn_input import OneColumnInput, numeric_column
 
 MAX_TRAINING_THICKNESS_M = 12_000.0
 SEED = 2026
@@ -81,7 +82,7 @@ def _baseline(thickness: np.ndarray) -> dict[str, Any]:
 def probe(model: Any) -> None:
     if not hasattr(model, "predict"):
         raise ValueError(f"a {type(model).__name__} has no predict() method")
-    probe_input = np.array([[0.0], [1000.0], [5000.0]])
+    probe_input = OneColumnInput(model, numeric_column)([0.0, 1000.0, 5000.0])
     output = np.asarray(model.predict(probe_input), dtype=float)
     if output.shape not in {(3,), (3, 1)}:
         raise ValueError(f"predict() on 3 thickness values returned shape {output.shape}")

@@ -55,7 +55,7 @@ def test_one_vector_and_chosen_codes(live_server: LiveServer) -> None:
     ("body", "status", "loc", "words"),
     [
         ({"features": [1.0, 2.0], "codes": ["AMK"]}, 422, ["features", 0], ["modelo_amk_nm", "16"]),
-        ({"features": [VECTOR, [1.0]]}, 422, ["features", 1], ["expects 16 values, got 1"]),
+        ({"features": [VECTOR, [1.0]]}, 422, ["features", 1], ["same length", "16", "1"]),
         (
             {"features": VECTOR, "codes": ["AMK", "XYZ"]},
             422,

@@ -1,19 +1,29 @@
-"""The panel fed from a real MLflow tracking server (sqlite store, local artifacts, loopback).
+"""The panel fed from a real MLflow tracking server: PostgreSQL backend store (as seed 003 runs
+MLflow), local artifact root, loopback.
 
 One MLflow server and one model store per module. A Keras model for a sixth antibiotic
 (CIP, which no code names) is logged, registered and aliased, imported through
 save_models.py, and served; then version 2 is registered and imported, and the served version
-follows configuration (a version pin), not the registry.
+follows configuration (a version pin), not the registry. Every URI form MLflow resolves is
+imported (version, alias, stage, latest, model id, run, folder), and both TensorFlow flavours
+(`mlflow.tensorflow.log_model` of a Keras model and of a tf.Module SavedModel) are converted,
+served, and answer as the logged models do.
+
+PostgreSQL comes from Debian's package (scripts/postgresql.sh, run by `make test`); where it
+cannot be installed the module runs on SQLite, says so, and skips the PostgreSQL check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -30,6 +40,7 @@ from tests.conftest import (
     stop_server,
     wait_until_serving,
 )
+from tests.postgres import binaries, postgres_server
 
 pytestmark = pytest.mark.integration
 mlflow = pytest.importorskip(
@@ -45,44 +56,58 @@ CLASSES = ["S", "I", "R"]
 class Registry:
     url: str
     home: str
+    backend_store: str
+    postgres_missing: str  # why PostgreSQL could not be used ("" when it is)
+
+
+def store_without_panel(reference_store: str, home: Path) -> str:
+    """A model store holding the non-antibiotic reference models (copied, not rebuilt)."""
+    shutil.copytree(
+        Path(reference_store) / "models",
+        home / "models",
+        ignore=shutil.ignore_patterns("modelo_*"),
+    )
+    return str(home)
 
 
 @pytest.fixture(scope="module")
 def registry(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A live `mlflow server` and a model store holding only the non-antibiotic references
-    (copied from the session's reference store, so nothing is trained twice)."""
+    """A live `mlflow server` on PostgreSQL (SQLite where PostgreSQL cannot be installed)."""
     folder = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (folder / "mlflow.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-            "--artifacts-destination", str(folder / "artifacts"),
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    try:
+    with contextlib.ExitStack() as stack:
+        bindir, missing = binaries()
+        if bindir is not None:
+            backend_store = stack.enter_context(postgres_server(free_port()))
+        else:
+            print(f"\nMLflow registry on SQLite, not PostgreSQL: {missing}")
+            backend_store = f"sqlite:///{folder / 'mlflow.db'}"
+        port = free_port()
+        log = stack.enter_context((folder / "mlflow.log").open("wb"))
+        process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1",
+                "--backend-store-uri", backend_store,
+                "--artifacts-destination", str(folder / "artifacts"),
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        stack.callback(stop_server, process)
+        url = f"http://127.0.0.1:{port}"
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        stack.callback(_restore_tracking_uri, previous)
         _wait_for(url, process, folder / "mlflow.log")
         mlflow.set_tracking_uri(url)
-        home = str(tmp_path_factory.mktemp("store") / "bentoml")
-        shutil.copytree(
-            Path(reference_store) / "models",
-            Path(home) / "models",
-            ignore=shutil.ignore_patterns("modelo_*"),
-        )
-        yield Registry(url=url, home=home)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
-        stop_server(process)
-        log.close()
+        home = store_without_panel(reference_store, tmp_path_factory.mktemp("store") / "bentoml")
+        yield Registry(url=url, home=home, backend_store=backend_store, postgres_missing=missing)
+
+
+def _restore_tracking_uri(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -103,6 +128,11 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 def register_version(bias: int, alias: str) -> str:
     """Log a tiny Keras model whose answer is class `bias`, register it, point `alias` at it."""
+    return str(log_version(bias, alias).registered_model_version)
+
+
+def log_version(bias: int, alias: str) -> Any:
+    """As register_version, returning MLflow's ModelInfo (run id, model id, version)."""
     import keras
 
     model = keras.Sequential(
@@ -121,13 +151,13 @@ def register_version(bias: int, alias: str) -> str:
         )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(NAME, alias, version)
-    return version
+    return info
 
 
-def serve(registry: Registry, tmp_path: Path, config: Path | None = None) -> LiveServer:
+def serve(home: str, tmp_path: Path, config: Path | None = None) -> LiveServer:
     log_path = tmp_path / "serve.log"
     extra = {"DESPLIEGUE_CONFIG": str(config)} if config else {}
-    process = start_server(registry.home, log_path, extra)
+    process = start_server(home, log_path, extra)
     url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
     server = LiveServer(url=url, log_path=log_path, process=process)
     try:
@@ -147,7 +177,7 @@ def pinned_config(tmp_path: Path, code: str, version: str) -> Path:
 
 
 def test_empty_panel_answers_4xx_with_instructions(registry: Registry, tmp_path: Path) -> None:
-    server = serve(registry, tmp_path)
+    server = serve(registry.home, tmp_path)
     try:
         assert server.get("/antibiotics").json()["antibiotics"] == []
         response = server.post("/antibiotics", {"features": [0.0] * N_FEATURES})
@@ -174,7 +204,7 @@ def test_registry_import_is_served_and_pinned_by_configuration(
 
     # Pinned to the first import: version 2 in the registry and in the store changes nothing.
     config = pinned_config(tmp_path, "CIP", v1_tag.partition(":")[2])
-    server = serve(registry, tmp_path, config)
+    server = serve(registry.home, tmp_path, config)
     try:
         panel = server.get("/antibiotics").json()["antibiotics"]
         assert [entry["code"] for entry in panel] == ["CIP"]
@@ -196,7 +226,7 @@ def test_registry_import_is_served_and_pinned_by_configuration(
         stop_server(server.process)
 
     # Without the pin, the newest import (registered version 2) answers.
-    server = serve(registry, tmp_path)
+    server = serve(registry.home, tmp_path)
     try:
         result = _answer(server)
         assert result["model"] == v2_tag and result["registered_version"] == second
@@ -219,12 +249,179 @@ def test_local_mlflow_folder_imports_with_its_run(registry: Registry, tmp_path: 
 
 
 def test_refusals_leave_the_store_unchanged(registry: Registry, tmp_path: Path) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    register_version(bias=0, alias="any")
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(
+            LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]),
+            name="model",
+            registered_model_name="modelo_SKL_NM",
+        )
     home = str(tmp_path / "bentoml")
     missing = run_save_models("import", NAME, f"models:/{NAME}@no_such_alias", home=home)
     assert missing.returncode == 1 and "not found in the registry" in missing.stderr
     bad_name = run_save_models("import", "modelo_cip", f"models:/{NAME}/1", home=home)
     assert bad_name.returncode == 1 and "unknown model name" in bad_name.stderr
+    no_stage = run_save_models("import", NAME, f"models:/{NAME}/Archived", home=home)
+    assert no_stage.returncode == 1
+    assert f"no version of {NAME} is in stage 'Archived'" in " ".join(no_stage.stderr.split())
+    sklearn_flavour = run_save_models(
+        "import", "modelo_SKL_NM", "models:/modelo_SKL_NM/1", home=home
+    )
+    said = " ".join(sklearn_flavour.stderr.split())
+    assert sklearn_flavour.returncode == 1
+    assert (
+        "no keras or tensorflow flavour in MLmodel (flavours: ['python_function', 'sklearn'])"
+        in said
+    )
     assert not (Path(home) / "models").exists() or not any((Path(home) / "models").iterdir())
+
+
+def test_registry_runs_on_postgresql(registry: Registry) -> None:
+    """What MLflow registers lands in the PostgreSQL database the test started."""
+    if registry.postgres_missing:
+        pytest.skip(f"PostgreSQL cannot be used here: {registry.postgres_missing}")
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    version = register_version(bias=1, alias="postgres_check")
+    url = make_url(registry.backend_store)
+    assert url.drivername == "postgresql+psycopg2"
+    with (
+        psycopg2.connect(
+            host=url.host, port=url.port, user=url.username, dbname=url.database
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT version FROM model_versions WHERE name = %s", (NAME,))
+        assert int(version) in {row[0] for row in cursor.fetchall()}
+
+
+def newest_labels(home: Path, name: str) -> dict[str, str]:
+    infos = [
+        yaml.safe_load(p.read_text()) for p in home.glob(f"models/{name.lower()}/*/model.yaml")
+    ]
+    return max(infos, key=lambda info: info["creation_time"])["labels"]
+
+
+def test_every_uri_form_records_version_stage_and_aliases(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """models:/NAME/STAGE (any case), models:/NAME/latest, runs:/RUN/PATH and models:/MODEL_ID,
+    as MLflow resolves them; version, stage and aliases end up in the stored model's labels."""
+    client = mlflow.MlflowClient()
+    production = log_version(bias=2, alias="champion")
+    staging = log_version(bias=0, alias="challenger")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # stages: deprecated, still resolved
+        client.transition_model_version_stage(
+            NAME, production.registered_model_version, "Production"
+        )
+        client.transition_model_version_stage(NAME, staging.registered_model_version, "Staging")
+    newest = str(max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")))
+    cases = [
+        (
+            f"models:/{NAME}/Production",
+            {
+                "mlflow_version": str(production.registered_model_version),
+                "mlflow_stage": "Production",
+                "mlflow_alias": "champion",
+                "mlflow_run_id": production.run_id,
+            },
+        ),
+        (
+            f"models:/{NAME}/staging",
+            {
+                "mlflow_version": str(staging.registered_model_version),
+                "mlflow_stage": "Staging",
+                "mlflow_alias": "challenger",
+            },
+        ),
+        (f"models:/{NAME}/latest", {"mlflow_version": newest, "mlflow_name": NAME}),
+        (f"runs:/{production.run_id}/model", {"mlflow_run_id": production.run_id}),
+        (f"models:/{staging.model_id}", {"mlflow_model_id": staging.model_id}),
+    ]
+    home = tmp_path / "bentoml"
+    for uri, expected in cases:
+        result = run_save_models("import", NAME, uri, home=str(home))
+        assert result.returncode == 0, f"{uri}: {result.stderr}"
+        labels = newest_labels(home, NAME)
+        assert labels["source"] == "mlflow"
+        assert {key: labels.get(key) for key in expected} == expected, uri
+
+
+def test_tensorflow_flavours_are_converted_and_answer_as_logged(
+    registry: Registry, reference_store: str, tmp_path: Path
+) -> None:
+    """`mlflow.tensorflow.log_model` of a Keras model (data/model.keras) and of a tf.Module
+    (a SavedModel, converted at import), imported by stage and by `latest`, then served."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(29)
+    classifier = keras.Sequential(
+        [keras.Input((N_FEATURES,)), keras.layers.Dense(len(CLASSES), activation="softmax")]
+    )
+    kernel, bias = classifier.layers[0].get_weights()
+    classifier.layers[0].set_weights([kernel * 8, bias])
+
+    class Scorer(tf.Module):
+        def __init__(self) -> None:
+            self.kernel = tf.Variable(np.random.default_rng(3).normal(0, 2, (N_FEATURES, 3)))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32)])
+        def __call__(self, genes: tf.Tensor) -> tf.Tensor:
+            return tf.nn.softmax(genes @ tf.cast(self.kernel, tf.float32))
+
+    scorer = Scorer()
+    with mlflow.start_run():
+        keras_info = mlflow.tensorflow.log_model(
+            classifier, name="model", registered_model_name="modelo_TFK_NM",
+            metadata={"classes": CLASSES},
+        )  # fmt: skip
+    with mlflow.start_run():
+        mlflow.tensorflow.log_model(
+            scorer, name="model", registered_model_name="modelo_TFM_NM",
+            metadata={"classes": CLASSES},
+        )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        mlflow.MlflowClient().transition_model_version_stage(
+            "modelo_TFK_NM", keras_info.registered_model_version, "Production"
+        )
+    home = store_without_panel(reference_store, tmp_path / "bentoml")
+    for name, uri in (
+        ("modelo_TFK_NM", "models:/modelo_TFK_NM/Production"),
+        ("modelo_TFM_NM", "models:/modelo_TFM_NM/latest"),
+    ):
+        result = run_save_models("import", name, uri, home=home)
+        assert result.returncode == 0, f"{uri}: {result.stderr}"
+
+    vectors = np.random.default_rng(11).uniform(0, 1, (3, N_FEATURES)).astype(np.float32)
+    expected = {
+        "TFK": classifier(vectors, training=False).numpy(),
+        "TFM": scorer(tf.constant(vectors)).numpy(),
+    }
+    server = serve(home, tmp_path)
+    try:
+        body = {"features": vectors.tolist(), "codes": ["TFK", "TFM"]}
+        response = server.post("/antibiotics", body)
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            served = [[p["probabilities"][c] for c in CLASSES] for p in result["predictions"]]
+            np.testing.assert_allclose(served, expected[result["code"]], atol=0.5e-4 + 1e-5)
+        cards = {
+            card["metadata"]["code"]: card
+            for card in server.get("/models").json()["models"]
+            if card["family"] == "antibiotics"
+        }
+        assert cards["TFK"]["metadata"]["mlflow_flavor"] == "tensorflow (keras)"
+        assert cards["TFK"]["labels"]["mlflow_stage"] == "Production"
+        assert cards["TFM"]["metadata"]["mlflow_flavor"] == "tensorflow (tf2-module)"
+        assert cards["TFM"]["metadata"]["source_format"] == "SavedModel"
+    finally:
+        stop_server(server.process)
 
 
 def newest_tag(home: str) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from despliegue.artifacts import sha256_of
+from despliegue.config import DEFAULT_CONFIG_PATH
 from tests.conftest import start_server, stop_server
 
 
@@ -37,3 +41,116 @@ def test_a_model_missing_from_the_store_stops_the_service(tmp_path: Path) -> Non
     assert code != 0
     assert "heatflow_svr:latest" in log and "falsetrue_classifier:latest" in log
     assert "python save_models.py" in log
+
+
+# --- models verified at load, and start-up failures that stop the server at once ------------
+
+
+def copy_of_store(reference_store: str, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(Path(reference_store) / "models", home / "models")
+    return home
+
+
+def stored_file(home: Path, model: str, name: str) -> Path:
+    (found,) = (home / "models" / model).glob(f"*/{name}")
+    return found
+
+
+def flip_bytes(path: Path, count: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+def assert_one_clear_line(log: str, *words: str) -> None:
+    assert "Traceback" not in log, log[-3000:]
+    for word in words:
+        assert word in log, f"{word!r} not in:\n{log[-3000:]}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("model", "file"),
+    [
+        ("heatflow_svr", "model.joblib"),
+        ("flower_classifier", "model.keras"),
+        ("face_detector", "pnet.lz4"),
+    ],
+)
+def test_a_model_file_with_flipped_bytes_stops_start_up_naming_it(
+    reference_store: str, tmp_path: Path, model: str, file: str
+) -> None:
+    """64 flipped bytes in the heat-flow model were served (200 with a negative heat flow)."""
+    home = copy_of_store(reference_store, tmp_path)
+    damaged = stored_file(home, model, file)
+    flip_bytes(damaged)
+    code, log = serve_until_exit(str(home), tmp_path / "serve.log", {})
+    assert code == 1
+    assert_one_clear_line(log, str(damaged), "sha256", "damaged", "save_models.py")
+
+
+@pytest.mark.integration
+def test_an_unreadable_model_file_stops_start_up_naming_it(
+    reference_store: str, tmp_path: Path
+) -> None:
+    home = copy_of_store(reference_store, tmp_path)
+    artifact = stored_file(home, "falsetrue_classifier", "model.joblib")
+    artifact.unlink()
+    artifact.mkdir()  # a folder where the file should be: unreadable as a file, even for root
+    code, log = serve_until_exit(str(home), tmp_path / "serve.log", {})
+    assert code == 1
+    assert_one_clear_line(log, str(artifact), "cannot be read", "read access")
+
+
+@pytest.mark.integration
+def test_an_unreadable_model_folder_stops_start_up_naming_it(
+    reference_store: str, tmp_path: Path
+) -> None:
+    home = copy_of_store(reference_store, tmp_path)
+    (folder,) = (p for p in (home / "models" / "heatflow_svr").iterdir() if p.is_dir())
+    (folder / "model.yaml").write_text("{ this is not: [ yaml", encoding="utf-8")
+    code, log = serve_until_exit(str(home), tmp_path / "serve.log", {})
+    assert code == 1
+    assert_one_clear_line(log, "heatflow_svr", "cannot be read", "models")
+
+
+@pytest.mark.integration
+def test_a_missing_tls_certificate_stops_start_up_naming_it(
+    reference_store: str, tmp_path: Path
+) -> None:
+    home = copy_of_store(reference_store, tmp_path)
+    missing = tmp_path / "no-such-cert.pem"
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    raw["bentoml"]["services"]["Despliegue"]["ssl"] = {
+        "enabled": True,
+        "certfile": str(missing),
+        "keyfile": str(tmp_path / "no-such-key.pem"),
+    }
+    config = tmp_path / "configuration.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    code, log = serve_until_exit(
+        str(home), tmp_path / "serve.log", {"DESPLIEGUE_CONFIG": str(config)}
+    )
+    assert code == 1
+    assert_one_clear_line(log, str(missing), "no such file", "ssl.certfile")
+
+
+@pytest.mark.integration
+def test_a_verified_model_the_runner_cannot_load_stops_the_whole_server(
+    reference_store: str, tmp_path: Path
+) -> None:
+    """A file whose sha256 matches its record but that Keras cannot load (what a library
+    upgrade can do): the runner used to crash-loop forever while /models hung."""
+    home = copy_of_store(reference_store, tmp_path)
+    artifact = stored_file(home, "flower_classifier", "model.keras")
+    artifact.write_bytes(b"PK\x03\x04 not really a zip archive")
+    info_file = artifact.parent / "model.yaml"
+    info = yaml.safe_load(info_file.read_text(encoding="utf-8"))
+    info["metadata"]["artifact_sha256"] = sha256_of(artifact)
+    info_file.write_text(yaml.safe_dump(info), encoding="utf-8")
+    code, log = serve_until_exit(str(home), tmp_path / "serve.log", {})
+    assert code == 1
+    assert_one_clear_line(log, "cannot start", str(artifact), "keras loader", "save_models.py")
+    assert log.count("cannot start: model flower_classifier") == 1  # not restarted over and over

@@ -96,3 +96,38 @@ def test_keras_file_import_checks_labels_against_outputs(tmp_path: Path) -> None
     metadata = yaml.safe_load(stored.read_text())["metadata"]
     assert metadata["input_length"] == 5 and metadata["classes"] == ["S", "I", "R"]
     assert metadata["preprocessing"] == {"kind": "none"} and metadata["code"] == "CIP"
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        (
+            {"antibiotics": {"max_vectors": 256, "max_features": 4096}},
+            "limits.antibiotics.max_features = 4096",
+        ),
+        ({"max_body_bytes": 100_000}, "limits.max_body_bytes = 100000"),
+    ],
+    ids=["max-features", "max-body-bytes"],
+)
+def test_import_refuses_a_model_no_request_could_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: dict, named: str
+) -> None:
+    """A 6,000-feature spectrum model under limits too small for one of its vectors: refused,
+    naming the configuration key to raise; with the shipped limits it imports."""
+    import keras
+
+    model = keras.Sequential([keras.Input((6000,)), keras.layers.Dense(3, activation="softmax")])
+    artifact = tmp_path / "spectra.keras"
+    model.save(artifact)
+    home = tmp_path / "bentoml"
+    config = write_config(tmp_path, lambda raw: raw["limits"].update(limits))
+    monkeypatch.setenv("DESPLIEGUE_CONFIG", str(config))
+    refused = run_save_models("import", "modelo_MER_NM", str(artifact), home=str(home))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1
+    assert named in said and str(config) in said and "store is unchanged" in said
+    assert not (home / "models" / "modelo_mer_nm").exists()
+
+    monkeypatch.delenv("DESPLIEGUE_CONFIG")
+    accepted = run_save_models("import", "modelo_MER_NM", str(artifact), home=str(home))
+    assert accepted.returncode == 0, accepted.stderr

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import numpy as np
 import pytest
+from bentoml.exceptions import ServiceUnavailable
 
-from despliegue.coalescing import Coalescer, call_items_histogram, coalesce
+from despliegue.coalescing import Coalescer, call_items_histogram, coalesce, surviving_restarts
 from despliegue.config import Batching
+from despliegue.errors import TryLater
 
 
 class RecordingMethod:
@@ -183,11 +186,78 @@ def test_items_per_call_are_counted_for_metrics() -> None:
     assert counted() - before == 3
 
 
-def test_batching_off_calls_the_method_directly() -> None:
-    async def method(items: list[int]) -> list[int]:
-        return items
+def test_batching_off_calls_the_method_once_per_request() -> None:
+    async def scenario() -> None:
+        method = RecordingMethod()
+        off = coalesce(
+            "TestRunner.same", method, Batching(max_batch_size=8, max_latency_ms=100, enabled=False)
+        )
+        assert not isinstance(off, Coalescer)
+        assert await asyncio.gather(off([1]), off([2, 3])) == [[2], [4, 6]]
+        assert sorted(method.calls) == [[1], [2, 3]]
 
-    off = Batching(max_batch_size=8, max_latency_ms=100, enabled=False)
     on = Batching(max_batch_size=8, max_latency_ms=100)
-    assert coalesce("TestRunner.same", method, off) is method
-    assert isinstance(coalesce("TestRunner.same", method, on), Coalescer)
+    assert isinstance(coalesce("TestRunner.same", RecordingMethod(), on), Coalescer)
+
+
+class DyingRunner:
+    """A runner method whose worker process dies under the first `deaths` calls: the
+    connection breaks as aiohttp (BentoML's client to a runner) reports it."""
+
+    def __init__(self, deaths: int, error: Exception | None = None) -> None:
+        self.deaths = deaths
+        self.calls = 0
+        self.error = error or aiohttp.ServerDisconnectedError()
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.calls += 1
+        if self.calls <= self.deaths:
+            raise self.error
+        return [2 * item for item in items]
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["batching-on", "batching-off"])
+def test_a_call_whose_runner_died_is_sent_again(enabled: bool) -> None:
+    runner = DyingRunner(deaths=1)
+    batching = Batching(max_batch_size=8, max_latency_ms=100, enabled=enabled)
+    call = coalesce("TestRunner.dying", runner, batching)
+    assert asyncio.run(call([1, 2])) == [2, 4]
+    assert runner.calls == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [aiohttp.ServerDisconnectedError(), ServiceUnavailable("overloaded")],
+    ids=["died-twice", "runner-sheds-load"],
+)
+def test_a_runner_that_cannot_answer_gives_503_with_retry_after(error: Exception) -> None:
+    runner = DyingRunner(deaths=2, error=error)
+    call = coalesce("TestRunner.dying", runner, Batching(max_batch_size=8, max_latency_ms=100))
+    with pytest.raises(TryLater) as caught:
+        asyncio.run(call([1]))
+    response = caught.value.to_response()
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    assert runner.calls == (2 if isinstance(error, aiohttp.ServerDisconnectedError) else 1)
+
+
+def test_a_failed_runner_fails_a_merged_call_once_not_request_by_request() -> None:
+    async def scenario() -> None:
+        runner = DyingRunner(deaths=10)
+        batcher = Coalescer("TestRunner.dying", surviving_restarts("x", runner), 8, 1)
+        results = await asyncio.gather(
+            batcher([1]), batcher([2]), batcher([3]), return_exceptions=True
+        )
+        assert all(isinstance(result, TryLater) for result in results)
+        # first call alone (2 tries), then the merged [2, 3] (2 tries): no retry per request
+        assert runner.calls == 4
+
+    asyncio.run(scenario())
+
+
+def test_slow_answers_and_model_errors_are_not_retried() -> None:
+    for error in (aiohttp.ServerTimeoutError("slow"), ValueError("model bug")):
+        runner = DyingRunner(deaths=1, error=error)
+        call = surviving_restarts("TestRunner.x", runner)
+        with pytest.raises(type(error)):
+            asyncio.run(call([1]))
+        assert runner.calls == 1

@@ -64,6 +64,15 @@ def test_service_options_merge_defaults_with_the_service_entry() -> None:
         (lambda raw: raw["families"]["flowers"].pop("threshold"), "need a threshold"),
         (lambda raw: raw["families"]["face_validator"].update(threshold=1.5), "threshold"),
         (lambda raw: raw["limits"]["images"].update(max_pixels=10), "limits.images.max_pixels"),
+        (
+            lambda raw: raw["limits"]["images"].update(max_pixels=100_000_000),
+            "limits.images.max_pixels",  # above Pillow's own guard, which is left alone
+        ),
+        (
+            lambda raw: raw["limits"]["images"].update(max_pixels_in_flight=1_000_000),
+            "max_request_pixels <= max_pixels_in_flight",
+        ),
+        (lambda raw: raw["families"]["face_detector"].update(max_side=10), "max_side"),
         (lambda raw: raw["tensorflow"].pop("intra_op_threads"), "tensorflow.intra_op_threads"),
         (
             lambda raw: raw["security"].update(trusted_proxies=["10.0.0.1/8"]),

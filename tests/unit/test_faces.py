@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from despliegue.faces import annotate_image, crop, faces_of
 from despliegue.schemas import Box
@@ -25,8 +26,15 @@ def test_crop_is_clipped_to_the_image() -> None:
 
 
 def test_annotation_draws_the_box_and_keeps_the_image_size() -> None:
-    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image = Image.new("RGB", (64, 64))
     (face,) = faces_of(np.array([[10, 10, 20, 20, 0.99, *ROW[5:]]], dtype=np.float32), 0.9)
-    drawn = annotate_image(image, [face])
-    assert drawn.shape == image.shape and drawn[10, 15].any() and not drawn[40, 40].any()
-    assert not image.any()  # the input is left untouched
+    drawn = np.asarray(annotate_image(image, [face]))
+    assert drawn.shape == (64, 64, 3) and drawn[10, 15].any() and not drawn[40, 40].any()
+    assert not np.asarray(image).any()  # the input is left untouched
+
+
+def test_rows_are_mapped_back_to_the_coordinates_of_the_image_sent() -> None:
+    rows = np.array([ROW], dtype=np.float32)
+    (face,) = faces_of(rows, 0.9, scale=(2.0, 3.0))
+    assert face.box == Box(x=365, y=183, width=168, height=336)
+    assert face.landmarks["nose"] == (448, 384) and face.confidence == 0.99

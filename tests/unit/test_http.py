@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from despliegue.http import (
     JSON,
     MULTIPART,
+    VALUE_PART_MAX_BYTES,
     BodySizeLimit,
     ContentTypeGuard,
     FormField,
@@ -242,7 +243,7 @@ def form_client() -> TestClient:
             "takes one file, got 2",
         ),
         ([("top_k", (None, b"1")), ("top_k", (None, b"2"))], ["top_k"], "takes one value"),
-        ([("top_k", ("k.txt", b"1", "text/plain"))], ["top_k", 0], "not a file"),
+        ([("top_k", ("k.png", b"1", "image/png"))], ["top_k", 0], "not a file"),
         ([("photo", (None, b"http://example.org/x"))], ["photo", 0], "uploaded file"),
     ],
 )
@@ -253,6 +254,25 @@ def test_form_fields_are_checked_one_by_one(
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
     assert detail["loc"] == loc and msg in detail["msg"]
+
+
+@pytest.mark.parametrize("media_type", ["application/json", "text/plain; charset=utf-8"])
+def test_a_value_sent_as_its_own_part_is_a_value(form_client: TestClient, media_type: str) -> None:
+    """Swagger UI sends a form value as a part named "blob" with a JSON media type (OpenAPI's
+    Encoding Object); BentoML reads such a part as the value."""
+    files = [("images", ("a.png", b"x", "image/png")), ("top_k", ("blob", b"3", media_type))]
+    response = form_client.post("/upload", files=files)
+    assert response.status_code == 200, response.text
+
+
+def test_a_large_part_for_a_value_is_a_file() -> None:
+    app = Starlette(routes=[Route("/upload", count_files, methods=["POST"])])
+    forms = {"/upload": form_fields(UploadForm, ["images", "photo"])}
+    app.add_middleware(UploadFieldGuard, forms=forms, max_body_bytes=1_000_000)
+    files = [("top_k", ("blob", b"1" * (VALUE_PART_MAX_BYTES + 1), "application/json"))]
+    response = TestClient(app).post("/upload", files=files)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["top_k", 0]
 
 
 def test_every_guard_lets_the_lifespan_through() -> None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 import sklearn.base
 import yaml
 from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LinearRegression
+from sklearn.tree import DecisionTreeRegressor
+from sklearn.tree._tree import Tree
 
+from despliegue.artifacts import sha256_of
 from tests.conftest import run_save_models
 
 # The sklearn references build in seconds; the image families' references are built (and
@@ -46,6 +52,10 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     assert metadata["reference"] is True
     assert metadata["metrics_held_out"]["r2"] > 0.5
     assert set(metadata["baseline"]["sediment_thickness_m"]) >= {"mean", "std", "quantiles"}
+    # The sum every load checks, recorded for reference models as for imports.
+    for name in ("heatflow_svr", "falsetrue_classifier"):
+        (artifact,) = (home / "models" / name).glob("*/model.joblib")
+        assert stored(home, name)[0]["metadata"]["artifact_sha256"] == sha256_of(artifact)
 
     second = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert second.returncode == 0, second.stderr
@@ -61,9 +71,8 @@ def test_import_probes_then_stores_with_provenance(home: Path, tmp_path: Path) -
     (model,) = stored(home, "heatflow_svr")
     assert model["metadata"]["reference"] is False
     assert model["metadata"]["source_file"] == "my_svr.joblib"
-    from despliegue.artifacts import sha256_of
-
     assert model["metadata"]["sha256"] == sha256_of(artifact)
+    assert model["metadata"]["artifact_sha256"] == sha256_of(artifact)  # stored byte for byte
     assert model["metadata"]["sklearn_version_pickled"] == sklearn.__version__
     assert "warning" not in result.stderr
     # The stored artifact is the user's file, byte for byte.
@@ -85,8 +94,9 @@ class NaNRegressor(DummyRegressor):
         (lambda path: path.write_text("this is not a pickle"), "cannot be loaded"),
         (lambda path: joblib.dump({"weights": [1, 2]}, path), "has no predict"),
         (lambda path: joblib.dump(LinearRegression(), path), "probe call failed"),
+        (lambda path: path.write_bytes(b""), "the file is empty (0 bytes)"),
     ],
-    ids=["not-a-pickle", "no-predict", "unfitted"],
+    ids=["not-a-pickle", "no-predict", "unfitted", "empty"],
 )
 def test_failed_import_leaves_the_store_unchanged(
     home: Path, tmp_path: Path, make_artifact, reason: str
@@ -147,6 +157,86 @@ def test_help_explains_the_commands() -> None:
         assert word in result.stdout
 
 
+class OldScikitLearnPickler(pickle.Pickler):
+    """Writes a fitted tree as scikit-learn 0.24 pickled it: that version recorded in the
+    estimator's state, and tree nodes without `missing_go_to_left` (added in 1.3). Loading
+    such a file fails in scikit-learn today with a dump of the two numpy dtypes."""
+
+    def reducer_override(self, obj: object) -> object:
+        if isinstance(obj, Tree):
+            rebuild, args, state = obj.__reduce__()
+            nodes = state["nodes"]
+            names = [name for name in nodes.dtype.names if name != "missing_go_to_left"]
+            old_nodes = np.array(
+                [tuple(row[name] for name in names) for row in nodes],
+                dtype=[(name, nodes.dtype.fields[name][0]) for name in names],
+            )
+            return rebuild, args, {**state, "nodes": old_nodes}
+        if isinstance(obj, DecisionTreeRegressor):
+            rebuild, args, state = obj.__reduce__()[:3]
+            return rebuild, args, {**state, "_sklearn_version": "0.24.2"}
+        return NotImplemented
+
+
+def test_unloadable_old_pickle_names_both_versions_and_the_fix(home: Path, tmp_path: Path) -> None:
+    model = DecisionTreeRegressor(max_depth=3).fit([[0.0], [3000.0], [9000.0]], [95, 70, 48])
+    artifact = tmp_path / "model_2021.pkl"
+    with artifact.open("wb") as handle:
+        OldScikitLearnPickler(handle, protocol=4).dump(model)
+    with pytest.raises(ValueError, match="incompatible dtype"):
+        joblib.load(artifact)  # the file really is unloadable here
+
+    result = run_save_models("import", "heatflow_svr", str(artifact), home=str(home))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1
+    assert (
+        f"pickled with scikit-learn 0.24.2 (recorded in the file), but {sklearn.__version__}"
+        in said
+    )
+    assert f"train the model again with scikit-learn {sklearn.__version__}" in said
+    assert "- expected:" not in said  # the dtype dump stays out of the message
+    assert "store is unchanged" in said and stored(home, "heatflow_svr") == []
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("compress", [0, 3, ("gzip", 3), ("xz", 3)])
+def test_pickled_version_is_read_without_unpickling(
+    tmp_path: Path, protocol: int, compress: object
+) -> None:
+    from despliegue.importing import sklearn_version_in_pickle
+
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(fitted_heatflow_model(), artifact, protocol=protocol, compress=compress)
+    assert sklearn_version_in_pickle(artifact) == sklearn.__version__
+    artifact.write_bytes(b"_sklearn_version but not a pickle")
+    assert sklearn_version_in_pickle(artifact) is None
+
+
+def test_dataframe_fitted_pipeline_imports_and_is_probed_with_its_column(
+    home: Path, tmp_path: Path
+) -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = pd.DataFrame({"espesor_m": [0.0, 2000.0, 6000.0, 9000.0]})
+    model = make_pipeline(StandardScaler(), LinearRegression()).fit(frame, [95, 70, 52, 47])
+    artifact = tmp_path / "named.joblib"
+    joblib.dump(model, artifact)
+    result = run_save_models("import", "heatflow_svr", str(artifact), home=str(home))
+    assert result.returncode == 0, result.stderr
+    assert "feature names" not in result.stderr  # the probe called it with its own column
+
+    two_columns = make_pipeline(StandardScaler(), LinearRegression()).fit(
+        frame.assign(profundidad_m=[10.0, 20.0, 30.0, 40.0]), [95, 70, 52, 47]
+    )
+    joblib.dump(two_columns, artifact)
+    refused = run_save_models("import", "heatflow_svr", str(artifact), home=str(home))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1
+    assert "fitted on 2 named columns (espesor_m, profundidad_m)" in said
+    assert len(stored(home, "heatflow_svr")) == 1
+
+
 def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
     home: Path, tmp_path: Path
 ) -> None:
@@ -157,7 +247,7 @@ def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
     listed = run_save_models("list", home=str(home), columns=40)
     assert listed.returncode == 0, listed.stderr
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in listed.stderr.splitlines()]
-    serves = {row[0]: row[2] for row in cells if len(row) == 5}  # tag -> the "serves" column
+    serves = {row[0]: row[2] for row in cells if len(row) == 6}  # tag -> the "serves" column
     versions = sorted(stored(home, "heatflow_svr"), key=lambda model: model["creation_time"])
     older, newer = (f"heatflow_svr:{model['version']}" for model in versions)
     falsetrue = f"falsetrue_classifier:{stored(home, 'falsetrue_classifier')[0]['version']}"
@@ -172,3 +262,26 @@ def test_list_on_an_empty_store_says_how_to_fill_it(home: Path) -> None:
     assert listed.returncode == 0
     text = " ".join(listed.stderr.split())
     assert "is empty" in text and "python save_models.py" in text and "import NAME FILE" in text
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/models.md"])
+def test_documented_import_commands_are_ones_the_command_line_takes(document: str) -> None:
+    """Every `save_models.py` line the docs show parses with the real command line and names
+    a model it knows: a renamed flag or preset cannot leave the docs behind."""
+    import shlex
+
+    from despliegue.importing import recipe_for
+    from save_models import parse_args
+    from tests.conftest import ROOT
+
+    text = (ROOT / document).read_text()
+    lines = [
+        found[1]
+        for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+        for found in re.finditer(r"(?:^|[\s/])save_models\.py (.*)", block, re.MULTILINE)
+    ]
+    assert any(line.startswith("import ") and "--preprocessing" in line for line in lines)
+    for line in lines:
+        args = parse_args(shlex.split(line, comments=True))
+        if args.command == "import":
+            recipe_for(args.model_name)  # raises ImportRefused for a name no family takes

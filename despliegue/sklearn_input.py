@@ -1,0 +1,47 @@
+"""The input a fitted scikit-learn model is called with: the shape it was fitted on.
+
+The heat-flow and falsetrue families send one column of values (thicknesses, texts). A model
+fitted on a pandas DataFrame remembers its column names (`feature_names_in_`) and warns
+("X does not have valid feature names") on every call with a plain array, which floods the log
+under load; so it gets a DataFrame with that column name, exactly as it was fitted. A model
+fitted on plain arrays or lists gets those. The import probe calls models the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class OneColumnInput:
+    """Builds a model's input from one column of values, decided once per model."""
+
+    def __init__(self, model: Any, plain: Callable[[Sequence[Any]], Any]) -> None:
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None and len(names) != 1:
+            shown = ", ".join(str(name) for name in list(names)[:5])
+            raise ValueError(
+                f"the model was fitted on {len(names)} named columns ({shown}"
+                f"{', …' if len(names) > 5 else ''}); this endpoint sends one column"
+            )
+        self.column = None if names is None else str(names[0])
+        self._plain = plain
+
+    def __call__(self, values: Sequence[Any]) -> Any:
+        if self.column is None:
+            return self._plain(values)
+        import pandas as pd
+
+        return pd.DataFrame({self.column: values})
+
+
+def numeric_column(values: Sequence[Any]) -> np.ndarray:
+    """Plain input of a model fitted on one numeric feature: an (n, 1) array."""
+    return np.asarray(values, dtype=float).reshape(-1, 1)
+
+
+def text_column(values: Sequence[Any]) -> list[str]:
+    """Plain input of a text pipeline (a vectorizer first): a list of strings."""
+    return list(values)

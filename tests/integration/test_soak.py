@@ -1,0 +1,46 @@
+"""The soak's short version: `make soak` runs every family for 30 minutes at 70% of the
+measured capacity (benchmarks/soak.py); here the same command for 3 minutes, with its own
+server pinned to one core and the load generator to another, as `make soak` does.
+Goal, as for the long run: no failed request, and no process's memory growing after warm-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_three_minute_soak_has_no_errors_and_flat_memory(
+    reference_store: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(Path(reference_store) / "models", home / "models")
+    out = tmp_path / "results"
+    command = ["benchmarks.soak", "--minutes", "3", "--capacity-seconds", "8"]
+    run = subprocess.run(
+        [sys.executable, "-m", *command, "--home", str(home), "--out-dir", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print("\n" + run.stdout[-4000:])
+    (result_file,) = out.glob("soak-short-*.json")
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    assert result["requests"] > 0, run.stderr[-3000:]
+    assert result["errors"] == 0, result["statuses"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    growth = result["rss_growth_after_warmup"]
+    assert {"Despliegue", "FaceAnalyzer", "FlowerClassifier"} <= growth.keys()
+    grew = {name: g["growth_pct"] for name, g in growth.items() if g["growth_pct"] >= 10}
+    assert not grew, growth
