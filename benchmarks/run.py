@@ -42,6 +42,7 @@ from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST_DETECTOR = "face_detector_blazeface"
+OPTIONAL_DESIGNS = ("batching_off", "blazeface", "seed", "mlflow", "ray", "mlserver")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +52,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="discarded seconds per point (default 2)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--paths", nargs="+", help="path names (default: all in paths.py)")
+    parser.add_argument(
+        "--designs",
+        nargs="+",
+        choices=OPTIONAL_DESIGNS,
+        default=list(OPTIONAL_DESIGNS),
+        help="designs besides the service with batching on (default: all)",
+    )
+    parser.add_argument("--seed-paths", nargs="+", help="paths given a seed design (default: all)")
     parser.add_argument("--home", help="BENTOML_HOME to use (default: a fresh temporary one)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -315,12 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
-    off, _ = measure_service("batching-off", paths, args, off_env, cpus, workdir)
+    off: dict[str, list[dict[str, Any]]] = {}
+    if "batching_off" in args.designs:
+        off = measure_service("batching-off", paths, args, off_env, cpus, workdir)[0]
     # The face paths once more with the fast detector (BlazeFace) configured instead of MTCNN.
     face_paths = [path for path in paths if path.family.startswith("face_")]
-    fast_config = servers.detector_config(base_config, workdir / "blazeface.yaml", FAST_DETECTOR)
-    fast_env = {**env, "DESPLIEGUE_CONFIG": str(fast_config)}
-    fast = measure_service("blazeface", face_paths, args, fast_env, cpus, workdir)[0]
+    fast: dict[str, list[dict[str, Any]]] = {}
+    if "blazeface" in args.designs and face_paths:
+        fast_config = servers.detector_config(base_config, workdir / "fast.yaml", FAST_DETECTOR)
+        fast_env = {**env, "DESPLIEGUE_CONFIG": str(fast_config)}
+        fast = measure_service("blazeface", face_paths, args, fast_env, cpus, workdir)[0]
     result["cold_start"] = cold
     result["warnings"] = [
         f"{name}: the batching-off run still merged requests into runner calls; the API must "
@@ -334,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer_manifest = servers.run_json(["benchmarks.store", "--peer-manifest"], env, cpus[0], 120)
     manifest.write_text(json.dumps(peer_manifest), encoding="utf-8")
     peers = {}
-    for peer in launch.PEERS:
+    for peer in (peer for peer in launch.PEERS if peer in args.designs):
         try:
             measured = measure_peer(peer, paths, checks, manifest, args, env, cpus, workdir)
         except (RuntimeError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
@@ -347,16 +360,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths:
         designs = result["paths"][path.name]["designs"]
         designs["batching_on"] = on[path.name]
-        designs["batching_off"] = off[path.name]
+        if path.name in off:
+            designs["batching_off"] = off[path.name]
         if path.name in fast:
             designs["blazeface"] = fast[path.name]
         for peer, per_path in peers.items():
             designs[peer] = per_path[path.name]
-        if path.baseline:
+        seeded = "seed" in args.designs and path.name in (args.seed_paths or [path.name])
+        if path.baseline and seeded:
             designs["seed"] = measure_seed(
                 path, model_files[path.store_key], args, env, cpus, workdir
             )
-        if path.mlflow_body:
+        if path.mlflow_body and "mlflow" in args.designs:
             served = measure_mlflow(path, model_files[path.store_key], args, env, cpus, workdir)
             if served is not None:
                 designs["mlflow"] = served
