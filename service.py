@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import typing
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
@@ -25,6 +25,25 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
 
+from despliegue import registry
+from despliegue.answers.antibiotics import (
+    antibiotics_response,
+    panel_listing,
+    panel_of,
+    panel_rows,
+    requested_codes,
+)
+from despliegue.answers.faces import (
+    annotate_image,
+    crops_to_validate,
+    face_response,
+    faces_of,
+    super_response,
+    validated_faces,
+)
+from despliegue.answers.falsetrue import falsetrue_response
+from despliegue.answers.flowers import flowers_response
+from despliegue.answers.heatflow import heat_flow_response
 from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store, served_tags
 from despliegue.audit import AuditLog
 from despliegue.auth import (
@@ -35,16 +54,10 @@ from despliegue.auth import (
     auth_enabled,
     token_book,
 )
-from despliegue.coalescing import coalesce
+from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.errors import (
-    ClientError,
-    ClientErrorWording,
-    answers_client_errors,
-    install_log_filter,
-)
-from despliegue.faces import annotate_image, crop, faces_of
+from despliegue.errors import ClientErrorWording, answers_client_errors, install_log_filter
 from despliegue.heap import freeze_startup_heap
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
@@ -61,12 +74,10 @@ from despliegue.images import (
     PixelBudget,
     admitted_images,
     encode_png,
-    resize,
 )
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
-    AntibioticResult,
     AntibioticsRequest,
     AntibioticsResponse,
     Face,
@@ -74,34 +85,23 @@ from despliegue.schemas import (
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
-    FlowerAnswer,
-    FlowerClass,
     FlowersRequest,
     FlowersResponse,
     HeatFlowRequest,
     HeatFlowResponse,
-    ImageFaces,
-    ImageVerdict,
-    PanelEntry,
-    Prediction,
     ServedModels,
     SuperResponse,
-    ValidatedFace,
 )
 from despliegue.startup import check_tls_files, preflight
-from runners.antibiotics import PANEL, AntibioticPanel, PanelRow
-from runners.faces import FaceAnalyzer
-from runners.falsetrue import FalseTrueClassifier
-from runners.flowers import FlowerClassifier
-from runners.heatflow import HeatFlowRegressor
 
-# Attribute names of the runner dependencies below, one per runner.
-FAMILIES = ("heatflow", "falsetrue", "flowers", "faces", "antibiotics")
-UNIDENTIFIED_FLOWER = "Flor no identificada"
-# Thresholds are required for these families (checked when the configuration is loaded).
-FLOWER_THRESHOLD = float(settings().family("flowers").threshold)  # type: ignore[arg-type]
-DETECTION_THRESHOLD = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
-VALIDATION_THRESHOLD = float(settings().family("face_validator").threshold)  # type: ignore[arg-type]
+# Decision thresholds by model key; configuration loading checks every model that needs one
+# has one (despliegue/registry.py says which).
+THRESHOLDS: dict[str, float] = {
+    model.key: float(settings().family(model.key).threshold)  # type: ignore[arg-type]
+    for model in registry.models()
+    if model.needs_threshold
+}
+PANEL = settings().panel("antibiotics")
 # The detector takes any size; images larger than this are scaled down before it sees them.
 DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
@@ -117,28 +117,23 @@ async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
     return await asyncio.to_thread(lambda: encode_png(annotate_image(image.original, faces)))
 
 
-def models_for_length(panel: dict[str, ModelCard], features: list[list[float]]) -> list[str]:
-    """What a request without `codes` asks: every panel model whose input length is the
-    vectors' length (the panel may mix models of different lengths). All vectors of such a
-    request must have one length; if no model takes it, 422 lists the lengths by code."""
-    length = len(features[0])
-    for index, vector in enumerate(features):
-        if len(vector) != length:
-            raise ClientError(
-                ["features", index],
-                f"without codes, every vector must have the same length (vector 0 has "
-                f"{length} values, this one {len(vector)}): send codes, or one length per request",
-            )
-    lengths = {code: int(card.metadata["input_length"]) for code, card in panel.items()}
-    matching = [code for code, expected in lengths.items() if expected == length]
-    if not matching:
-        listed = ", ".join(f"{code}: {expected}" for code, expected in sorted(lengths.items()))
-        raise ClientError(
-            ["features", 0],
-            f"no antibiotic model takes {length} values per vector; input lengths by code: "
-            f"{listed}",
-        )
-    return matching
+def with_runners(service: type) -> type:
+    """One `bentoml.depends` attribute per family of the registry, named after the family (set
+    before `@bentoml.service` reads the class)."""
+    for family in registry.FAMILIES:
+        setattr(service, family.name, bentoml.depends(family.runner_class()))
+    return service
+
+
+def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
+    """How merged request items go to a runner method: as one array when the method is declared
+    to take an array (BentoML checks arguments against the declaration), else as the list."""
+    function = runner.apis[method].func
+    hints = typing.get_type_hints(function)
+    first = next(name for name in list(hints) if name != "return")
+    if hints[first] is np.ndarray:
+        return np.asarray
+    return list
 
 
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
@@ -146,13 +141,11 @@ catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_
 
 
 @bentoml.asgi_app(catalog, path="/")
-@bentoml.service(**settings().service_options("Despliegue"))
+@bentoml.service(**settings().service_options(registry.API_SERVICE))
+@with_runners
 class Despliegue:
-    heatflow = bentoml.depends(HeatFlowRegressor)
-    falsetrue = bentoml.depends(FalseTrueClassifier)
-    flowers = bentoml.depends(FlowerClassifier)
-    faces = bentoml.depends(FaceAnalyzer)
-    antibiotics = bentoml.depends(AntibioticPanel)
+    """Every endpoint: decode, call the family's runner (coalesced), answer with the family's
+    pure answer function (despliegue/answers/)."""
 
     @bentoml.on_deployment
     def preflight() -> None:
@@ -160,7 +153,7 @@ class Despliegue:
         line naming what is wrong and the fix, if auth is on with no tokens, a served model is
         missing, unreadable or damaged (sha256), or a TLS file cannot be loaded."""
         preflight(
-            "Despliegue",
+            registry.API_SERVICE,
             [
                 lambda: token_book(settings().security.auth),
                 lambda: require_models_in_store(served_tags().values()),
@@ -171,59 +164,39 @@ class Despliegue:
     def __init__(self) -> None:
         self._cards: dict[str, list[ModelCard]] = {}
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
-        # Every batchable runner method, as the endpoints call it: concurrent requests share
-        # one call (despliegue/coalescing.py). The lambdas reach the runner at call time.
-        families = settings().families
-        self.predict_heat_flow = coalesce(
-            "HeatFlowRegressor.predict",
-            lambda values: self.heatflow.to_async.predict(np.asarray(values, dtype=float)),
-            families["heatflow"].batching,
-        )
-        self.classify_texts = coalesce(
-            "FalseTrueClassifier.classify",
-            lambda texts: self.falsetrue.to_async.classify(texts),
-            families["falsetrue"].batching,
-        )
-        self.classify_flowers = coalesce(
-            "FlowerClassifier.classify",
-            lambda images: self.flowers.to_async.classify(images),
-            families["flowers"].batching,
-        )
-        self.detect_faces = coalesce(
-            "FaceAnalyzer.detect",
-            lambda images: self.faces.to_async.detect(images),
-            families["face_detector"].batching,
-        )
-        self.validate_faces = coalesce(
-            "FaceAnalyzer.validate",
-            lambda crops: self.faces.to_async.validate(crops),
-            families["face_validator"].batching,
-        )
-        self.susceptibility = coalesce(
-            "AntibioticPanel.susceptibility",
-            lambda rows: self.antibiotics.to_async.susceptibility(rows),
-            families["antibiotics"].batching,
-        )
+        # Every batchable runner method by model key, as the endpoints call it: concurrent
+        # requests share one call (despliegue/coalescing.py).
+        self.calls: dict[str, RunnerMethod[Any, Any]] = {
+            model.key: coalesce(
+                f"{family.service_name}.{model.method}",
+                self.runner_method(family.name, model.method, family.runner_class()),
+                settings().families[model.key].batching,
+            )
+            for family in registry.FAMILIES
+            for model in family.models
+        }
         freeze_startup_heap()
 
+    def runner_method(self, family: str, method: str, runner: Any) -> RunnerMethod[Any, Any]:
+        """A runner method reached at call time (the dependency resolves in the worker)."""
+        prepare = as_declared(runner, method)
+        return lambda items: getattr(getattr(self, family).to_async, method)(prepare(items))
+
     async def cards(self, family: str) -> list[ModelCard]:
-        """The model cards of a family's runner (its attribute here), asked once, then kept."""
+        """The model cards of a family's runner, asked once, then kept."""
         if family not in self._cards:
             described = await getattr(self, family).to_async.describe()
             self._cards[family] = [ModelCard.model_validate(card) for card in described]
         return self._cards[family]
 
-    async def tag(self, runner: str, family: str | None = None) -> str:
-        """The tag a runner serves for a family (its only model when `family` is not given)."""
-        cards = await self.cards(runner)
-        return next(card.tag for card in cards if family is None or card.family == family)
+    async def card(self, key: str) -> ModelCard:
+        """The card of the model a configuration key serves (not for a panel: see `panel`)."""
+        cards = await self.cards(registry.family_of(key).name)
+        return next(card for card in cards if card.family == key)
 
-    async def card(self, runner: str, family: str) -> ModelCard:
-        return next(card for card in await self.cards(runner) if card.family == family)
-
-    async def model_input(self, runner: str, family: str) -> ModelInput:
+    async def model_input(self, key: str) -> ModelInput:
         """The input size a CNN takes, as its model card's preprocessing records it."""
-        height, width = (await self.card(runner, family)).metadata["preprocessing"]["size"]
+        height, width = (await self.card(key)).metadata["preprocessing"]["size"]
         return ModelInput(size=(int(height), int(width)))
 
     def admitted(
@@ -242,31 +215,21 @@ class Despliegue:
     @answers_client_errors
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
-        # The validated list goes to the coalescer as is: the runner call makes one array of
-        # every merged request (an array here would be split back into numpy scalars).
-        heat_flow = np.asarray(await self.predict_heat_flow(sediment_thickness_m), dtype=float)
-        return HeatFlowResponse(
-            sediment_thickness_m=sediment_thickness_m,
-            heat_flow_mw_m2=np.round(heat_flow, 3).tolist(),
-            model=await self.tag("heatflow"),
-        )
+        heat_flow = await self.calls["heatflow"](sediment_thickness_m)
+        return heat_flow_response(sediment_thickness_m, heat_flow, await self.card("heatflow"))
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
     @answers_client_errors
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
-        rows = np.asarray(await self.classify_texts(texts), dtype=float)
-        return FalseTrueResponse(
-            is_falsetrue=[int(label) for label in rows[:, 0]],
-            probability_real=[None if np.isnan(p) else round(float(p), 4) for p in rows[:, 1]],
-            model=await self.tag("falsetrue"),
-        )
+        rows = await self.calls["falsetrue"](texts)
+        return falsetrue_response(rows, await self.card("falsetrue"))
 
     @bentoml.api(route="/flowers", input_spec=FlowersRequest)
     @answers_client_errors
     async def flowers_classify(self, images: list[str], top_k: int = 3) -> FlowersResponse:
         """Name the flower in each image (18 Oxford-102 classes), with the top-k classes."""
-        async with self.admitted(images, "images", await self.flower_input()) as decoded:
+        async with self.admitted(images, "images", await self.model_input("flowers")) as decoded:
             return await self.answer_flowers(decoded, top_k)
 
     @bentoml.api(route="/flowers/upload")
@@ -277,37 +240,14 @@ class Despliegue:
         top_k: Annotated[int, Field(ge=1, le=18)] = 3,
     ) -> FlowersResponse:
         """/flowers with image files uploaded as multipart/form-data (the Swagger UI's way)."""
-        async with self.admitted(images, "images", await self.flower_input()) as decoded:
+        async with self.admitted(images, "images", await self.model_input("flowers")) as decoded:
             return await self.answer_flowers(decoded, top_k)
 
-    async def flower_input(self) -> ModelInput:
-        return await self.model_input("flowers", "flowers")
-
     async def answer_flowers(self, images: list[DecodedImage], top_k: int) -> FlowersResponse:
-        probabilities = await self.classify_flowers([image.pixels for image in images])
-        card = await self.card("flowers", "flowers")
-        classes = card.metadata["classes"]
-        answers = []
-        for row in probabilities:
-            ranked = np.argsort(row)[::-1][:top_k]
-            top = [
-                FlowerClass(
-                    class_id=classes[i]["id"],
-                    name=classes[i]["name"],
-                    confidence=round(float(row[i]), 4),
-                )
-                for i in ranked
-            ]
-            known = top[0].confidence >= FLOWER_THRESHOLD
-            answers.append(
-                FlowerAnswer(
-                    class_id=top[0].class_id if known else None,
-                    name=top[0].name if known else UNIDENTIFIED_FLOWER,
-                    confidence=top[0].confidence,
-                    top_k=top,
-                )
-            )
-        return FlowersResponse(predictions=answers, threshold=FLOWER_THRESHOLD, model=card.tag)
+        probabilities = await self.calls["flowers"]([image.pixels for image in images])
+        return flowers_response(
+            probabilities, await self.card("flowers"), top_k, THRESHOLDS["flowers"]
+        )
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
     @answers_client_errors
@@ -326,13 +266,16 @@ class Despliegue:
             return await self.answer_faces(decoded, annotate)
 
     async def answer_faces(self, images: list[DecodedImage], annotate: bool) -> FaceResponse:
-        detections = await self.detect_faces([image.pixels for image in images])
-        answers = []
-        for image, rows in zip(images, detections, strict=True):
-            faces = faces_of(rows, DETECTION_THRESHOLD, image.scale)
-            drawn = await annotated_png(image, faces) if annotate else None
-            answers.append(ImageFaces(faces=faces, annotated_png=drawn))
-        return FaceResponse(images=answers, model=await self.tag("faces", "face_detector"))
+        detections = await self.calls["face_detector"]([image.pixels for image in images])
+        per_image = [
+            faces_of(rows, THRESHOLDS["face_detector"], image.scale)
+            for image, rows in zip(images, detections, strict=True)
+        ]
+        drawn = [
+            await annotated_png(image, faces) if annotate else None
+            for image, faces in zip(images, per_image, strict=True)
+        ]
+        return face_response(per_image, drawn, await self.card("face_detector"))
 
     @bentoml.api(route="/super", input_spec=FaceRequest)
     @answers_client_errors
@@ -351,50 +294,35 @@ class Despliegue:
             return await self.answer_super(decoded, annotate)
 
     async def answer_super(self, images: list[DecodedImage], annotate: bool) -> SuperResponse:
-        detections = await self.detect_faces([image.pixels for image in images])
-        crop_size = (await self.model_input("faces", "face_validator")).size
+        pixels = [image.pixels for image in images]
+        detections = await self.calls["face_detector"](pixels)
+        crop_size = (await self.model_input("face_validator")).size
         assert crop_size is not None
-        # Every face of every image goes to the validation CNN in one call (one batch), each
-        # crop cut from the image the detector saw and sized as the validator takes it.
-        crops = [
-            resize(crop(image.pixels, face.box), crop_size)
-            for image, rows in zip(images, detections, strict=True)
-            for face in faces_of(rows, DETECTION_THRESHOLD)
-        ]
-        scores = await self.validate_faces(crops) if crops else []
-        per_image = [
-            faces_of(rows, DETECTION_THRESHOLD, image.scale)
+        # Crops are cut from the image the detector saw; the answer's coordinates are the sent
+        # image's (`scale`).
+        seen = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
+        crops = crops_to_validate(pixels, seen, crop_size)
+        scores = await self.calls["face_validator"](crops) if crops else []
+        sent = [
+            faces_of(rows, THRESHOLDS["face_detector"], image.scale)
             for image, rows in zip(images, detections, strict=True)
         ]
-        verdicts, start = [], 0
-        for image, faces in zip(images, per_image, strict=True):
-            own, start = scores[start : start + len(faces)], start + len(faces)
-            validated = [
-                ValidatedFace(
-                    **face.model_dump(), score=round(score, 4), result=score >= VALIDATION_THRESHOLD
-                )
-                for face, score in zip(faces, own, strict=True)
-            ]
-            drawn = await annotated_png(image, validated) if annotate else None
-            verdicts.append(
-                ImageVerdict(
-                    result=any(face.result for face in validated),
-                    score=max((face.score for face in validated), default=0.0),
-                    faces=validated,
-                    annotated_png=drawn,
-                )
-            )
-        return SuperResponse(
-            images=verdicts,
-            threshold=VALIDATION_THRESHOLD,
-            detector=await self.tag("faces", "face_detector"),
-            model=await self.tag("faces", "face_validator"),
+        validated = validated_faces(sent, scores, THRESHOLDS["face_validator"])
+        drawn = [
+            await annotated_png(image, faces) if annotate else None
+            for image, faces in zip(images, validated, strict=True)
+        ]
+        return super_response(
+            validated,
+            drawn,
+            THRESHOLDS["face_validator"],
+            await self.card("face_detector"),
+            await self.card("face_validator"),
         )
 
     async def panel(self) -> dict[str, ModelCard]:
         """The served antibiotic models by code."""
-        cards = await self.cards("antibiotics")
-        return {PANEL.code_of(card.tag.partition(":")[0]) or card.tag: card for card in cards}
+        return panel_of(await self.cards("antibiotics"), PANEL)
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
     @answers_client_errors
@@ -402,72 +330,13 @@ class Despliegue:
         self, features: list[list[float]], codes: list[str] | None = None
     ) -> AntibioticsResponse:
         """S / I / R for each feature vector, from each requested antibiotic's model."""
-        panel = await self.panel()
-        if not panel:
-            raise ClientError(
-                ["codes"],
-                "no antibiotic model is served: import one (python save_models.py import "
-                f"{PANEL.model_name('CODE')} SOURCE) or build the reference panel, then restart",
-                status=HTTPStatus.NOT_FOUND,
-            )
-        wanted = list(dict.fromkeys(codes)) if codes else models_for_length(panel, features)
-        for index, code in enumerate(wanted):
-            if code not in panel:
-                raise ClientError(
-                    ["codes", index],
-                    f"unknown antibiotic {code!r}; available: {', '.join(sorted(panel))}",
-                )
-        for code in wanted:
-            expected = int(panel[code].metadata["input_length"])
-            for index, vector in enumerate(features):
-                if len(vector) != expected:
-                    raise ClientError(
-                        ["features", index],
-                        f"{panel[code].tag} ({code}) expects {expected} values, got {len(vector)}",
-                    )
-        rows = [PanelRow(code=code, features=vector) for code in wanted for vector in features]
-        probabilities = iter(await self.susceptibility(rows))
-        results = []
-        for code in wanted:
-            card = panel[code]
-            classes = card.metadata["classes"]
-            predictions = []
-            for _ in features:
-                p = next(probabilities)
-                by_class = {c: round(float(v), 4) for c, v in zip(classes, p, strict=True)}
-                predictions.append(
-                    Prediction(predicted_class=classes[int(np.argmax(p))], probabilities=by_class)
-                )
-            results.append(
-                AntibioticResult(
-                    code=code,
-                    model=card.tag,
-                    version=card.tag.partition(":")[2],
-                    registered_version=card.labels.get("mlflow_version"),
-                    predictions=predictions,
-                )
-            )
-        return AntibioticsResponse(results=results)
-
-    async def panel_listing(self) -> AntibioticPanelListing:
-        entries = [
-            PanelEntry(
-                code=code,
-                model=card.tag,
-                version=card.tag.partition(":")[2],
-                input_length=int(card.metadata["input_length"]),
-                classes=card.metadata["classes"],
-                features=card.metadata.get("features"),
-                preprocessing=(card.metadata.get("preprocessing") or {}).get("kind", "none"),
-                reference=card.reference,
-                source={k: v for k, v in card.labels.items() if k not in {"family", "reference"}},
-            )
-            for code, card in sorted((await self.panel()).items())
-        ]
-        return AntibioticPanelListing(model_pattern=PANEL.model_pattern, antibiotics=entries)
+        served = await self.panel()
+        wanted = requested_codes(served, PANEL, features, codes)
+        probabilities = await self.calls["antibiotics"](panel_rows(wanted, features))
+        return antibiotics_response(served, wanted, len(features), probabilities)
 
     async def model_listing(self) -> ServedModels:
-        per_family = await asyncio.gather(*(self.cards(family) for family in FAMILIES))
+        per_family = await asyncio.gather(*(self.cards(f.name) for f in registry.FAMILIES))
         return ServedModels(models=[card for cards in per_family for card in cards])
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
@@ -475,12 +344,12 @@ class Despliegue:
     @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
     async def get_antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel: one model per code, its input length, classes and origin."""
-        return await self.panel_listing()
+        return panel_listing(await self.panel(), PANEL)
 
     @bentoml.api(route="/antibiotics/panel")
     async def antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel, as GET /antibiotics gives it (for the Python client)."""
-        return await self.panel_listing()
+        return panel_listing(await self.panel(), PANEL)
 
     @catalog.get("/models", response_model=ServedModels)
     async def get_models(self) -> ServedModels:

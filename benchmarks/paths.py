@@ -167,8 +167,8 @@ def face_batch(rng: np.random.Generator, n: int) -> list[np.ndarray]:
 def super_limit(runner: Any, images: list[np.ndarray]) -> list[float]:
     """/super's model work for a batch of images: one detector call, the API's crops of the
     confident faces, one validator call on all crops."""
+    from despliegue.answers.faces import crop, faces_of
     from despliegue.config import settings
-    from despliegue.faces import crop, faces_of
 
     threshold = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
     detections = runner.detect(images)
@@ -194,7 +194,7 @@ def antibiotics_body(rng: np.random.Generator) -> Body:
 
 
 def antibiotics_batch(rng: np.random.Generator, n: int) -> list[Any]:
-    from runners.antibiotics import PanelRow
+    from despliegue.contracts import PanelRow
 
     return [PanelRow(code=ANTIBIOTIC, features=row) for row in _markers(rng, n).tolist()]
 

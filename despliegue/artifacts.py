@@ -239,9 +239,9 @@ def require_models_in_store(tags: Iterable[str]) -> None:
 
 
 def bentoml_home() -> str:
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from despliegue.bentoml_compat import bentoml_home
 
-    return str(BentoMLContainer.bentoml_home.get())
+    return bentoml_home()
 
 
 def _load_joblib(path: Path) -> Any:
@@ -342,9 +342,9 @@ def stored_models(name: str) -> list[bentoml.Model]:
 def stored_model_names() -> set[str]:
     """The model names in the local store, from its folder names, without reading any model's
     metadata (one unreadable folder would hide every other model)."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from despliegue.bentoml_compat import container
 
-    root = Path(BentoMLContainer.model_store_dir.get())
+    root = Path(container().model_store_dir.get())
     return {folder.name for folder in root.iterdir() if folder.is_dir()} if root.is_dir() else set()
 
 

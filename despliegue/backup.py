@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
-from bentoml._internal.models.model import ModelStore
 
+from despliegue import bentoml_compat
 from despliegue.artifacts import served_tags, sha256_of
 
 MANIFEST = "manifest.json"
@@ -128,7 +128,9 @@ def check_archive(path: Path, tag: str) -> None:
     """Import an archive into a throw-away store: it must import and hold `tag`."""
     with tempfile.TemporaryDirectory(prefix="despliegue-restore-check-") as scratch:
         try:
-            model = bentoml.models.import_model(str(path), _model_store=ModelStore(scratch))
+            model = bentoml.models.import_model(
+                str(path), _model_store=bentoml_compat.model_store(scratch)
+            )
         except Exception as exc:  # BentoML raises many types for broken archives
             raise BackupRefused(f"{path}: not an importable model archive ({exc})") from None
         if str(model.tag) != tag:

@@ -28,16 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from despliegue import registry
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configuration.yaml"
 CONFIG_ENV_VAR = "DESPLIEGUE_CONFIG"
-
-
-REQUIRED_FAMILIES = frozenset(
-    {"heatflow", "falsetrue", "flowers", "face_detector", "face_validator", "antibiotics"}
-)
-
-THRESHOLD_FAMILIES = ("flowers", "face_detector", "face_validator")
 
 
 class StrictModel(BaseModel):
@@ -68,7 +63,8 @@ class Batching(StrictModel):
         return {"batchable": True, **self.model_dump()}
 
 
-CODE_PATTERN = r"^[A-Z0-9]{2,12}$"
+CODE_CHARS = r"[A-Z0-9]{2,12}"
+CODE_PATTERN = f"^{CODE_CHARS}$"
 
 
 class FamilyConfig(StrictModel):
@@ -111,18 +107,19 @@ class PanelConfig(StrictModel):
     def model_name(self, code: str) -> str:
         return self.model_pattern.format(code=code)
 
+    def name_regex(self) -> str:
+        """A regex every model name of the panel fully matches, the code as group `code`."""
+        prefix, _, suffix = self.model_pattern.partition("{code}")
+        return f"{re.escape(prefix)}(?P<code>{CODE_CHARS}){re.escape(suffix)}"
+
     def code_of(self, model_name: str) -> str | None:
         """The code in a model name that fits the pattern, else None.
 
         BentoML stores tag names in lower case (modelo_amk_nm), so the match ignores case
         and codes are upper case.
         """
-        prefix, _, suffix = self.model_pattern.lower().partition("{code}")
-        name = model_name.lower()
-        if not (name.startswith(prefix) and name.endswith(suffix)):
-            return None
-        code = name[len(prefix) : len(name) - len(suffix)].upper()
-        return code if re.fullmatch(CODE_PATTERN, code) else None
+        found = re.fullmatch(self.name_regex(), model_name, re.IGNORECASE)
+        return found["code"].upper() if found else None
 
 
 def _family_kind(raw: Any) -> str:
@@ -258,6 +255,16 @@ class BentoMLSettings(StrictModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    @field_validator("services")
+    @classmethod
+    def _known_services(cls, services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # A misspelled service name would otherwise be ignored and its options never applied.
+        names = registry.service_names()
+        unknown = sorted(services.keys() - set(names))
+        if unknown:
+            raise ValueError(f"unknown services {unknown}; the services are: {', '.join(names)}")
+        return services
+
 
 class Settings(StrictModel):
     families: dict[str, FamilyEntry]
@@ -270,12 +277,25 @@ class Settings(StrictModel):
     @field_validator("families")
     @classmethod
     def _known_families(cls, families: dict[str, FamilyEntry]) -> dict[str, FamilyEntry]:
-        missing = REQUIRED_FAMILIES - families.keys()
+        """The families of the registry (despliegue/registry.py), each in the shape it needs."""
+        keys = registry.model_keys()
+        missing = sorted(set(keys) - families.keys())
         if missing:
-            raise ValueError(f"missing families: {sorted(missing)}")
-        if not isinstance(families["antibiotics"], PanelConfig):
-            raise ValueError("families.antibiotics needs model_pattern (it serves a panel)")
-        unset = sorted(n for n in THRESHOLD_FAMILIES if families[n].threshold is None)
+            raise ValueError(f"missing families: {missing}")
+        unknown = sorted(families.keys() - set(keys))
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; the families are: {', '.join(keys)}")
+        for model in registry.models():
+            entry = families[model.key]
+            if model.panel and not isinstance(entry, PanelConfig):
+                raise ValueError(f"families.{model.key} needs model_pattern (it serves a panel)")
+            if not model.panel and isinstance(entry, PanelConfig):
+                raise ValueError(f"families.{model.key} names one model, not a model_pattern")
+        unset = [
+            model.key
+            for model in registry.models()
+            if model.needs_threshold and getattr(families[model.key], "threshold", None) is None
+        ]
         if unset:
             raise ValueError(f"families {unset} need a threshold")
         return families

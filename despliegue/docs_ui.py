@@ -20,9 +20,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from despliegue import __version__
+from despliegue import __version__, registry
 from despliegue.auth import PROBES, auth_enabled, required_scope
 from despliegue.config import AuthSettings
+from despliegue.errors import ErrorBody
 
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -89,29 +90,13 @@ DESCRIPTION = (
     'families it was made for. Errors answer `{"error": ..., "detail": [{loc, msg, type}]}`.'
 )
 
-ERROR_BODY: dict[str, Any] = {
-    "type": "object",
-    "title": "ErrorBody",
-    "required": ["error", "detail"],
-    "properties": {
-        "error": {"type": "string", "description": "One line naming the field and the rule."},
-        "detail": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["loc", "msg", "type"],
-                "properties": {
-                    "loc": {
-                        "type": "array",
-                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
-                    },
-                    "msg": {"type": "string"},
-                    "type": {"type": "string"},
-                },
-            },
-        },
-    },
-}
+
+def error_schemas() -> dict[str, dict[str, Any]]:
+    """The error body's JSON schemas, generated from the model every error answer is written
+    from (despliegue/errors.py), ready for the document's components."""
+    schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"ErrorBody": schema, **schema.pop("$defs", {})}
+
 
 ERRORS = {
     "400": "The body does not match the request schema",
@@ -126,11 +111,11 @@ ERRORS = {
 }
 
 
-# Operations grouped by model family in the UI: the first path segment names the family, except
-# where one family serves several paths. A path not listed here is grouped under its own segment.
+# Operations grouped in the UI: by model family (the first path segment names it; the registry
+# says which segments each family serves), then the catalog and the probes. A path not listed
+# here is grouped under its own segment.
 FAMILY_TAGS: dict[str, str] = {
-    "face": "img_super",
-    "super": "img_super",
+    **{segment: family.tag for family in registry.FAMILIES for segment in family.paths},
     "models": "catalog",
     "livez": "infrastructure",
     "readyz": "infrastructure",
@@ -138,11 +123,7 @@ FAMILY_TAGS: dict[str, str] = {
     "metrics": "infrastructure",
 }
 TAG_DESCRIPTIONS: dict[str, str] = {
-    "heatflow": "Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
-    "falsetrue": "Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
-    "flowers": "Seed 002: 18 Oxford-102 flower classes from a photo (Keras CNN).",
-    "img_super": "Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
-    "antibiotics": "Seed 003: S / I / R per antibiotic, one Keras model per code (open panel).",
+    **{family.tag: family.summary for family in registry.FAMILIES},
     "catalog": "What is being served: model tags, families, origin and metadata.",
     "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
 }
@@ -175,7 +156,7 @@ def publishable_openapi(
     doc["openapi"] = "3.1.0"
     doc["info"] = {"title": "Despliegue", "version": _version(doc), "description": DESCRIPTION}
     components = doc.setdefault("components", {})
-    components.setdefault("schemas", {})["ErrorBody"] = ERROR_BODY
+    components.setdefault("schemas", {}).update(error_schemas())
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     used_tags: set[str] = set()
@@ -243,12 +224,9 @@ def _standard_schemas(node: Any, components: frozenset[str]) -> Any:
 
 def api_operations(service: Any) -> dict[str, dict[str, Any]]:
     """The OpenAPI operations of a service's own API routes, as BentoML generates them."""
-    from _bentoml_sdk.service.openapi import _get_api_routes
-    from bentoml._internal.utils.cattr import bentoml_cattr
+    from despliegue.bentoml_compat import api_routes
 
-    return {
-        path: bentoml_cattr.unstructure(item) for path, item in _get_api_routes(service).items()
-    }
+    return api_routes(service)
 
 
 class PrivateDocs:

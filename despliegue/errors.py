@@ -1,4 +1,8 @@
-"""Client mistakes: one exception type, one HTTP mapping, one log line.
+"""Client mistakes: one body shape, one exception type, one HTTP mapping, one log line.
+
+Every error this service answers has the body `ErrorBody` describes, written by `error_body`
+here and nowhere else: the API methods, every middleware (size limits, auth, content checks,
+405) and the OpenAPI document's error schema (despliegue/docs_ui.py) all use it.
 
 Schema violations are caught by pydantic before our code runs; BentoML answers them with 400
 and `{"error", "detail": [{"loc", "msg", "type"}]}`. Mistakes that can only be seen after
@@ -26,11 +30,51 @@ from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar
 
-from starlette.responses import JSONResponse
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class ErrorDetail(BaseModel):
+    """One broken rule: where (`loc`, the path of the field in the body), what and its kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    # Present only when pydantic found the mistake (its page about that kind of error).
+    url: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="pydantic's page about this kind of error.",
+        json_schema_extra=lambda schema: schema.pop("default"),
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str = Field(description="One line naming the field and the rule.")
+    detail: list[ErrorDetail]
+
+
+def error_body(loc: Sequence[str | int], msg: str, kind: str, *, field: str | None = None) -> bytes:
+    """The JSON error body for one broken rule: `{"error": "<field>: <msg>", "detail": [...]}`;
+    `field` defaults to the dotted `loc` (none: the request as a whole, `msg` alone)."""
+    field = field or ".".join(str(part) for part in loc)
+    detail = ErrorDetail(loc=list(loc), msg=msg, type=kind)
+    return error_json(ErrorBody(error=f"{field}: {msg}" if field else msg, detail=[detail]))
+
+
+def error_json(body: ErrorBody) -> bytes:
+    return json.dumps(body.model_dump(mode="json", exclude_none=True)).encode()
+
+
+def error_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    """An error body as the response an API method returns."""
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 class ClientError(Exception):
@@ -50,13 +94,8 @@ class ClientError(Exception):
         self.kind = kind
         self.status = status
 
-    def to_response(self) -> JSONResponse:
-        field = ".".join(str(part) for part in self.loc)
-        body = {
-            "error": f"{field}: {self.msg}",
-            "detail": [{"loc": self.loc, "msg": self.msg, "type": self.kind}],
-        }
-        return JSONResponse(body, status_code=int(self.status))
+    def to_response(self) -> Response:
+        return error_response(int(self.status), error_body(self.loc, self.msg, self.kind))
 
 
 class TryLater(Exception):
@@ -74,19 +113,18 @@ class TryLater(Exception):
         self.status = status
         self.retry_after_s = retry_after_s
 
-    def to_response(self) -> JSONResponse:
-        body = {"error": self.msg, "detail": [{"loc": [], "msg": self.msg, "type": "try_later"}]}
+    def to_response(self) -> Response:
         headers = {"Retry-After": str(self.retry_after_s)}
-        return JSONResponse(body, status_code=int(self.status), headers=headers)
+        return error_response(int(self.status), error_body([], self.msg, "try_later"), headers)
 
 
 def answers_client_errors(
     endpoint: Callable[P, Awaitable[R]],
-) -> Callable[P, Awaitable[R | JSONResponse]]:
+) -> Callable[P, Awaitable[R | Response]]:
     """Wrap an async API method so a ClientError or TryLater becomes its JSON response."""
 
     @functools.wraps(endpoint)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | JSONResponse:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
         try:
             return await endpoint(*args, **kwargs)
         except ClientError as exc:
@@ -151,15 +189,15 @@ def describe(errors: Sequence[dict[str, Any]]) -> str:
 BENTOML_WORDING = re.compile(r"^\d+ validation errors? for ")
 
 
-def reworded(body: Any) -> dict[str, Any] | None:
+def reworded(body: Any) -> ErrorBody | None:
     """A 4xx body in the product's words, or None when it already is."""
     if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
-        return {"error": str(body[0].get("error", "")), "detail": []}  # BentoML's 4xx as a list
+        return ErrorBody(error=str(body[0].get("error", "")), detail=[])  # BentoML's 4xx list
     if not isinstance(body, dict) or not isinstance(body.get("error"), str):
         return None
     detail = body.get("detail")
     if BENTOML_WORDING.match(body["error"]) and isinstance(detail, list) and detail:
-        return {"error": describe(detail), "detail": detail}
+        return ErrorBody(error=describe(detail), detail=detail)
     return None
 
 
@@ -193,7 +231,7 @@ class ClientErrorWording:
             except ValueError:
                 better = None
             if better is not None:
-                body = json.dumps(better).encode()
+                body = error_json(better)
             headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "headers": headers})
@@ -204,6 +242,8 @@ class ClientErrorWording:
 
 def install_log_filter() -> None:
     """Attach the filter where BentoML logs request exceptions (idempotent)."""
-    logger = logging.getLogger("bentoml._internal.server.http_app")
+    from despliegue.bentoml_compat import REQUEST_ERRORS_LOGGER
+
+    logger = logging.getLogger(REQUEST_ERRORS_LOGGER)
     if not any(isinstance(f, ClientMistakeLogFilter) for f in logger.filters):
         logger.addFilter(ClientMistakeLogFilter())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import get_args, get_origin
@@ -10,6 +9,8 @@ from typing import get_args, get_origin
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from despliegue.errors import ErrorBody, error_body, error_json
 
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -93,7 +94,7 @@ class MethodNotAllowed:
             await self.app(scope, receive, send)
             return
         allow = ", ".join(sorted(methods)).encode()
-        body = b'{"error": "method: not allowed here", "detail": []}'
+        body = error_json(ErrorBody(error="method: not allowed here", detail=[]))
         headers = [
             (b"allow", allow),
             (b"content-type", b"application/json"),
@@ -296,17 +297,11 @@ async def send_client_error(
     headers: Iterable[tuple[bytes, bytes]] = (),
     close: bool = False,
 ) -> None:
-    """Answer with the service's error body: {"error": "<field>: <msg>", "detail": [...]}.
-
-    `field` defaults to the dotted `loc`. A WebSocket handshake gets the same answer where the
+    """Answer with the service's error body (despliegue/errors.py); `field` defaults to the
+    dotted `loc`. A WebSocket handshake gets the same answer where the
     server supports it (the ASGI `websocket.http.response` extension), else a policy close.
     """
-    body = json.dumps(
-        {
-            "error": f"{field or '.'.join(str(part) for part in loc)}: {msg}",
-            "detail": [{"loc": loc, "msg": msg, "type": kind}],
-        }
-    ).encode()
+    body = error_body(loc, msg, kind, field=field)
     response_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -31,10 +31,13 @@ import os
 
 import h11
 import uvicorn.config
-from bentoml._internal.context import server_context
-from bentoml._internal.server.http import instruments
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from despliegue import bentoml_compat
+
+instruments = bentoml_compat.http_instruments()
+server_context = bentoml_compat.server_context()
 
 OTHER_PATHS = "other"
 _REQUEST_SCOPE = "despliegue.request_scope"

@@ -119,7 +119,8 @@ class Readiness:
 def readiness_of(service: Any, auth_on: bool) -> Readiness:
     """The Readiness of the running instance of `service` (a BentoML service class)."""
     import bentoml
-    from bentoml.container import BentoMLContainer
+
+    from despliegue.bentoml_compat import service_urls
 
     instance = bentoml.get_current_service()
     runners = {
@@ -127,7 +128,7 @@ def readiness_of(service: Any, auth_on: bool) -> Readiness:
         for name, dependency in service.dependencies.items()
     }
     # BentoML hands every worker the URL of each service, its own included.
-    url = BentoMLContainer.remote_runner_mapping.get().get(service.name, "this server's port")
+    url = service_urls().get(service.name, "this server's port")
     return Readiness(runners=runners, url=url, auth_on=auth_on)
 
 

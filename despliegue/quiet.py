@@ -73,6 +73,8 @@ class _LowercaseTagWarning(logging.Filter):
 
 def quiet_bentoml_tag_warnings() -> None:
     """Drop BentoML's "Converting ... to lowercase" warning (idempotent)."""
-    logger = logging.getLogger("bentoml._internal.tag")
+    from despliegue.bentoml_compat import TAG_LOGGER
+
+    logger = logging.getLogger(TAG_LOGGER)
     if not any(isinstance(f, _LowercaseTagWarning) for f in logger.filters):
         logger.addFilter(_LowercaseTagWarning())

@@ -64,14 +64,15 @@ def refuse_connections_until_the_api_listens() -> None:
     refused, and the API worker's uvicorn listens again on the same socket once its service is
     created (asyncio's create_server calls listen() on a socket it is given).
     """
-    from _bentoml_impl.server.serving import API_SERVER_NAME
     from circus.sockets import CircusSocket
+
+    from despliegue.bentoml_compat import api_server_name
 
     bind_and_listen = CircusSocket.bind_and_listen
 
     def bind_then_close(sock: CircusSocket) -> None:
         bind_and_listen(sock)
-        if sock.name == API_SERVER_NAME and not sock.is_unix:
+        if sock.name == api_server_name() and not sock.is_unix:
             sock.shutdown(socket.SHUT_RD)
 
     CircusSocket.bind_and_listen = bind_then_close  # type: ignore[method-assign]
@@ -92,19 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     refuse_connections_until_the_api_listens()
 
     # Same steps as `bentoml serve` (bentoml_cli/serve.py) for bentoml>=1.2 services.
-    from _bentoml_impl.server import serve_http
-    from bentoml._internal.log import configure_server_logging
-    from bentoml._internal.service.loader import load
+    from despliegue import bentoml_compat
 
-    configure_server_logging()
+    bentoml_compat.configure_server_logging()
     working_dir = args.bento if os.path.isdir(args.bento) else "."
     if sys.path[0] != working_dir:
         sys.path.insert(0, working_dir)
-    svc = load(bento_identifier=args.bento, working_dir=working_dir)
+    svc = bentoml_compat.load_service(args.bento, working_dir)
     if service and service not in svc.all_services():
         raise SystemExit(f"{SERVICE_ENV}={service!r}: not a service of this Bento")
     svc.inject_config()
-    serve_http(
+    bentoml_compat.serve_http()(
         args.bento,
         working_dir=working_dir,
         host=args.host,

@@ -85,9 +85,9 @@ def _exit_failed_if_a_worker_could_not_start(failure_file: Path) -> None:
 def check_tls_files() -> None:
     """The certificate and key BentoML will serve HTTPS with load, or StartupFailure naming the
     file (BentoML would otherwise restart the API worker forever on a missing file)."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from despliegue.bentoml_compat import container
 
-    tls = BentoMLContainer.ssl
+    tls = container().ssl
     certfile, keyfile = tls.certfile.get(), tls.keyfile.get()
     if not tls.enabled.get() and not certfile:
         return
@@ -113,9 +113,9 @@ def check_tls_files() -> None:
 def in_worker() -> bool:
     """True in a `bentoml serve` worker process (not in a test or benchmark calling a runner
     class in-process)."""
-    from bentoml._internal.context import server_context
+    from despliegue.bentoml_compat import server_context
 
-    return server_context.service_name is not None
+    return server_context().service_name is not None
 
 
 @contextlib.contextmanager

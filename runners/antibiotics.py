@@ -20,22 +20,15 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from pydantic import BaseModel
 
 from despliegue.artifacts import ModelCard, load_served_model, panel_models
 from despliegue.config import settings
+from despliegue.contracts import PanelRow
 from despliegue.heap import freeze_startup_heap
 from despliegue.startup import serve_until_callers_stop
 
 PANEL = settings().panel("antibiotics")
 MODELS = panel_models(PANEL)
-
-
-class PanelRow(BaseModel):
-    """One feature vector for one antibiotic's model."""
-
-    code: str
-    features: list[float]
 
 
 @dataclass(frozen=True)

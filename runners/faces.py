@@ -15,7 +15,7 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard, load_served_model
 from despliegue.config import settings
-from despliegue.faces import LANDMARKS
+from despliegue.contracts import LANDMARKS, DetectionRow
 from despliegue.heap import freeze_startup_heap
 from despliegue.startup import serve_until_callers_stop
 
@@ -24,13 +24,13 @@ VALIDATOR = settings().family("face_validator")
 
 
 def as_rows(faces: list[dict]) -> np.ndarray:
-    """mtcnn's answer for one image as rows of 15 numbers (no HTTP schema in the runner)."""
+    """mtcnn's answer for one image as detection rows (despliegue/contracts.py)."""
     rows = [
         [*face["box"], face["confidence"]]
         + [coord for name in LANDMARKS for coord in face["keypoints"][name]]
         for face in faces
     ]
-    return np.array(rows, dtype=np.float32).reshape(-1, 15)
+    return np.array(rows, dtype=np.float32).reshape(-1, DetectionRow.WIDTH)
 
 
 @bentoml.service(**settings().service_options("FaceAnalyzer"))
@@ -52,14 +52,15 @@ class FaceAnalyzer:
 
     @bentoml.api(**DETECTOR.batching.api_options())
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Per image, rows of (x, y, width, height, confidence, 5 landmark (x, y) pairs)."""
+        """Per image, one DetectionRow per face found (despliegue/contracts.py)."""
         # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
         # some images by another image's padding; images of one size need no padding, so
         # each group of same-sized images is one detector call.
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             by_shape[np.shape(image)].append(index)
-        answers: list[np.ndarray] = [np.empty((0, 15), dtype=np.float32)] * len(images)
+        empty = np.empty((0, DetectionRow.WIDTH), dtype=np.float32)
+        answers: list[np.ndarray] = [empty] * len(images)
         for indices in by_shape.values():
             group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
             for index, faces in zip(indices, self.detector.detect_faces(group), strict=True):

@@ -30,7 +30,7 @@ class FalseTrueClassifier:
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, texts: list[str]) -> np.ndarray:
-        """Rows of (label, probability of Real) per text; probability is NaN if unknown."""
+        """One TextVerdictRow per text (despliegue/contracts.py): label, probability of Real."""
         inputs = self.model_input(texts)
         labels = np.asarray(self.model.predict(inputs), dtype=float)
         if self.has_probabilities:

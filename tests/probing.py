@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 from despliegue.probes import ANSWER_WITHIN_S
+from despliegue.registry import FAMILIES as REGISTERED
 from tests.conftest import LiveServer
 
 PROBE_INTERVAL_S = 0.1
 REFUSED = "refused"
-# The service's runners (service.py's bentoml.depends), in the order /readyz lists them.
-FAMILIES = sorted(["heatflow", "falsetrue", "flowers", "faces", "antibiotics"])
+# The service's runners (one bentoml.depends per registry family), in the order /readyz lists them.
+FAMILIES = sorted(family.name for family in REGISTERED)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ for imbalance. They show the serving path works; they know nothing about real ba
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import Any
 
@@ -33,16 +32,12 @@ JSON_BYTES_PER_VALUE = 25
 MODEL_PATTERN = settings().panel("antibiotics").model_pattern
 
 
-def name_regex(pattern: str = MODEL_PATTERN) -> str:
-    prefix, _, suffix = pattern.partition("{code}")
-    return f"{re.escape(prefix)}(?P<code>[A-Z0-9]{{2,12}}){re.escape(suffix)}"
-
-
 def code_of(model_name: str) -> str:
-    found = re.fullmatch(name_regex(), model_name, re.IGNORECASE)
-    if found is None:
+    """The antibiotic code in a model name, by the panel's one rule (despliegue/config.py)."""
+    code = settings().panel("antibiotics").code_of(model_name)
+    if code is None:
         raise ValueError(f"{model_name!r} does not fit the pattern {MODEL_PATTERN}")
-    return found["code"].upper()
+    return code
 
 
 def generate_isolates(code: str, n: int = N_ISOLATES) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +215,7 @@ RECIPE = Recipe(
     description="Keras, one per antibiotic: feature vector -> S / I / R probabilities",
     build_reference=build_reference,
     probe=probe,
-    name_pattern=name_regex(),
+    name_pattern=settings().panel("antibiotics").name_regex(),
     reference_names=tuple(MODEL_PATTERN.format(code=code) for code in REFERENCE_CODES),
     serving_metadata=serving_metadata,
 )

@@ -16,6 +16,9 @@ class ReferenceModel:
 
     model: Any
     metadata: dict[str, Any]
+    # Set when a recipe builds references of more than one kind (the face detector: MTCNN or
+    # BlazeFace); otherwise the recipe's framework.
+    framework: Framework | None = None
 
 
 @dataclass(frozen=True)

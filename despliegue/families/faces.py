@@ -69,7 +69,14 @@ class PackagedMTCNN:
         manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
-def build_detector_reference() -> ReferenceModel:
+def build_detector_reference(model_name: str) -> ReferenceModel:
+    """MTCNN for `face_detector`, BlazeFace for `face_detector_blazeface`."""
+    if model_name == BLAZEFACE_NAME:
+        return build_blazeface_reference()
+    return build_mtcnn_reference()
+
+
+def build_mtcnn_reference() -> ReferenceModel:
     weights_dir = resources.files("mtcnn.assets.weights")
     files = {stage: Path(str(weights_dir / f"{stage}.lz4")) for stage in MTCNN_STAGES}
     version = package_metadata.version("mtcnn")
@@ -89,6 +96,7 @@ def build_detector_reference() -> ReferenceModel:
 
 # The wheel BlazeFace comes from, and its two networks (sha256 of the files as the wheel
 # holds them: a changed wheel is refused, not stored).
+BLAZEFACE_NAME = "face_detector_blazeface"
 MEDIAPIPE_WHEEL = "mediapipe==0.10.14"
 BLAZEFACE_FILES = {
     "short_range": (
@@ -144,7 +152,9 @@ def build_blazeface_reference() -> ReferenceModel:
         "variant": BLAZEFACE_VARIANT,
     }
     return ReferenceModel(
-        model=PackagedBlazeFace(download_mediapipe_wheel(folder)), metadata=metadata
+        model=PackagedBlazeFace(download_mediapipe_wheel(folder)),
+        metadata=metadata,
+        framework="blazeface",
     )
 
 
@@ -291,17 +301,12 @@ DETECTOR = Recipe(
     family="face_detector",
     model_name="face_detector",
     framework="mtcnn",
-    description="MTCNN face detector (pretrained weights from the mtcnn package)",
+    description="face detector: MTCNN (mtcnn package) or BlazeFace (mediapipe wheel's .tflite)",
     build_reference=build_detector_reference,
     probe=probe_detector,
-)
-BLAZEFACE_DETECTOR = Recipe(
-    family="face_detector",
-    model_name="face_detector_blazeface",
-    framework="blazeface",
-    description="BlazeFace face detector (MediaPipe's pretrained .tflite, fast)",
-    build_reference=build_blazeface_reference,
-    probe=probe_detector,
+    # Two detectors configuration can pick (`families.face_detector.model`).
+    name_pattern=r"face_detector(_blazeface)?",
+    reference_names=("face_detector", BLAZEFACE_NAME),
 )
 VALIDATOR = Recipe(
     family="face_validator",

@@ -1,11 +1,11 @@
-"""despliegue.faces: detector rows -> answers, crops and drawn boxes (pure functions)."""
+"""despliegue.answers.faces: detector rows -> answers, crops and drawn boxes (pure functions)."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from despliegue.faces import annotate_image, crop, faces_of
+from despliegue.answers.faces import annotate_image, crop, faces_of
 from despliegue.schemas import Box
 
 ROW = [182.4, 61.0, 84.0, 112.0, 0.99, 204, 100, 246, 103, 224, 128, 202, 138, 245, 140]

@@ -1,0 +1,170 @@
+"""Every reach into BentoML's private modules, in one place.
+
+BentoML's public API does not cover a few things the service needs: the OpenAPI operations of
+a service's own routes, the serving entry point `bentoml serve` uses, the model store of a
+folder other than BENTOML_HOME, the route list the HTTP metrics middleware reads, and the
+loggers to quiet. Only the exact pin in requirements.txt holds these; on an upgrade,
+tests/unit/test_bentoml_compat.py imports every reach listed in `REACHES` and names each one
+that moved, and a reach that fails at run time raises `BentoMLChanged` saying the same.
+
+Imports happen when a function is called, not when this module is imported: the serving entry
+point must set environment variables before BentoML's server modules are loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+# The loggers BentoML writes request failures and tag-case warnings to (filtered in
+# despliegue/errors.py and despliegue/quiet.py); each is the named module's own `logger`.
+REQUEST_ERRORS_LOGGER = "bentoml._internal.server.http_app"
+TAG_LOGGER = "bentoml._internal.tag"
+
+
+class BentoMLChanged(ImportError):
+    """A private BentoML module or name this service relies on is gone or moved."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One private name: the module, the attribute in it, and what the service uses it for."""
+
+    module: str
+    attribute: str
+    used_for: str
+
+
+REACHES: tuple[Reach, ...] = (
+    Reach(
+        "_bentoml_sdk.service.openapi",
+        "_get_api_routes",
+        "the OpenAPI operations of the API service's own routes (despliegue/docs_ui.py)",
+    ),
+    Reach(
+        "bentoml._internal.utils.cattr",
+        "bentoml_cattr",
+        "those operations as plain JSON (despliegue/docs_ui.py)",
+    ),
+    Reach(
+        "bentoml._internal.configuration.containers",
+        "BentoMLContainer",
+        "the BentoML home, model store folder, TLS settings and each service's URL "
+        "(artifacts.py, probes.py, startup.py)",
+    ),
+    Reach(
+        "bentoml._internal.models.model",
+        "ModelStore",
+        "a model store in a folder of its own, to check a backup (despliegue/backup.py)",
+    ),
+    Reach(
+        "bentoml._internal.context",
+        "server_context",
+        "the API's routes, so metrics label only known paths (http_server.py), and whether "
+        "this process is a server worker (startup.py)",
+    ),
+    Reach(
+        "bentoml._internal.server.http.instruments",
+        "RunnerTrafficMetricsMiddleware",
+        "the HTTP metrics middleware, replaced by one with bounded labels (http_server.py)",
+    ),
+    Reach(
+        "_bentoml_impl.server.serving",
+        "API_SERVER_NAME",
+        "the public socket, kept closed until the API listens (despliegue/serving.py)",
+    ),
+    Reach(
+        "_bentoml_impl.server",
+        "serve_http",
+        "the serving entry point `bentoml serve` uses (despliegue/serving.py)",
+    ),
+    Reach(
+        "bentoml._internal.log",
+        "configure_server_logging",
+        "the server's logging, as `bentoml serve` sets it up (despliegue/serving.py)",
+    ),
+    Reach(
+        "bentoml._internal.service.loader",
+        "load",
+        "loading the service or Bento to serve (despliegue/serving.py)",
+    ),
+    Reach(
+        REQUEST_ERRORS_LOGGER,
+        "logger",
+        "the logger of request exceptions, filtered to one line per client mistake (errors.py)",
+    ),
+    Reach(TAG_LOGGER, "logger", "the logger of tag-case warnings, quieted (despliegue/quiet.py)"),
+)
+
+
+def reach(module: str, attribute: str) -> Any:
+    """A private BentoML name, or BentoMLChanged naming it and what it is used for."""
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        import bentoml
+
+        used_for = next(
+            (r.used_for for r in REACHES if (r.module, r.attribute) == (module, attribute)), "?"
+        )
+        raise BentoMLChanged(
+            f"bentoml {bentoml.__version__} has no {module}.{attribute} ({exc}); it was used "
+            f"for {used_for}. Pin the bentoml version requirements.txt names, or update "
+            "despliegue/bentoml_compat.py"
+        ) from exc
+
+
+def container() -> Any:
+    return reach("bentoml._internal.configuration.containers", "BentoMLContainer")
+
+
+def bentoml_home() -> str:
+    """The BentoML home this process uses (BENTOML_HOME or ~/bentoml)."""
+    return str(container().bentoml_home.get())
+
+
+def service_urls() -> dict[str, str]:
+    """The URL BentoML gave each service of this server, by service name."""
+    return dict(container().remote_runner_mapping.get())
+
+
+def api_routes(service: Any) -> dict[str, dict[str, Any]]:
+    """The OpenAPI path items of a service's own API routes, as BentoML generates them."""
+    get_api_routes = reach("_bentoml_sdk.service.openapi", "_get_api_routes")
+    cattr = reach("bentoml._internal.utils.cattr", "bentoml_cattr")
+    return {path: cattr.unstructure(item) for path, item in get_api_routes(service).items()}
+
+
+def model_store(folder: str) -> Any:
+    """A BentoML model store in `folder` (not the home's)."""
+    return reach("bentoml._internal.models.model", "ModelStore")(folder)
+
+
+def server_context() -> Any:
+    return reach("bentoml._internal.context", "server_context")
+
+
+def http_instruments() -> Any:
+    """The module holding BentoML's HTTP metrics middleware (its class is replaced there)."""
+    module = "bentoml._internal.server.http.instruments"
+    reach(module, "RunnerTrafficMetricsMiddleware")
+    return importlib.import_module(module)
+
+
+def api_server_name() -> str:
+    return reach("_bentoml_impl.server.serving", "API_SERVER_NAME")
+
+
+def serve_http() -> Any:
+    return reach("_bentoml_impl.server", "serve_http")
+
+
+def configure_server_logging() -> None:
+    reach("bentoml._internal.log", "configure_server_logging")()
+
+
+def load_service(bento: str, working_dir: str) -> Any:
+    return reach("bentoml._internal.service.loader", "load")(
+        bento_identifier=bento, working_dir=working_dir
+    )

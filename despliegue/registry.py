@@ -1,0 +1,232 @@
+"""The model families this service serves, in one table: every family-specific list is read here.
+
+A family is one runner service (its own process, reached from the API with `bentoml.depends`)
+and the stored model(s) it loads. Each model has a key under `families:` in configuration.yaml,
+a recipe that builds its reference model and probes an imported one (despliegue/families/), and
+the batchable runner method that calls it. From this table come: the runner attributes of the
+API service and the coalescer of each runner method (service.py), `GET /models` and /readyz,
+the families configuration must hold and which of them need a threshold, and the service names
+allowed under `bentoml.services` (despliegue/config.py), and the recipes `save_models.py` walks.
+
+Runner classes and recipes are named by import path ("module:attribute") and imported only when
+asked for: configuration loading reads this table, and a runner module reads configuration (and
+the model store) when it is imported. How to add a family: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+# The public API service; its options live under `bentoml.services` beside the runners'.
+API_SERVICE = "Despliegue"
+
+
+def imported(path: str) -> Any:
+    """The object a "package.module:attribute" path names, imported on first use."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{path!r} is not an import path of the form 'package.module:attribute'")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One stored model (or open panel of models) a family's runner serves."""
+
+    # Its key under `families:` in configuration.yaml, and the `family` of its stored models.
+    key: str
+    # "module:ATTRIBUTE" of its Recipe: how save_models.py builds or imports it.
+    recipe: str
+    # The runner's batchable method that calls this model (the API coalesces calls to it).
+    method: str
+    # Configuration must give it a decision threshold (`families.<key>.threshold`).
+    needs_threshold: bool = False
+    # An open set of models named by `model_pattern` (one per code) instead of one `model`.
+    panel: bool = False
+
+
+@dataclass(frozen=True)
+class Family:
+    """One runner service and the models it loads."""
+
+    # The API service's attribute for this runner, the name /readyz reports, and the UI's tag.
+    name: str
+    # "module:Class" of the runner service; the class name keys `bentoml.services` options.
+    runner: str
+    models: tuple[Model, ...]
+    # The first path segment of each of its endpoints (/face and /super: "face", "super").
+    paths: tuple[str, ...]
+    # What the Swagger UI says of its endpoints, grouped under `tag` (default: the name).
+    summary: str
+    ui_tag: str = ""
+
+    @property
+    def tag(self) -> str:
+        """The OpenAPI tag its endpoints are grouped under."""
+        return self.ui_tag or self.name
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"family name {self.name!r} must be a Python identifier")
+        if not self.models:
+            raise ValueError(f"family {self.name!r} serves no model")
+        if not self.paths or not self.summary:
+            raise ValueError(f"family {self.name!r} needs its paths and a summary")
+        for part, value in (("runner", self.runner), *((m.key, m.recipe) for m in self.models)):
+            module_name, _, attribute = value.partition(":")
+            if not module_name or not attribute:
+                raise ValueError(
+                    f"family {self.name!r}: {part} {value!r} is not 'package.module:attribute'"
+                )
+        for model in self.models:
+            if not model.key or not model.method:
+                raise ValueError(f"family {self.name!r}: a model needs a key and a method")
+
+    @property
+    def service_name(self) -> str:
+        """The runner service's name: its class name, as BentoML names it."""
+        return self.runner.rpartition(":")[2]
+
+    def runner_class(self) -> Any:
+        return imported(self.runner)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="heatflow",
+        runner="runners.heatflow:HeatFlowRegressor",
+        models=(Model("heatflow", "despliegue.families.heatflow:RECIPE", method="predict"),),
+        paths=("heatflow",),
+        summary="Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
+    ),
+    Family(
+        name="falsetrue",
+        runner="runners.falsetrue:FalseTrueClassifier",
+        models=(Model("falsetrue", "despliegue.families.falsetrue:RECIPE", method="classify"),),
+        paths=("falsetrue",),
+        summary="Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
+    ),
+    Family(
+        name="flowers",
+        runner="runners.flowers:FlowerClassifier",
+        models=(
+            Model(
+                "flowers",
+                "despliegue.families.flowers:RECIPE",
+                method="classify",
+                needs_threshold=True,
+            ),
+        ),
+        paths=("flowers",),
+        summary="Seed 002: 18 Oxford-102 flower classes from a photo (Keras CNN).",
+    ),
+    Family(
+        name="faces",
+        runner="runners.faces:FaceAnalyzer",
+        models=(
+            Model(
+                "face_detector",
+                "despliegue.families.faces:DETECTOR",
+                method="detect",
+                needs_threshold=True,
+            ),
+            Model(
+                "face_validator",
+                "despliegue.families.faces:VALIDATOR",
+                method="validate",
+                needs_threshold=True,
+            ),
+        ),
+        paths=("face", "super"),
+        summary="Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
+        ui_tag="img_super",
+    ),
+    Family(
+        name="antibiotics",
+        runner="runners.antibiotics:AntibioticPanel",
+        models=(
+            Model(
+                "antibiotics",
+                "despliegue.families.antibiotics:RECIPE",
+                method="susceptibility",
+                panel=True,
+            ),
+        ),
+        paths=("antibiotics",),
+        summary="Seed 003: S / I / R per antibiotic, one Keras model per code (open panel).",
+    ),
+)
+
+
+def models() -> tuple[Model, ...]:
+    """Every model of every family, in table order."""
+    return tuple(model for family in FAMILIES for model in family.models)
+
+
+def model_keys() -> tuple[str, ...]:
+    """The keys configuration.yaml must hold under `families:`."""
+    return tuple(model.key for model in models())
+
+
+def service_names() -> tuple[str, ...]:
+    """Every BentoML service of the product: the API first, then each runner."""
+    return (API_SERVICE, *(family.service_name for family in FAMILIES))
+
+
+def family(name: str) -> Family:
+    for entry in FAMILIES:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no family {name!r}; families: {', '.join(f.name for f in FAMILIES)}")
+
+
+def check(families: tuple[Family, ...] = FAMILIES) -> None:
+    """Import every runner class and recipe the table names and check they fit together: each
+    runner has each method the table names, each recipe is for its model's key. Raises
+    ValueError naming the entry and the part that is wrong (tests call this; serving imports
+    the same parts anyway)."""
+    from despliegue.families.base import Recipe
+
+    names = [entry.name for entry in families]
+    keys = [model.key for entry in families for model in entry.models]
+    for kind, values in (("family name", names), ("model key", keys)):
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"{kind}s must be unique; repeated: {repeated}")
+    for entry in families:
+        try:
+            runner = entry.runner_class()
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"family {entry.name!r}: runner {entry.runner!r}: {exc}") from exc
+        apis = getattr(runner, "apis", None)
+        if apis is None:
+            raise ValueError(f"family {entry.name!r}: {entry.runner} is not a @bentoml.service")
+        for model in entry.models:
+            if model.method not in apis:
+                raise ValueError(
+                    f"family {entry.name!r}: {entry.service_name} has no API method "
+                    f"{model.method!r} (it has {sorted(apis)})"
+                )
+            try:
+                recipe = imported(model.recipe)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"model {model.key!r}: recipe {model.recipe!r}: {exc}") from exc
+            if not isinstance(recipe, Recipe) or recipe.family != model.key:
+                raise ValueError(
+                    f"model {model.key!r}: {model.recipe} is not the Recipe of family {model.key!r}"
+                )
+        if "describe" not in apis:
+            raise ValueError(
+                f"family {entry.name!r}: {entry.service_name} needs a `describe` API method "
+                "(GET /models lists the cards it returns)"
+            )
+
+
+def family_of(key: str) -> Family:
+    """The family whose runner serves the model of configuration key `key`."""
+    for entry in FAMILIES:
+        if any(model.key == key for model in entry.models):
+            return entry
+    raise KeyError(f"no model {key!r}; models: {', '.join(model_keys())}")

@@ -1,0 +1,49 @@
+"""/docs.json built in-process (no runner is started): its error schema is the ErrorBody model
+every error is written from, and its operations are grouped by the registry's families."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from despliegue import registry
+from despliegue.docs_ui import ERRORS, error_schemas
+from despliegue.tokens import TOKENS_ENV
+from tests.conftest import SESSION_TOKEN_LINES
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TOKENS_ENV, SESSION_TOKEN_LINES)
+        import service
+
+        answer = TestClient(service.Despliegue.to_asgi()).get("/docs.json")
+    assert answer.status_code == 200, answer.text
+    return json.loads(answer.text)
+
+
+def test_the_error_schema_is_generated_from_the_error_body_model(document: dict) -> None:
+    schemas = document["components"]["schemas"]
+    assert {name: schemas[name] for name in error_schemas()} == error_schemas()
+    refs = {
+        json.dumps(answer["content"])
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        for code, answer in operation["responses"].items()
+        if code in ERRORS  # the error answers the product declares (BentoML adds 404, 500)
+    }
+    assert refs == {
+        json.dumps({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
+    }
+
+
+def test_operations_are_grouped_by_the_registry_families(document: dict) -> None:
+    for family in registry.FAMILIES:
+        for segment in family.paths:
+            assert document["paths"][f"/{segment}"]["post"]["tags"] == [family.tag]
+    described = {tag["name"]: tag["description"] for tag in document["tags"]}
+    assert all(described[family.tag] == family.summary for family in registry.FAMILIES)

@@ -1,0 +1,75 @@
+"""Every private BentoML name the service reaches is still where despliegue/bentoml_compat.py
+says (it fails naming the reach on a BentoML upgrade), and nothing else reaches them."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import logging
+from pathlib import Path
+
+import pytest
+
+from despliegue import bentoml_compat
+from despliegue.bentoml_compat import REACHES, BentoMLChanged, Reach, reach
+
+ROOT = Path(__file__).resolve().parents[2]
+PRIVATE = ("bentoml._internal", "_bentoml_sdk", "_bentoml_impl")
+
+
+@pytest.mark.parametrize("private", REACHES, ids=lambda r: f"{r.module}.{r.attribute}")
+def test_each_private_name_is_still_there(private: Reach) -> None:
+    try:
+        found = reach(private.module, private.attribute)
+    except BentoMLChanged as exc:
+        pytest.fail(f"BentoML moved a name the service relies on: {exc}")
+    if private.attribute == "logger":  # the logger the service filters must be the module's own
+        assert isinstance(found, logging.Logger) and found.name == private.module
+
+
+def test_a_moved_name_is_reported_with_what_it_was_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As an upgrade that moved `serve_http` would: the error names it and its use."""
+    monkeypatch.delattr(importlib.import_module("_bentoml_impl.server"), "serve_http")
+    with pytest.raises(
+        BentoMLChanged, match=r"no _bentoml_impl\.server\.serve_http .*serving entry"
+    ):
+        bentoml_compat.serve_http()
+    with pytest.raises(BentoMLChanged, match=r"no bentoml\._internal\.context\.no_such_name"):
+        reach("bentoml._internal.context", "no_such_name")
+
+
+def test_the_accessors_answer() -> None:
+    assert Path(bentoml_compat.bentoml_home()).is_absolute()
+    assert isinstance(bentoml_compat.service_urls(), dict)
+    assert bentoml_compat.api_server_name()
+    assert hasattr(bentoml_compat.http_instruments(), "RunnerTrafficMetricsMiddleware")
+
+
+def private_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value] if node.value.startswith(PRIVATE) else []
+        found += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.startswith(PRIVATE)]
+    return found
+
+
+def test_no_other_module_of_the_product_reaches_private_bentoml() -> None:
+    sources = [
+        ROOT / "service.py",
+        ROOT / "save_models.py",
+        *ROOT.glob("despliegue/**/*.py"),
+        *ROOT.glob("runners/*.py"),
+        *ROOT.glob("scripts/*.py"),
+        *ROOT.glob("benchmarks/**/*.py"),
+    ]
+    reaches = [
+        hit for path in sources if path.name != "bentoml_compat.py" for hit in private_imports(path)
+    ]
+    assert reaches == [], "reach private BentoML through despliegue/bentoml_compat.py"
