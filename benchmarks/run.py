@@ -240,6 +240,7 @@ def measure_peer(
     env: dict[str, str],
     cpus: tuple[list[int], list[int]],
     workdir: Path,
+    warnings: list[str],
 ) -> tuple[dict[str, list[dict[str, Any]]], float] | None:
     """One peer serving every path at once (as the service does), each path's answers checked,
     then the same load points as the service. None: the peer's venv is not installed."""
@@ -256,7 +257,13 @@ def measure_peer(
         per_path = {}
         for path in paths:
             route = path.request(design)[0]
-            check_answers(server.url, route, design, path, checks[path.name])
+            try:
+                check_answers(server.url, route, design, path, checks[path.name])
+            except (RuntimeError, httpx.HTTPError) as exc:
+                # This path is not measured; the peer's other paths still are.
+                warnings.append(f"{peer} {path.name} not measured: {str(exc)[:1500]}")
+                print(f"WARNING: {warnings[-1]}", flush=True)
+                continue
             per_path[path.name] = load_points(
                 server.url, path, args, env, cpus[1], metrics=False, design=design
             )
@@ -349,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = {}
     for peer in (peer for peer in launch.PEERS if peer in args.designs):
         try:
-            measured = measure_peer(peer, paths, checks, manifest, args, env, cpus, workdir)
+            measured = measure_peer(
+                peer, paths, checks, manifest, args, env, cpus, workdir, result["warnings"]
+            )
         except (RuntimeError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
             # A peer that fails to start or answers wrong is reported, not measured.
             result["warnings"].append(f"{peer} not measured: {str(exc)[:1500]}")
@@ -365,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path.name in fast:
             designs["blazeface"] = fast[path.name]
         for peer, per_path in peers.items():
-            designs[peer] = per_path[path.name]
+            if path.name in per_path:
+                designs[peer] = per_path[path.name]
         seeded = "seed" in args.designs and path.name in (args.seed_paths or [path.name])
         if path.baseline and seeded:
             designs["seed"] = measure_seed(

@@ -41,6 +41,8 @@ REQUEST_FIELD = {
 }
 
 PeerModel = Callable[[Sequence[Any]], list[Any]]
+# The order of a detection row's landmarks (despliegue/contracts.py, which needs pydantic).
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -130,7 +132,7 @@ class FaceDetector:
             for index, faces in zip(indices, found, strict=True):
                 answers[index] = [
                     [*map(float, face["box"]), float(face["confidence"])]
-                    + [float(c) for point in face["keypoints"].values() for c in point]
+                    + [float(c) for name in LANDMARKS for c in face["keypoints"][name]]
                     for face in faces
                     if face["confidence"] >= self.threshold
                 ]

@@ -99,3 +99,10 @@ def test_goals_say_met_or_missed_with_the_bound_of_the_same_run() -> None:
     assert "| heatflow: service / plain FastAPI, req/s, 32 client(s) | >= 0.8 | 2 | met |" in (
         render_markdown(result)
     )
+
+
+def test_peers_order_landmarks_as_the_runner_does() -> None:
+    from benchmarks.peers.models import LANDMARKS as PEER_LANDMARKS
+    from despliegue.contracts import LANDMARKS
+
+    assert PEER_LANDMARKS == LANDMARKS
