@@ -9,8 +9,21 @@
                                                   import a Keras/TensorFlow model from MLflow (the
                                                   registry at $MLFLOW_TRACKING_URI, or a folder)
     python save_models.py list                    show what the store holds
+    python save_models.py promote FAMILY TAG --why TEXT    serve TAG (a running service follows)
+    python save_models.py rollback FAMILY --why TEXT       serve the previously served tag again
+    python save_models.py canary FAMILY TAG PERCENT --why TEXT
+                                                  send PERCENT % of requests to TAG (0: no canary)
+    python save_models.py shadow FAMILY [TAG] --why TEXT   give TAG a copy of every request
+    python save_models.py history [FAMILY]        who changed what each family serves, and why
+    python save_models.py sync                    import and serve what followed MLflow aliases name
     python save_models.py backup DIR              export the served models + sha256 manifest
     python save_models.py restore DIR             verify a backup, then import it
+
+An import is a candidate: the family keeps serving what it served until `promote`. FAMILY is a
+configuration key (heatflow, falsetrue, flowers, face_detector, face_validator) or one
+antibiotic of the panel (antibiotics.AMK). Every change is recorded in the lifecycle state file
+and appended to its history (despliegue/lifecycle.py); a running service picks it up within
+seconds, without a restart.
 
 Reference models are small models trained on data the project generates or ships (their
 metadata says `reference: true`); replace any of them by importing your own artifact. An
@@ -36,7 +49,8 @@ from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from despliegue.artifacts import bentoml_home, served_tags, stored_models
+from despliegue import lifecycle
+from despliegue.artifacts import bentoml_home, stored_models
 from despliegue.backup import BackupRefused, backup, restore
 from despliegue.families import RECIPES, Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
@@ -111,7 +125,7 @@ def serving_keys() -> dict[str, str]:
     """Stored tag -> the configuration key serving it (`heatflow`, `antibiotics.AMK`, ...),
     with `latest` resolved to the version it names today."""
     keys: dict[str, str] = {}
-    for key, tag in served_tags().items():
+    for key, tag in lifecycle.served_tags().items():
         try:
             keys[str(bentoml.models.get(tag).tag)] = key
         except bentoml.exceptions.NotFound:
@@ -227,6 +241,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="serving signature of a TensorFlow SavedModel (default: serving_default)",
     )
     commands.add_parser("list", help="list the models in the store")
+    promotes = commands.add_parser("promote", help="serve a stored tag for a family")
+    promotes.add_argument("family", help="e.g. heatflow, face_validator or antibiotics.AMK")
+    promotes.add_argument("tag", help="a stored tag, name:version (save_models.py list)")
+    rollbacks = commands.add_parser("rollback", help="serve the previously served tag again")
+    rollbacks.add_argument("family")
+    canaries = commands.add_parser("canary", help="send a share of a family's requests to a tag")
+    canaries.add_argument("family")
+    canaries.add_argument("tag", help="the candidate's stored tag")
+    canaries.add_argument("percent", type=float, help="share of requests in %%; 0 ends the canary")
+    shadows = commands.add_parser("shadow", help="give a tag a copy of every request")
+    shadows.add_argument("family")
+    shadows.add_argument("tag", nargs="?", help="the candidate's stored tag; none ends the shadow")
+    for changing in (promotes, rollbacks, canaries, shadows):
+        changing.add_argument("--why", required=True, help="the reason, kept in the history")
+    histories = commands.add_parser("history", help="the history of lifecycle changes")
+    histories.add_argument("family", nargs="?", help="only this family")
+    syncs = commands.add_parser(
+        "sync", help="import and serve what MLflow aliases name (families with mlflow_alias)"
+    )
+    syncs.add_argument("--why", default="", help="the reason (default: the alias and version)")
     backups = commands.add_parser("backup", help="export the served models with a manifest")
     backups.add_argument("folder", type=Path, help="a new folder for this backup")
     restores = commands.add_parser("restore", help="verify a backup's sha256 sums, import it")
@@ -254,8 +288,66 @@ def run_backup_command(command: str, folder: Path) -> int:
     return 0
 
 
+def change_lifecycle(args: argparse.Namespace) -> dict:
+    if args.command == "promote":
+        return lifecycle.promote(args.family, args.tag, args.why)
+    if args.command == "rollback":
+        return lifecycle.rollback(args.family, args.why)
+    if args.command == "canary":
+        return lifecycle.set_canary(args.family, args.tag, args.percent, args.why)
+    return lifecycle.set_shadow(args.family, args.tag, args.why)
+
+
+def print_history(entries: list[dict]) -> None:
+    if not entries:
+        console.print(f"No lifecycle changes recorded in {lifecycle.history_path()}.")
+        return
+    table = Table(title=f"Lifecycle history ({lifecycle.history_path()})")
+    keys = ("at", "who", "family", "action", "from", "to", "why")
+    for column in keys:
+        table.add_column(column, no_wrap=column != "why")
+    for entry in entries:
+        table.add_row(*(str(entry.get(key) or "-") for key in keys))
+    show(table)
+
+
+def run_sync(why: str) -> int:
+    try:
+        done = lifecycle.sync(why)
+    except ImportError:
+        console.print(
+            "[bold red]sync needs MLflow:[/] "
+            "pip install -r requirements-mlflow.txt -c constraints.txt"
+        )
+        return 1
+    if not done:
+        console.print("No family follows an MLflow alias (families.<name>.mlflow_alias).")
+        return 0
+    table = Table(title="MLflow alias sync")
+    for column in ("family", "alias", "version", "tag", "action"):
+        table.add_column(column, no_wrap=column != "action")
+    for item in done:
+        table.add_row(item.family, item.uri, item.version, item.tag or "-", item.action)
+    show(table)
+    return 1 if any(item.action.startswith("refused") for item in done) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command in {"promote", "rollback", "canary", "shadow"}:
+        try:
+            line = change_lifecycle(args)
+        except lifecycle.LifecycleRefused as exc:
+            console.print(f"[bold red]{args.command} refused:[/] {exc}")
+            return 1
+        print_history([line])
+        console.print(f"Recorded in {lifecycle.state_path()}; a running service follows it.")
+        return 0
+    if args.command == "history":
+        print_history(lifecycle.history(args.family))
+        return 0
+    if args.command == "sync":
+        return run_sync(args.why)
     if args.command in {"backup", "restore"}:
         return run_backup_command(args.command, args.folder)
     if args.command == "list":
@@ -263,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import":
         prepare_tensorflow([r for r in RECIPES.values() if r.matches(args.model_name)])
+        pinned = lifecycle.pin_before_import(args.model_name)
         try:
             outcome = import_source(
                 args.model_name, args.source, declared_serving(args), args.signature
@@ -272,6 +365,16 @@ def main(argv: list[str] | None = None) -> int:
             console.print("The model store is unchanged.")
             return 1
         print_outcomes([outcome])
+        first = lifecycle.serve_if_first(args.model_name, outcome.tag)
+        if first is not None:
+            console.print(f"{first['family']} had no model: it now serves {outcome.tag}.")
+        else:
+            family = lifecycle.family_of_model(args.model_name)
+            served = pinned["to"] if pinned else lifecycle.served_tags().get(family or "", "?")
+            console.print(
+                f"{outcome.tag} is a candidate; still served: {served}. Serve it with "
+                f"`python save_models.py promote {family} {outcome.tag} --why ...`."
+            )
         return 0
     try:
         outcomes = build_missing_references(getattr(args, "selection", None))

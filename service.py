@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import typing
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +26,10 @@ import numpy as np
 from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
 
-from despliegue import registry
+from despliegue import lifecycle, registry
 from despliegue.answers.antibiotics import (
     antibiotics_response,
     panel_listing,
@@ -44,7 +48,7 @@ from despliegue.answers.faces import (
 from despliegue.answers.falsetrue import falsetrue_response
 from despliegue.answers.flowers import flowers_response
 from despliegue.answers.heatflow import heat_flow_response
-from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store, served_tags
+from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import (
     DOCS_PATHS,
@@ -57,7 +61,13 @@ from despliegue.auth import (
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.errors import ClientErrorWording, answers_client_errors, install_log_filter
+from despliegue.errors import (
+    ClientErrorWording,
+    answers_client_errors,
+    error_body,
+    error_response,
+    install_log_filter,
+)
 from despliegue.heap import freeze_startup_heap
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
@@ -75,16 +85,19 @@ from despliegue.images import (
     admitted_images,
     encode_png,
 )
+from despliegue.lifecycle import RunnerModels, ShadowStats, served_tags, unzip
 from despliegue.probes import Probes
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticsRequest,
     AntibioticsResponse,
+    CanaryState,
     Face,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
+    FamilyLifecycle,
     FlowersRequest,
     FlowersResponse,
     HeatFlowRequest,
@@ -136,6 +149,25 @@ def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
     return list
 
 
+# A runner's models are asked again at most this often while it has not yet applied the
+# latest lifecycle state (it loads new models in the background).
+DESCRIBE_AGAIN_S = 0.5
+
+
+@dataclass
+class Described:
+    models: RunnerModels
+    at: float
+
+
+def tagged(response: Any, tags: list[str]) -> Any:
+    """A response naming every tag that answered: a request split across two runner batches
+    while a canary runs or a swap happens may have two (despliegue/lifecycle.py)."""
+    if len(tags) > 1:
+        response.model_tag = ",".join(tags)
+    return response
+
+
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -162,7 +194,8 @@ class Despliegue:
         )
 
     def __init__(self) -> None:
-        self._cards: dict[str, list[ModelCard]] = {}
+        self._described: dict[str, Described] = {}
+        self._cards_by_tag: dict[str, ModelCard] = {}
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
         # Every batchable runner method by model key, as the endpoints call it: concurrent
         # requests share one call (despliegue/coalescing.py).
@@ -182,17 +215,32 @@ class Despliegue:
         prepare = as_declared(runner, method)
         return lambda items: getattr(getattr(self, family).to_async, method)(prepare(items))
 
-    async def cards(self, family: str) -> list[ModelCard]:
-        """The model cards of a family's runner, asked once, then kept."""
-        if family not in self._cards:
-            described = await getattr(self, family).to_async.describe()
-            self._cards[family] = [ModelCard.model_validate(card) for card in described]
-        return self._cards[family]
+    async def described(self, family: str, fresh: bool = False) -> RunnerModels:
+        """What a family's runner has loaded: kept until the lifecycle state file changes, then
+        asked again until the runner reports it has applied the change."""
+        kept = self._described.get(family)
+        behind = kept is not None and kept.models.state_stamp != lifecycle.state_stamp()
+        if kept is None or fresh or (behind and time.monotonic() - kept.at > DESCRIBE_AGAIN_S):
+            answer = await getattr(self, family).to_async.describe()
+            models = RunnerModels.model_validate(answer, from_attributes=True)
+            kept = self._described[family] = Described(models, time.monotonic())
+            # Kept for good: a batch that started before a swap answers with the replaced model.
+            self._cards_by_tag.update({card.tag: card for card in models.cards})
+        return kept.models
 
-    async def card(self, key: str) -> ModelCard:
-        """The card of the model a configuration key serves (not for a panel: see `panel`)."""
-        cards = await self.cards(registry.family_of(key).name)
-        return next(card for card in cards if card.family == key)
+    async def cards(self, family: str) -> list[ModelCard]:
+        return (await self.described(family)).cards
+
+    async def card(self, key: str, tag: str | None = None) -> ModelCard:
+        """The card of the model that answered with `tag` for a configuration key (the first,
+        if two did), or of the model the key serves now."""
+        runner = lifecycle.facts(key).runner
+        if tag is None:
+            tag = str((await self.described(runner)).lanes[key]["served"])
+        tag = tag.split(",")[0]
+        if tag not in self._cards_by_tag:
+            await self.described(runner, fresh=True)
+        return self._cards_by_tag[tag]
 
     async def model_input(self, key: str) -> ModelInput:
         """The input size a CNN takes, as its model card's preprocessing records it."""
@@ -215,15 +263,16 @@ class Despliegue:
     @answers_client_errors
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
-        heat_flow = await self.calls["heatflow"](sediment_thickness_m)
-        return heat_flow_response(sediment_thickness_m, heat_flow, await self.card("heatflow"))
+        heat_flow, tags = unzip(await self.calls["heatflow"](sediment_thickness_m), "heatflow")
+        card = await self.card("heatflow", tags[0])
+        return tagged(heat_flow_response(sediment_thickness_m, heat_flow, card), tags)
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
     @answers_client_errors
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
-        rows = await self.calls["falsetrue"](texts)
-        return falsetrue_response(rows, await self.card("falsetrue"))
+        rows, tags = unzip(await self.calls["falsetrue"](texts), "falsetrue")
+        return tagged(falsetrue_response(rows, await self.card("falsetrue", tags[0])), tags)
 
     @bentoml.api(route="/flowers", input_spec=FlowersRequest)
     @answers_client_errors
@@ -244,10 +293,10 @@ class Despliegue:
             return await self.answer_flowers(decoded, top_k)
 
     async def answer_flowers(self, images: list[DecodedImage], top_k: int) -> FlowersResponse:
-        probabilities = await self.calls["flowers"]([image.pixels for image in images])
-        return flowers_response(
-            probabilities, await self.card("flowers"), top_k, THRESHOLDS["flowers"]
-        )
+        answers = await self.calls["flowers"]([image.pixels for image in images])
+        probabilities, tags = unzip(answers, "flowers")
+        card = await self.card("flowers", tags[0])
+        return tagged(flowers_response(probabilities, card, top_k, THRESHOLDS["flowers"]), tags)
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
     @answers_client_errors
@@ -266,7 +315,8 @@ class Despliegue:
             return await self.answer_faces(decoded, annotate)
 
     async def answer_faces(self, images: list[DecodedImage], annotate: bool) -> FaceResponse:
-        detections = await self.calls["face_detector"]([image.pixels for image in images])
+        answers = await self.calls["face_detector"]([image.pixels for image in images])
+        detections, tags = unzip(answers, "face_detector")
         per_image = [
             faces_of(rows, THRESHOLDS["face_detector"], image.scale)
             for image, rows in zip(images, detections, strict=True)
@@ -275,7 +325,9 @@ class Despliegue:
             await annotated_png(image, faces) if annotate else None
             for image, faces in zip(images, per_image, strict=True)
         ]
-        return face_response(per_image, drawn, await self.card("face_detector"))
+        return tagged(
+            face_response(per_image, drawn, await self.card("face_detector", tags[0])), tags
+        )
 
     @bentoml.api(route="/super", input_spec=FaceRequest)
     @answers_client_errors
@@ -295,14 +347,16 @@ class Despliegue:
 
     async def answer_super(self, images: list[DecodedImage], annotate: bool) -> SuperResponse:
         pixels = [image.pixels for image in images]
-        detections = await self.calls["face_detector"](pixels)
+        detections, detectors = unzip(await self.calls["face_detector"](pixels), "face_detector")
         crop_size = (await self.model_input("face_validator")).size
         assert crop_size is not None
         # Crops are cut from the image the detector saw; the answer's coordinates are the sent
         # image's (`scale`).
         seen = [faces_of(rows, THRESHOLDS["face_detector"]) for rows in detections]
         crops = crops_to_validate(pixels, seen, crop_size)
-        scores = await self.calls["face_validator"](crops) if crops else []
+        scores, validators = unzip(
+            await self.calls["face_validator"](crops) if crops else [], "face_validator"
+        )
         sent = [
             faces_of(rows, THRESHOLDS["face_detector"], image.scale)
             for image, rows in zip(images, detections, strict=True)
@@ -312,17 +366,19 @@ class Despliegue:
             await annotated_png(image, faces) if annotate else None
             for image, faces in zip(images, validated, strict=True)
         ]
-        return super_response(
+        verdicts = super_response(
             validated,
             drawn,
             THRESHOLDS["face_validator"],
-            await self.card("face_detector"),
-            await self.card("face_validator"),
+            await self.card("face_detector", detectors[0]),
+            await self.card("face_validator", validators[0] if validators else None),
         )
+        return tagged(verdicts, validators)
 
     async def panel(self) -> dict[str, ModelCard]:
-        """The served antibiotic models by code."""
-        return panel_of(await self.cards("antibiotics"), PANEL)
+        """The served antibiotic models by code (not their canaries or shadows)."""
+        cards = await self.cards("antibiotics")
+        return panel_of([card for card in cards if card.lane == "served"], PANEL)
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
     @answers_client_errors
@@ -332,12 +388,46 @@ class Despliegue:
         """S / I / R for each feature vector, from each requested antibiotic's model."""
         served = await self.panel()
         wanted = requested_codes(served, PANEL, features, codes)
-        probabilities = await self.calls["antibiotics"](panel_rows(wanted, features))
-        return antibiotics_response(served, wanted, len(features), probabilities)
+        answered = await self.calls["antibiotics"](panel_rows(wanted, features))
+        # Each code's answers, and the card of the model that gave them (served or canary).
+        per_code, answering = [], {}
+        for start, code in zip(range(0, len(answered), len(features)), wanted, strict=True):
+            answers, tags = unzip(answered[start : start + len(features)], f"antibiotics.{code}")
+            per_code += answers
+            answering[code] = await self.card(f"antibiotics.{code}", tags[0])
+        return antibiotics_response(answering, wanted, len(features), per_code)
 
     async def model_listing(self) -> ServedModels:
-        per_family = await asyncio.gather(*(self.cards(f.name) for f in registry.FAMILIES))
-        return ServedModels(models=[card for cards in per_family for card in cards])
+        names = [family.name for family in registry.FAMILIES]
+        described = dict(zip(names, await asyncio.gather(*map(self.described, names)), strict=True))
+        families = {}
+        for key, plan in lifecycle.plans().items():
+            runner = described[lifecycle.facts(key).runner]
+            families[key] = FamilyLifecycle(
+                served=plan.served,
+                source=plan.source,
+                previous=plan.previous,
+                candidates=lifecycle.candidates(plan),
+                canary=CanaryState(tag=plan.canary, percent=plan.percent) if plan.canary else None,
+                shadow=plan.shadow,
+                loaded=runner.lanes.get(key, {}),
+                problem=runner.problems.get(key),
+            )
+        cards = [card for models in described.values() for card in models.cards]
+        return ServedModels(models=cards, families=families)
+
+    async def comparison(self, key: str) -> ShadowStats | Response:
+        """A family's shadow comparison, or 404 naming the family when it is not served."""
+        try:
+            runner = lifecycle.facts(key).runner
+        except KeyError:
+            runner = None
+        stats = (await self.described(runner, fresh=True)).shadow.get(key) if runner else None
+        if stats is None:
+            served = ", ".join(sorted(lifecycle.served_tags()))
+            message = f"{key!r} is not a served family; families: {served}"
+            return error_response(404, error_body(["family"], message, "value_error"))
+        return stats
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
     # bentoml.SyncHTTPClient has a method for each (it only calls APIs, never mounted routes).
@@ -360,6 +450,30 @@ class Despliegue:
     async def served_models(self) -> ServedModels:
         """The models being served, as GET /models gives them (for the Python client)."""
         return await self.model_listing()
+
+    # The family is read from the path, not declared as a parameter: FastAPI would add its own
+    # 422 answer to the document, and every error here has the product's error body.
+    @catalog.get(
+        "/models/{family}/compare",
+        response_model=ShadowStats,
+        responses={404: {"description": "Not a served family (the body lists them)"}},
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "family",
+                    "in": "path",
+                    "required": True,
+                    "description": "heatflow, falsetrue, flowers, face_detector, "
+                    "face_validator or antibiotics.<CODE>",
+                    "schema": {"type": "string", "examples": ["heatflow"]},
+                }
+            ]
+        },
+    )
+    async def get_comparison(self, request: Request) -> ShadowStats | Response:
+        """The shadow model's answers compared with the served model's: agreement rate and
+        mean absolute difference (since the runner loaded this pair)."""
+        return await self.comparison(request.path_params["family"])
 
 
 # The first added is the outermost. Probes come first: answered at once, before auth, audit

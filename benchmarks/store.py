@@ -16,8 +16,9 @@ from typing import Any
 import bentoml
 
 from benchmarks.paths import PATHS
-from despliegue.artifacts import ARTIFACT_FILE, served_tags
+from despliegue.artifacts import ARTIFACT_FILE
 from despliegue.config import settings
+from despliegue.lifecycle import served_tags
 
 
 def artifact_files() -> dict[str, str]:

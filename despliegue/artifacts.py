@@ -57,6 +57,12 @@ class ModelCard(BaseModel):
         examples=["raw 0–255 (detected, in the model: rescaling (Rescaling × 0.00392157 + 0))"],
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    serves: str | None = Field(
+        None, description="The family key it answers for, e.g. heatflow or antibiotics.AMK"
+    )
+    lane: Literal["served", "canary", "shadow"] | None = Field(
+        None, description="served, canary (a share of requests) or shadow (a copy of them)"
+    )
 
     @classmethod
     def of(cls, stored: bentoml.Model) -> ModelCard:
@@ -187,31 +193,6 @@ def stored_model(tag: str) -> bentoml.Model:
             f"cannot be read ({exc}). Fix: give the user running the service read access to "
             "the store, or restore the model from a backup (`python save_models.py restore DIR`)."
         ) from None
-
-
-def load_served_model(ref: bentoml.models.BentoModel) -> tuple[Any, ModelCard]:
-    """Load the model a runner serves. If it is missing, unreadable, damaged or cannot be
-    loaded, the server stops with one line saying which file and what to do (in a worker)."""
-    from despliegue.startup import stop_server_on_failure
-
-    with stop_server_on_failure(f"model {ref.tag}"):
-        stored = stored_model(str(ref.tag))
-        return load_artifact(stored), ModelCard.of(stored)
-
-
-def served_tags() -> dict[str, str]:
-    """Every model tag configuration selects, by the family key (or panel member) serving it."""
-    from despliegue.config import PanelConfig, settings
-
-    tags: dict[str, str] = {}
-    for name, family in settings().families.items():
-        if isinstance(family, PanelConfig):
-            tags.update(
-                {f"{name}.{code}": str(ref.tag) for code, ref in panel_models(family).items()}
-            )
-        else:
-            tags[name] = family.tag
-    return tags
 
 
 def require_models_in_store(tags: Iterable[str]) -> None:
@@ -354,7 +335,7 @@ def panel_models(panel: PanelConfig) -> dict[str, bentoml.models.BentoModel]:
     Read from the store when the runner module is imported (at `bentoml build` and at start-up),
     so a new `modelo_<CODE>_NM` is picked up by a restart or a rebuild, with no code change.
     Codes named in configuration but missing from the store keep a tag that fails start-up
-    with instructions (see load_served_model), and so do members whose folder cannot be read:
+    with instructions (see require_models_in_store), and so do members whose folder cannot be read:
     this runs when the service is imported, where an exception would be a traceback, so the
     preflight reports them instead.
     """

@@ -23,7 +23,8 @@ from pathlib import Path
 import bentoml
 
 from despliegue import bentoml_compat
-from despliegue.artifacts import served_tags, sha256_of
+from despliegue.artifacts import sha256_of
+from despliegue.lifecycle import served_tags
 
 MANIFEST = "manifest.json"
 FORMAT = "despliegue-model-backup/1"

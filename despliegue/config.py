@@ -67,6 +67,17 @@ CODE_CHARS = r"[A-Z0-9]{2,12}"
 CODE_PATTERN = f"^{CODE_CHARS}$"
 
 
+TAG_PATTERN = r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$"
+ALIAS_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
+class Canary(StrictModel):
+    """A candidate model answering a share of a family's requests (despliegue/lifecycle.py)."""
+
+    tag: str = Field(pattern=TAG_PATTERN, description="store tag name:version of the candidate")
+    percent: float = Field(ge=0, le=100, description="share of requests it answers, in %")
+
+
 class FamilyConfig(StrictModel):
     """Which stored model serves a family, and how its calls are batched."""
 
@@ -75,6 +86,12 @@ class FamilyConfig(StrictModel):
     batching: Batching
     # Decision threshold on the model's score, for families that answer yes/no or "unknown".
     threshold: float | None = Field(default=None, ge=0, le=1)
+    # A candidate answering a share of requests, and one receiving a copy of every request.
+    # The lifecycle state file (save_models.py canary / shadow) overrides both.
+    canary: Canary | None = None
+    shadow: str | None = Field(default=None, pattern=TAG_PATTERN)
+    # `save_models.py sync` imports and serves what models:/<model>@<alias> names in MLflow.
+    mlflow_alias: str | None = Field(default=None, pattern=ALIAS_PATTERN)
     # For a model that takes images of any size (the face detector): the API scales each image
     # down to this longer side before the model sees it, and maps the answers back.
     max_side: int | None = Field(default=None, ge=64, le=16384)
@@ -95,6 +112,9 @@ class PanelConfig(StrictModel):
     codes: list[Annotated[str, Field(pattern=CODE_PATTERN)]] = Field(default_factory=list)
     versions: dict[Annotated[str, Field(pattern=CODE_PATTERN)], str] = Field(default_factory=dict)
     batching: Batching
+    # `save_models.py sync` serves, for every registered model fitting the pattern, the version
+    # this MLflow alias names (a new code joins the panel).
+    mlflow_alias: str | None = Field(default=None, pattern=ALIAS_PATTERN)
 
     @field_validator("versions")
     @classmethod
@@ -249,6 +269,16 @@ class SecuritySettings(StrictModel):
         return proxies
 
 
+class LifecycleSettings(StrictModel):
+    """Where the record of what each family serves lives (despliegue/lifecycle.py)."""
+
+    # Relative paths are taken from the project folder, so `bentoml build` packs the file
+    # and the image serves what was promoted. DESPLIEGUE_LIFECYCLE_STATE overrides it.
+    state_file: str = "served.json"
+    # How often each runner looks whether the state file changed (seconds).
+    poll_interval_s: float = Field(default=1.0, ge=0.1, le=3600)
+
+
 class BentoMLSettings(StrictModel):
     """BentoML service options: `defaults` for every service, `services` per class name."""
 
@@ -273,6 +303,7 @@ class Settings(StrictModel):
     tensorflow: TensorFlowSettings
     bentoml: BentoMLSettings = Field(default_factory=BentoMLSettings)
     slo: ServiceLevelObjective = Field(default_factory=ServiceLevelObjective)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @field_validator("families")
     @classmethod

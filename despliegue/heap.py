@@ -29,3 +29,11 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+
+
+def release_unreachable() -> None:
+    """After a model swap: collect what the frozen heap holds (the replaced model's reference
+    cycles), then freeze again."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

@@ -71,6 +71,13 @@ class HeatFlowResponse(BaseModel):
     )
     unit: str = Field(default="mW/m²", examples=["mW/m²"])
     model: str = Field(description="Tag of the model that answered.", examples=["heatflow_svr:v1"])
+    model_tag: str = Field(
+        description=(
+            "The tag (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models)."
+        ),
+        examples=["heatflow_svr:v1"],
+    )
 
 
 NewsText = Annotated[
@@ -104,6 +111,13 @@ class FalseTrueResponse(BaseModel):
     )
     model: str = Field(
         description="Tag of the model that answered.", examples=["falsetrue_classifier:v1"]
+    )
+    model_tag: str = Field(
+        description=(
+            "The tag (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models)."
+        ),
+        examples=["falsetrue_classifier:v1"],
     )
 
 
@@ -155,6 +169,13 @@ class Prediction(BaseModel):
 class AntibioticResult(BaseModel):
     code: str = Field(examples=["AMK"])
     model: str = Field(description="Tag of the model that answered.", examples=["modelo_AMK_NM:v1"])
+    model_tag: str = Field(
+        description=(
+            "The tag (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models)."
+        ),
+        examples=["modelo_AMK_NM:v1"],
+    )
     version: str = Field(description="BentoML model version.", examples=["v1"])
     registered_version: str | None = Field(
         default=None, description="MLflow registered version, if imported from MLflow."
@@ -186,8 +207,42 @@ class AntibioticPanelListing(BaseModel):
     antibiotics: list[PanelEntry]
 
 
+class CanaryState(BaseModel):
+    tag: str = Field(examples=["heatflow_svr:v3"])
+    percent: float = Field(examples=[20.0])
+
+
+class FamilyLifecycle(BaseModel):
+    """What one family serves and could serve (despliegue/lifecycle.py)."""
+
+    served: str = Field(description="The tag answering requests.", examples=["heatflow_svr:v2"])
+    source: str = Field(
+        description='"state file" (promoted) or "configuration" (configuration.yaml\'s version, '
+        "no promotion recorded yet)",
+        examples=["state file"],
+    )
+    previous: str | None = Field(
+        None, description="What `save_models.py rollback` returns to.", examples=["heatflow_svr:v1"]
+    )
+    candidates: list[str] = Field(
+        default_factory=list, description="Stored versions not served, newest first."
+    )
+    canary: CanaryState | None = None
+    shadow: str | None = Field(None, description="Gets a copy of every request; never answers.")
+    loaded: dict[str, str | float | None] = Field(
+        default_factory=dict,
+        description="What the runner has loaded now (it follows a change within seconds).",
+    )
+    problem: str | None = Field(None, description="Why the runner could not load what is chosen.")
+
+
 class ServedModels(BaseModel):
     models: list[ModelCard]
+    families: dict[str, FamilyLifecycle] = Field(
+        default_factory=dict,
+        description="Per family (antibiotics: per antibiotic): served, previous, candidates, "
+        "canary and shadow.",
+    )
 
 
 # Image endpoints. Only the length of each Base64 text is bounded here (it shows in the
@@ -249,6 +304,13 @@ class FlowersResponse(BaseModel):
     model: str = Field(
         description="Tag of the model that answered.", examples=["flower_classifier:v1"]
     )
+    model_tag: str = Field(
+        description=(
+            "The tag (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models)."
+        ),
+        examples=["flower_classifier:v1"],
+    )
 
 
 def _one_or_many_images(value: object) -> object:
@@ -307,6 +369,13 @@ class ImageFaces(BaseModel):
 class FaceResponse(BaseModel):
     images: list[ImageFaces] = Field(description="One entry per input image, in order.")
     model: str = Field(description="Tag of the detector.", examples=["face_detector:v1"])
+    model_tag: str = Field(
+        description=(
+            "The tag (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models)."
+        ),
+        examples=["face_detector:v1"],
+    )
 
 
 class ValidatedFace(Face):
@@ -330,3 +399,10 @@ class SuperResponse(BaseModel):
     threshold: float = Field(examples=[0.5])
     detector: str = Field(examples=["face_detector:v1"])
     model: str = Field(description="Tag of the validation CNN.", examples=["face_validator:v1"])
+    model_tag: str = Field(
+        description=(
+            "The tag (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models)."
+        ),
+        examples=["face_validator:v1"],
+    )

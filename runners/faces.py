@@ -9,14 +9,16 @@ concurrent requests are merged per model. Cropping, scaling images to the detect
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.contracts import LANDMARKS, DetectionRow
 from despliegue.heap import freeze_startup_heap
+from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.startup import serve_until_callers_stop
 
 DETECTOR = settings().family("face_detector")
@@ -33,45 +35,61 @@ def as_rows(faces: list[dict]) -> np.ndarray:
     return np.array(rows, dtype=np.float32).reshape(-1, DetectionRow.WIDTH)
 
 
-@bentoml.service(**settings().service_options("FaceAnalyzer"))
-class FaceAnalyzer:
-    detector_ref = bentoml.models.BentoModel(DETECTOR.tag)
-    validator_ref = bentoml.models.BentoModel(VALIDATOR.tag)
+def prepared(model: Any, card: ModelCard) -> Any:
+    """The validation CNN as one traced graph; the MTCNN detector as loaded."""
+    if card.framework != "keras":
+        return model
+    from despliegue.tensorflow_runtime import CompiledImageModel
 
+    validator = CompiledImageModel(model, card)
+    validator([np.zeros((*validator.size, 3), np.uint8)])  # traced now, not on a request
+    return validator
+
+
+def detect_faces(detector: Any, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Per image, one DetectionRow per face found (despliegue/contracts.py)."""
+    # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
+    # some images by another image's padding; images of one size need no padding, so
+    # each group of same-sized images is one detector call.
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        by_shape[np.shape(image)].append(index)
+    empty = np.empty((0, DetectionRow.WIDTH), dtype=np.float32)
+    answers: list[np.ndarray] = [empty] * len(images)
+    for indices in by_shape.values():
+        group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
+        for index, faces in zip(indices, detector.detect_faces(group), strict=True):
+            answers[index] = as_rows(faces)
+    return answers
+
+
+def validation_scores(validator: Any, crops: list[np.ndarray]) -> list[float]:
+    return [float(score) for score in validator(crops).reshape(-1)]
+
+
+@bentoml.service(**settings().service_options("FaceAnalyzer"))
+@packs_served_models("faces")
+class FaceAnalyzer:
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
+        from despliegue.tensorflow_runtime import configure_tensorflow
 
         # Thread pools first: they cannot be sized after the first op. The detector takes images
         # of any size, so no oneDNN: its per-shape memory is never given back.
         configure_tensorflow(onednn=False)
-        self.detector, self.detector_card = load_served_model(type(self).detector_ref)
-        validator, self.validator_card = load_served_model(type(self).validator_ref)
-        self.score_crops = CompiledImageModel(validator, self.validator_card)
+        self.models = ServedModels("faces", prepare=prepared)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**DETECTOR.batching.api_options())
-    def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Per image, one DetectionRow per face found (despliegue/contracts.py)."""
-        # mtcnn 1.0.0 pads a batch of mixed sizes to the largest and then shifts the boxes of
-        # some images by another image's padding; images of one size need no padding, so
-        # each group of same-sized images is one detector call.
-        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for index, image in enumerate(images):
-            by_shape[np.shape(image)].append(index)
-        empty = np.empty((0, DetectionRow.WIDTH), dtype=np.float32)
-        answers: list[np.ndarray] = [empty] * len(images)
-        for indices in by_shape.values():
-            group = [np.asarray(images[i], dtype=np.uint8) for i in indices]
-            for index, faces in zip(indices, self.detector.detect_faces(group), strict=True):
-                answers[index] = as_rows(faces)
-        return answers
+    def detect(self, images: list[np.ndarray]) -> list[Answered]:
+        """Per image, one DetectionRow per face (despliegue/contracts.py), with the tag."""
+        return self.models.answer("face_detector", images, detect_faces)
 
     @bentoml.api(**VALIDATOR.batching.api_options())
-    def validate(self, crops: list[np.ndarray]) -> list[float]:
+    def validate(self, crops: list[np.ndarray]) -> list[Answered]:
         """Validation score in [0, 1] per face crop (any size; resized as the model expects)."""
-        return [float(score) for score in self.score_crops(crops).reshape(-1)]
+        return self.models.answer("face_validator", crops, validation_scores)
 
     @bentoml.api
-    def describe(self) -> list[ModelCard]:
-        return [self.detector_card, self.validator_card]
+    def describe(self) -> RunnerModels:
+        return self.models.describe()

@@ -8,35 +8,48 @@ and applying the threshold is the API's job (it reads the classes from the model
 
 from __future__ import annotations
 
+from typing import Any
+
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
+from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("flowers")
 
 
-@bentoml.service(**settings().service_options("FlowerClassifier"))
-class FlowerClassifier:
-    model_ref = bentoml.models.BentoModel(FAMILY.tag)
+def compiled(model: Any, card: ModelCard) -> Any:
+    from despliegue.tensorflow_runtime import CompiledImageModel
 
+    classifier = CompiledImageModel(model, card)
+    classifier([np.zeros((*classifier.size, 3), np.uint8)])  # traced now, not on a request
+    return classifier
+
+
+def probabilities(classifier: Any, images: list[np.ndarray]) -> list[np.ndarray]:
+    return list(classifier(images).astype(np.float32))
+
+
+@bentoml.service(**settings().service_options("FlowerClassifier"))
+@packs_served_models("flowers")
+class FlowerClassifier:
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
+        from despliegue.tensorflow_runtime import configure_tensorflow
 
         configure_tensorflow()  # thread pools first: they cannot be sized after the first op
-        model, self.card = load_served_model(type(self).model_ref)
-        self.classifier = CompiledImageModel(model, self.card)
+        self.models = ServedModels("flowers", prepare=compiled)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
-    def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def classify(self, images: list[np.ndarray]) -> list[Answered]:
         """Class probabilities for each RGB image (one model call for the whole batch)."""
-        return list(self.classifier(images).astype(np.float32))
+        return self.models.answer("flowers", images, probabilities)
 
     @bentoml.api
-    def describe(self) -> list[ModelCard]:
-        return [self.card]
+    def describe(self) -> RunnerModels:
+        return self.models.describe()

@@ -1,38 +1,49 @@
 """Heat flow runner (seed 000): the `heatflow_svr` SVR pipeline, batched over thickness values.
 
 The model gets the input shape it was fitted on (a named DataFrame column or an (n, 1) array;
-despliegue/sklearn_input.py)."""
+despliegue/sklearn_input.py). Which stored model answers follows the lifecycle state
+(despliegue/lifecycle.py)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard, load_served_model
+from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.heap import freeze_startup_heap
+from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.sklearn_input import OneColumnInput, numeric_column
 from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("heatflow")
 
 
-@bentoml.service(**settings().service_options("HeatFlowRegressor"))
-class HeatFlowRegressor:
-    model_ref = bentoml.models.BentoModel(FAMILY.tag)
+def with_input(model: Any, card: ModelCard) -> tuple[Any, OneColumnInput]:
+    return model, OneColumnInput(model, numeric_column)
 
+
+def heat_flow(prepared: tuple[Any, OneColumnInput], sediment_thickness_m: np.ndarray) -> np.ndarray:
+    model, model_input = prepared
+    inputs = model_input(np.asarray(sediment_thickness_m, dtype=float).reshape(-1))
+    return np.asarray(model.predict(inputs), dtype=float).reshape(-1)
+
+
+@bentoml.service(**settings().service_options("HeatFlowRegressor"))
+@packs_served_models("heatflow")
+class HeatFlowRegressor:
     def __init__(self) -> None:
-        self.model, self.card = load_served_model(type(self).model_ref)
-        self.model_input = OneColumnInput(self.model, numeric_column)
+        self.models = ServedModels("heatflow", prepare=with_input)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
         freeze_startup_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
-    def predict(self, sediment_thickness_m: np.ndarray) -> np.ndarray:
+    def predict(self, sediment_thickness_m: np.ndarray) -> list[Answered]:
         """Heat flow in mW/m² for a 1-D batch of thicknesses in metres."""
-        inputs = self.model_input(np.asarray(sediment_thickness_m, dtype=float).reshape(-1))
-        return np.asarray(self.model.predict(inputs), dtype=float).reshape(-1)
+        return self.models.answer("heatflow", sediment_thickness_m, heat_flow)
 
     @bentoml.api
-    def describe(self) -> list[ModelCard]:
-        return [self.card]
+    def describe(self) -> RunnerModels:
+        return self.models.describe()

@@ -30,6 +30,16 @@ SESSION_HOME = Path(tempfile.mkdtemp(prefix="despliegue-test-home-"))
 os.environ["BENTOML_HOME"] = str(SESSION_HOME / "bentoml")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+LIFECYCLE_STATE_ENV = "DESPLIEGUE_LIFECYCLE_STATE"
+
+
+def lifecycle_state(home: str) -> str:
+    """The lifecycle state file (what each family serves) of a BentoML home: beside it, so a
+    test's imports and promotions only touch the servers of that home, never the repo's."""
+    return str(Path(home).parent / "served.json")
+
+
+os.environ[LIFECYCLE_STATE_ENV] = lifecycle_state(os.environ["BENTOML_HOME"])
 for _name in (TOKENS_ENV, TOKENS_FILE_ENV, "DESPLIEGUE_AUTH"):
     os.environ.pop(_name, None)
 
@@ -63,10 +73,16 @@ def served_requests(metrics_text: str, endpoint: str) -> float:
 
 
 def run_save_models(
-    *args: str, home: str | None = None, columns: int = 200
+    *args: str, home: str | None = None, columns: int = 200, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     home = home or os.environ["BENTOML_HOME"]
-    env = {**os.environ, "BENTOML_HOME": home, "COLUMNS": str(columns)}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": home,
+        LIFECYCLE_STATE_ENV: lifecycle_state(home),
+        "COLUMNS": str(columns),
+        **(extra_env or {}),
+    }
     return subprocess.run(
         [sys.executable, "save_models.py", *args],
         cwd=ROOT,
@@ -137,7 +153,13 @@ def start_server(
 
     It accepts the session's tokens unless `extra_env` says otherwise. Give each server its
     own `home`: `bentoml serve` empties the Prometheus folder of its home when it starts."""
-    env = {**os.environ, "BENTOML_HOME": home, TOKENS_ENV: SESSION_TOKEN_LINES, **(extra_env or {})}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": home,
+        LIFECYCLE_STATE_ENV: lifecycle_state(home),
+        TOKENS_ENV: SESSION_TOKEN_LINES,
+        **(extra_env or {}),
+    }
     port = env.pop("DESPLIEGUE_TEST_PORT", None) or str(free_port())
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -118,6 +118,7 @@ def antibiotics_response(
             AntibioticResult(
                 code=code,
                 model=card.tag,
+                model_tag=card.tag,
                 version=card.tag.partition(":")[2],
                 registered_version=card.labels.get("mlflow_version"),
                 predictions=predictions,

@@ -86,6 +86,7 @@ def face_response(
             for faces, png in zip(faces_per_image, drawn, strict=True)
         ],
         model=detector.tag,
+        model_tag=detector.tag,
     )
 
 
@@ -140,4 +141,5 @@ def super_response(
         threshold=threshold,
         detector=detector.tag,
         model=validator.tag,
+        model_tag=validator.tag,
     )

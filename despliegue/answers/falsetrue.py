@@ -21,4 +21,5 @@ def falsetrue_response(rows: Sequence[Sequence[float]], card: ModelCard) -> Fals
             for p in verdicts[:, TextVerdictRow.PROBABILITY_REAL]
         ],
         model=card.tag,
+        model_tag=card.tag,
     )

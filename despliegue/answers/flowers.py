@@ -44,4 +44,5 @@ def flowers_response(
         predictions=[flower_answer(row, classes, top_k, threshold) for row in probabilities],
         threshold=threshold,
         model=card.tag,
+        model_tag=card.tag,
     )

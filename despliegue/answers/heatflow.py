@@ -18,4 +18,5 @@ def heat_flow_response(
         sediment_thickness_m=sediment_thickness_m,
         heat_flow_mw_m2=np.round(np.asarray(heat_flow, dtype=float), 3).tolist(),
         model=card.tag,
+        model_tag=card.tag,
     )

@@ -3,9 +3,10 @@ MLflow), local artifact root, loopback.
 
 One MLflow server and one model store per module. A Keras model for a sixth antibiotic
 (CIP, which no code names) is logged, registered and aliased, imported through
-save_models.py, and served; then version 2 is registered and imported, and the served version
-follows configuration (a version pin), not the registry. Every URI form MLflow resolves is
-imported (version, alias, stage, latest, model id, run, folder), and both TensorFlow flavours
+save_models.py, and served; then version 2 is registered and imported: a candidate, served
+once promoted (a version pin in configuration applies while no promotion is recorded). Every
+URI form MLflow resolves is imported (version, alias, stage, latest, model id, run, folder),
+and both TensorFlow flavours
 (`mlflow.tensorflow.log_model` of a Keras model and of a tf.Module SavedModel) are converted,
 served, and answer as the logged models do.
 
@@ -19,6 +20,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,8 +113,6 @@ def _restore_tracking_uri(previous: str | None) -> None:
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    import time
-
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -225,11 +225,20 @@ def test_registry_import_is_served_and_pinned_by_configuration(
     finally:
         stop_server(server.process)
 
-    # Without the pin, the newest import (registered version 2) answers.
+    # Without the pin, still the first import: the second is a candidate until promoted; the
+    # running server then follows the promotion.
     server = serve(registry.home, tmp_path)
     try:
-        result = _answer(server)
-        assert result["model"] == v2_tag and result["registered_version"] == second
+        assert _answer(server)["model"] == v1_tag
+        promoted = run_save_models(
+            "promote", "antibiotics.CIP", v2_tag, "--why", "registry v2", home=registry.home
+        )
+        assert promoted.returncode == 0, promoted.stderr
+        deadline = time.monotonic() + 60
+        while (result := _answer(server))["model"] != v2_tag:
+            assert time.monotonic() < deadline, result
+            time.sleep(0.5)
+        assert result["registered_version"] == second
         assert result["predictions"][0]["predicted_class"] == "S"
     finally:
         stop_server(server.process)

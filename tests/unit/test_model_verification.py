@@ -15,10 +15,9 @@ import yaml
 from tests.conftest import ROOT, run_save_models
 
 LOAD = """
-import bentoml
-from despliegue.artifacts import load_served_model
-model, card = load_served_model(bentoml.models.BentoModel("heatflow_svr:latest"))
-print("loaded", card.tag, model.predict([[1000.0]])[0])
+from despliegue.lifecycle import ServedModels
+served = ServedModels("heatflow").model("heatflow").served
+print("loaded", served.tag, served.model.predict([[1000.0]])[0])
 """
 
 
