@@ -34,7 +34,7 @@ $(CLIENT_VENV)/.installed: requirements.txt constraints.txt
 		"$$(grep '^bentoml==' requirements.txt)" -c constraints.txt
 	touch $@
 
-test-tools:  ## install Debian's chromium, chromium-driver and curl (root, apt) for the UI tests
+test-tools:  ## install Debian's chromium, chromium-driver, curl and prometheus (promtool) for the tests
 	scripts/test-tools.sh
 
 models: venv  ## build the reference models missing from the BentoML model store

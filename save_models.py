@@ -178,13 +178,24 @@ def declared_serving(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def import_source(
-    model_name: str, source: str, declared: dict[str, Any], signature: str | None = None
+    model_name: str,
+    source: str,
+    declared: dict[str, Any],
+    signature: str | None = None,
+    baseline: Path | None = None,
 ) -> Outcome:
     """An MLflow URI or folder goes through MLflow; any other source is an artifact file or a
     SavedModel folder. What the command line declares overrides an MLflow model's metadata."""
     if is_mlflow_source(source):
+        if baseline is not None:
+            raise ImportRefused(
+                "--baseline is for artifact files; an MLflow model's baseline comes from its "
+                "first served requests"
+            )
         return import_mlflow(source, model_name, declared=declared, signature=signature)
-    return import_artifact(model_name, Path(source), declared=declared, signature=signature)
+    return import_artifact(
+        model_name, Path(source), declared=declared, signature=signature, baseline_data=baseline
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -236,6 +247,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     images.add_argument("--mean", help="then subtract per channel, e.g. 0.485,0.456,0.406")
     images.add_argument("--std", help="then divide per channel, e.g. 0.229,0.224,0.225")
     images.add_argument("--channels", choices=["RGB", "BGR"], help="colour order the model takes")
+    imports.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="FILE_OR_FOLDER",
+        help="data like the training data, for drift monitoring: a CSV of values (heatflow) or "
+        "feature vectors (antibiotics), a text file of one text per line (falsetrue), a folder "
+        "of images (flowers). Without it, the first served requests make the baseline",
+    )
     imports.add_argument(
         "--signature",
         help="serving signature of a TensorFlow SavedModel (default: serving_default)",
@@ -358,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         pinned = lifecycle.pin_before_import(args.model_name)
         try:
             outcome = import_source(
-                args.model_name, args.source, declared_serving(args), args.signature
+                args.model_name, args.source, declared_serving(args), args.signature, args.baseline
             )
         except ImportRefused as exc:
             console.print(f"[bold red]import refused:[/] {exc}")

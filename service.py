@@ -15,9 +15,10 @@ import asyncio
 import sys
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,7 +62,17 @@ from despliegue.auth import (
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.docs_ui import PrivateDocs, api_operations
+from despliegue.drift import FAMILIES as DRIFT_FAMILIES
+from despliegue.drift import (
+    Recorder,
+    RejectionMetrics,
+    family_report,
+    observed,
+    storage_dir,
+    worker_name,
+)
 from despliegue.errors import (
+    ClientError,
     ClientErrorWording,
     answers_client_errors,
     error_body,
@@ -91,13 +102,16 @@ from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticsRequest,
     AntibioticsResponse,
+    BaselineFacts,
     CanaryState,
+    DriftState,
     Face,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
     FamilyLifecycle,
+    FamilyMonitoring,
     FlowersRequest,
     FlowersResponse,
     HeatFlowRequest,
@@ -168,6 +182,13 @@ def tagged(response: Any, tags: list[str]) -> Any:
     return response
 
 
+DRIFT_FAMILY_PARAMETER = {
+    "name": "family",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "enum": list(DRIFT_FAMILIES)},
+}
+
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -197,18 +218,32 @@ class Despliegue:
         self._described: dict[str, Described] = {}
         self._cards_by_tag: dict[str, ModelCard] = {}
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
+        drift = settings().drift
+        self.recorder = Recorder(drift, storage_dir(drift), worker_name())
         # Every batchable runner method by model key, as the endpoints call it: concurrent
-        # requests share one call (despliegue/coalescing.py).
+        # requests share one call (despliegue/coalescing.py); each answered call is recorded
+        # for drift here, in this one place (despliegue/drift.py).
         self.calls: dict[str, RunnerMethod[Any, Any]] = {
-            model.key: coalesce(
-                f"{family.service_name}.{model.method}",
-                self.runner_method(family.name, model.method, family.runner_class()),
-                settings().families[model.key].batching,
+            model.key: self.monitored(
+                model.key,
+                coalesce(
+                    f"{family.service_name}.{model.method}",
+                    self.runner_method(family.name, model.method, family.runner_class()),
+                    settings().families[model.key].batching,
+                ),
             )
             for family in registry.FAMILIES
             for model in family.models
         }
         freeze_startup_heap()
+
+    def monitored(self, key: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        return observed(key, call, self.cards, self.recorder)
+
+    @bentoml.on_shutdown
+    def save_drift_windows(self) -> None:
+        """The live drift windows survive a restart (they are also saved periodically)."""
+        self.recorder.save()
 
     def runner_method(self, family: str, method: str, runner: Any) -> RunnerMethod[Any, Any]:
         """A runner method reached at call time (the dependency resolves in the worker)."""
@@ -414,7 +449,21 @@ class Despliegue:
                 problem=runner.problems.get(key),
             )
         cards = [card for models in described.values() for card in models.cards]
-        return ServedModels(models=cards, families=families)
+        return ServedModels(models=cards, families=families, monitoring=await self.monitoring())
+
+    async def monitoring(self) -> dict[str, FamilyMonitoring]:
+        """Per family: each served model's baseline and the last drift verdict."""
+        monitoring = {}
+        if self.recorder.settings.capture:
+            for family in DRIFT_FAMILIES:
+                report = await family_report(family, self.cards, self.recorder)
+                monitoring[family] = FamilyMonitoring(
+                    baseline={
+                        m["model_tag"]: BaselineFacts(**m["baseline"]) for m in report["models"]
+                    },
+                    drift=DriftState(verdict=report["verdict"], checked_at=report["checked_at"]),
+                )
+        return monitoring
 
     async def comparison(self, key: str) -> ShadowStats | Response:
         """A family's shadow comparison, or 404 naming the family when it is not served."""
@@ -428,6 +477,34 @@ class Despliegue:
             message = f"{key!r} is not a served family; families: {served}"
             return error_response(404, error_body(["family"], message, "value_error"))
         return stats
+
+    async def drift_of(self, family: str) -> dict[str, Any]:
+        if family not in DRIFT_FAMILIES:
+            raise ClientError(
+                ["family"],
+                f"unknown family {family!r}; one of {list(DRIFT_FAMILIES)}",
+                status=HTTPStatus.NOT_FOUND,
+            )
+        return await family_report(family, self.cards, self.recorder)
+
+    # The family is read from the path, not declared as a parameter: FastAPI would document a
+    # 422 of its own for it, which this service never answers (any text is a family or a 404).
+    @catalog.get("/drift/{family}", openapi_extra={"parameters": [DRIFT_FAMILY_PARAMETER]})
+    async def get_drift(self, request: Request) -> Any:
+        """Drift of a family's served models: per feature the test, p-value, PSI, threshold
+        and verdict, against each model's baseline (see docs/operations.md)."""
+        try:
+            return await self.drift_of(request.path_params["family"])
+        except ClientError as exc:
+            return exc.to_response()
+
+    @bentoml.api(route="/drift")
+    @answers_client_errors
+    async def drift_report(
+        self, family: Annotated[str, Field(examples=["heatflow"], description="a model family")]
+    ) -> dict[str, Any]:
+        """Drift of a family, as GET /drift/{family} gives it (for the Python client)."""
+        return await self.drift_of(family)
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
     # bentoml.SyncHTTPClient has a method for each (it only calls APIs, never mounted routes).
@@ -456,7 +533,6 @@ class Despliegue:
     @catalog.get(
         "/models/{family}/compare",
         response_model=ShadowStats,
-        responses={404: {"description": "Not a served family (the body lists them)"}},
         openapi_extra={
             "parameters": [
                 {
@@ -483,6 +559,9 @@ Despliegue.add_asgi_middleware(
     Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
 )
 Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
+Despliegue.add_asgi_middleware(
+    RejectionMetrics, routes=frozenset(api.route for api in Despliegue.apis.values())
+)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(
     PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)

@@ -323,9 +323,9 @@ def stored_models(name: str) -> list[bentoml.Model]:
 def stored_model_names() -> set[str]:
     """The model names in the local store, from its folder names, without reading any model's
     metadata (one unreadable folder would hide every other model)."""
-    from despliegue.bentoml_compat import container
+    from despliegue.bentoml_compat import model_store_folder
 
-    root = Path(container().model_store_dir.get())
+    root = model_store_folder()  # the Bento's own store inside an image, not the home's
     return {folder.name for folder in root.iterdir() if folder.is_dir()} if root.is_dir() else set()
 
 

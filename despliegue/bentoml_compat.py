@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # The loggers BentoML writes request failures and tag-case warnings to (filtered in
@@ -51,7 +52,7 @@ REACHES: tuple[Reach, ...] = (
         "bentoml._internal.configuration.containers",
         "BentoMLContainer",
         "the BentoML home, model store folder, TLS settings and each service's URL "
-        "(artifacts.py, probes.py, startup.py)",
+        "(artifacts.py, lifecycle.py, probes.py, startup.py)",
     ),
     Reach(
         "bentoml._internal.models.model",
@@ -117,6 +118,11 @@ def reach(module: str, attribute: str) -> Any:
 
 def container() -> Any:
     return reach("bentoml._internal.configuration.containers", "BentoMLContainer")
+
+
+def model_store_folder() -> Path:
+    """The folder of the model store this process reads (the Bento's own inside an image)."""
+    return Path(container().model_store.get()._path)
 
 
 def bentoml_home() -> str:

@@ -279,6 +279,37 @@ class LifecycleSettings(StrictModel):
     poll_interval_s: float = Field(default=1.0, ge=0.1, le=3600)
 
 
+class DriftThresholds(StrictModel):
+    """When a feature counts as drifted: both a shift large enough to matter (PSI) and one
+    unlikely to be chance (the test's p-value), so that many features checked at once do not
+    raise alarms on noise alone."""
+
+    psi: float = Field(default=0.2, gt=0, le=10)
+    p_value: float = Field(default=0.01, gt=0, le=1)
+
+
+class DriftSettings(StrictModel):
+    """Live capture of input and prediction summaries, and the drift checks on them
+    (despliegue/drift.py)."""
+
+    # Off: no summary is taken and no drift metric is exported (the cost of capture is the
+    # difference, measured by the benchmarks).
+    capture: bool = True
+    # A window closes after this many answered items (values, texts, images, vectors) per model.
+    window_items: int = Field(default=500, ge=10, le=1_000_000)
+    # Closed windows kept per model (the "PSI over time" of the report); older ones are dropped.
+    history_windows: int = Field(default=48, ge=1, le=10_000)
+    # A window with fewer items is reported as "insufficient data", not judged.
+    min_items: int = Field(default=50, ge=5, le=1_000_000)
+    # A model stored without a baseline gets one from its first N answered items.
+    baseline_items: int = Field(default=500, ge=10, le=100_000)
+    # The live windows are written to disk this often, and at shutdown.
+    persist_interval_s: float = Field(default=30.0, ge=1, le=86_400)
+    # Folder of the saved windows; null: `drift` inside the BentoML home.
+    storage_dir: str | None = None
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+
+
 class BentoMLSettings(StrictModel):
     """BentoML service options: `defaults` for every service, `services` per class name."""
 
@@ -304,6 +335,7 @@ class Settings(StrictModel):
     bentoml: BentoMLSettings = Field(default_factory=BentoMLSettings)
     slo: ServiceLevelObjective = Field(default_factory=ServiceLevelObjective)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     @field_validator("families")
     @classmethod

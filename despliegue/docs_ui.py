@@ -9,7 +9,7 @@ This middleware serves instead:
 - `/ui/swagger-initializer.js`: the UI set-up, with the online spec validator switched off;
 - `/docs.json`: BentoML's document with our own description, the bearer-token scheme (so the
   UI's "Authorize" button works) and the error responses this service really gives (400, 401,
-  403, 413, 415, 422, 429, 503 with the `{"error", "detail"}` body).
+  403, 404 where a family is named, 413, 415, 422, 429, 503 with the `{"error", "detail"}` body).
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ ERRORS = {
     "400": "The body does not match the request schema",
     "401": "Missing or invalid bearer token",
     "403": "The token may not call this endpoint family",
+    "404": "Not a known family (the body lists the families)",
     "413": "Request body larger than the configured limit",
     "415": "Content-Type is not the one this endpoint takes",
     "422": "Understood but cannot be answered (a value out of range after decoding)",
@@ -111,12 +112,17 @@ ERRORS = {
 }
 
 
+# The operations that name a family and answer 404 when it is not one. BentoML documents a 404
+# with its own body on every API; no other operation answers one (its path exists).
+FAMILY_LOOKUPS = frozenset({"/drift", "/drift/{family}", "/models/{family}/compare"})
+
 # Operations grouped in the UI: by model family (the first path segment names it; the registry
 # says which segments each family serves), then the catalog and the probes. A path not listed
 # here is grouped under its own segment.
 FAMILY_TAGS: dict[str, str] = {
     **{segment: family.tag for family in registry.FAMILIES for segment in family.paths},
     "models": "catalog",
+    "drift": "monitoring",
     "livez": "infrastructure",
     "readyz": "infrastructure",
     "healthz": "infrastructure",
@@ -125,6 +131,7 @@ FAMILY_TAGS: dict[str, str] = {
 TAG_DESCRIPTIONS: dict[str, str] = {
     **{family.tag: family.summary for family in registry.FAMILIES},
     "catalog": "What is being served: model tags, families, origin and metadata.",
+    "monitoring": "Drift of each family's served models against their baselines.",
     "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
 }
 # A multipart file field as OpenAPI 3.1 writes it (BentoML writes the non-standard type "file").
@@ -168,13 +175,17 @@ def publishable_openapi(
             used_tags.add(operation["tags"][0])
             operation["summary"] = _summary(operation, method, path)
             responses = {
-                str(code): answer for code, answer in operation.get("responses", {}).items()
+                str(code): answer
+                for code, answer in operation.get("responses", {}).items()
+                if str(code) != "404"
             }
             codes = (
                 ["400", "413", "415", "422", "429", "503"]
                 if method in {"post", "put", "patch"}
                 else []
             )
+            if path in FAMILY_LOOKUPS:
+                codes.append("404")
             if auth_enabled(auth) and path not in PROBES and required_scope(path, auth) is not None:
                 operation["security"] = [{"bearer": []}]
                 codes += ["401", "403"]

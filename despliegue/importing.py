@@ -67,12 +67,14 @@ def import_artifact(
     provenance: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
     signature: str | None = None,
+    baseline_data: Path | None = None,
 ) -> Outcome:
     """Probe a user's artifact and, if it answers, store it under `model_name`.
 
     `declared` is what the import says about serving the model (class labels, preprocessing);
     `provenance` and `labels` record where it came from (e.g. an MLflow run and version);
-    `signature` picks a SavedModel's serving signature.
+    `signature` picks a SavedModel's serving signature. `baseline_data` (data like the
+    model's training data) makes its drift baseline; without it the first served requests do.
     """
     recipe = recipe_for(model_name)
     if declared and recipe.serving_metadata is None:
@@ -95,6 +97,15 @@ def import_artifact(
                 serving = recipe.serving_metadata(model_name, loaded.model, declared or {})
             except ValueError as exc:
                 raise ImportRefused(f"{path}: {_reason(exc)}") from exc
+        if baseline_data is not None:
+            from despliegue.drift import import_baseline
+
+            try:
+                serving["baseline"] = import_baseline(
+                    recipe.family, loaded.model, serving, baseline_data
+                )
+            except (ValueError, OSError) as exc:
+                raise ImportRefused(f"--baseline {baseline_data}: {exc}") from exc
         warnings_found = list(loaded.warnings)
         if recipe.review is not None:
             warnings_found += recipe.review(loaded.model, serving)

@@ -248,9 +248,9 @@ class Plan:
 
 def _store_folder() -> Path:
     """The model store's folder (the Bento's own inside an image)."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from despliegue.bentoml_compat import model_store_folder
 
-    return Path(BentoMLContainer.model_store.get()._path)
+    return model_store_folder()
 
 
 def resolve(tag: str) -> str:

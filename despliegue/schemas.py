@@ -236,12 +236,38 @@ class FamilyLifecycle(BaseModel):
     problem: str | None = Field(None, description="Why the runner could not load what is chosen.")
 
 
+class BaselineFacts(BaseModel):
+    source: str = Field(
+        description='"reference", "import" (data passed at import) or "first N requests"',
+        examples=["reference"],
+    )
+    count: int = Field(description="items the baseline was made from")
+
+
+class DriftState(BaseModel):
+    verdict: str = Field(
+        examples=["no drift"], description='"no drift", "drift" or "insufficient data"'
+    )
+    checked_at: str
+
+
+class FamilyMonitoring(BaseModel):
+    """Drift monitoring of one family: each served model's baseline, the family's verdict
+    (details: GET /drift/{family})."""
+
+    baseline: dict[str, BaselineFacts] = Field(description="by model tag")
+    drift: DriftState
+
+
 class ServedModels(BaseModel):
     models: list[ModelCard]
     families: dict[str, FamilyLifecycle] = Field(
         default_factory=dict,
         description="Per family (antibiotics: per antibiotic): served, previous, candidates, "
         "canary and shadow.",
+    )
+    monitoring: dict[str, FamilyMonitoring] = Field(
+        default_factory=dict, description="by family; empty when drift capture is off"
     )
 
 

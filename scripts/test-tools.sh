@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite drives as a person would: headless Chromium and
-# its WebDriver (the Swagger UI test), curl (the README's commands). Never a browser fetched by
+# its WebDriver (the Swagger UI and drift report tests), curl (the README's commands), promtool
+# (checks the Prometheus alert rules; Debian package prometheus). Never a browser fetched by
 # a tool at run time: these are Debian's own packages.
 # Exit 0 when they are present; exit 3 (with the reason) when they cannot be installed here.
 set -euo pipefail
-declare -A package_of=([chromium]=chromium [chromedriver]=chromium-driver [curl]=curl)
+declare -A package_of=([chromium]=chromium [chromedriver]=chromium-driver [curl]=curl [promtool]=prometheus)
 missing=()
 for tool in "${!package_of[@]}"; do
     command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}")

@@ -227,7 +227,9 @@ def reference_store() -> str:
     if PREBUILT_MODELS:
         import shutil
 
-        shutil.copytree(PREBUILT_MODELS, Path(os.environ["BENTOML_HOME"]) / "models")
+        # A unit test may have opened the session's store already (its folders, no models).
+        store = Path(os.environ["BENTOML_HOME"]) / "models"
+        shutil.copytree(PREBUILT_MODELS, store, dirs_exist_ok=True)
         print(f"reference store: starting from a copy of {PREBUILT_MODELS}")
     result = run_save_models()
     REFERENCE_BUILD_LOG.write_text(result.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from despliegue.baselines import Summary, build_baseline
 from despliegue.config import config_path, settings
 from despliegue.families.base import Recipe, ReferenceModel
 
@@ -87,7 +88,7 @@ def build_reference(model_name: str) -> ReferenceModel:
         class_weight=class_weight,
     )
     predicted = np.argmax(model((x_test - mean) / std, training=False).numpy(), axis=1)
-    rates = np.bincount(y_train, minlength=3) / y_train.size
+    trained = model((x_train - mean) / std, training=False).numpy()
     metadata = {
         "reference": True,
         "task": "3-class antimicrobial susceptibility (S / I / R)",
@@ -112,13 +113,14 @@ def build_reference(model_name: str) -> ReferenceModel:
             "balanced_accuracy": round(float(balanced_accuracy_score(y_test, predicted)), 4),
             "f1_macro": round(float(f1_score(y_test, predicted, average="macro")), 4),
         },
-        "baseline": {
-            "class_rates": {
-                c: round(float(r), 4) for c, r in zip(DEFAULT_CLASSES, rates, strict=True)
+        "baseline": build_baseline(
+            Summary(numeric={f"marker_{i:02d}": x_train[:, i].tolist() for i in range(N_MARKERS)}),
+            {
+                "class": [DEFAULT_CLASSES[i] for i in trained.argmax(axis=1)],
+                "confidence": trained.max(axis=1).tolist(),
             },
-            "marker_rates": np.round(mean, 4).tolist(),
-            "count": int(y_train.size),
-        },
+            source="reference",
+        ),
     }
     return ReferenceModel(model=model, metadata=metadata)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from despliegue.baselines import build_baseline, images_summary
 from despliegue.families.base import Recipe, ReferenceModel
 from despliegue.families.image_models import decide_preprocessing, flat_output_warnings
 from despliegue.preprocessing import PRESETS
@@ -276,6 +277,7 @@ def build_reference() -> ReferenceModel:
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
     named = 1.0 - rejection_rate(probabilities)
     rejected = rejection_rate(predict(others_held_out))
+    trained = predict(flowers)
     metadata = {
         "reference": True,
         "task": "image classification, 18 Oxford-102 flower classes",
@@ -304,6 +306,15 @@ def build_reference() -> ReferenceModel:
             "non_flowers_rejected": round(rejected, 4),
         },
         "parameters": int(model.count_params()),
+        # Of the flowers trained on (what the model is for), not of the non-flower photos.
+        "baseline": build_baseline(
+            images_summary(flowers),
+            {
+                "class": [str(int(i)) for i in trained.argmax(axis=1)],
+                "confidence": trained.max(axis=1).tolist(),
+            },
+            source="reference",
+        ),
     }
     return ReferenceModel(model=model, metadata=metadata)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from despliegue.baselines import Summary, build_baseline
 from despliegue.families.base import Recipe, ReferenceModel
 from despliegue.sklearn_input import OneColumnInput, numeric_column
 
@@ -58,25 +59,13 @@ def build_reference() -> ReferenceModel:
             "mae_mw_m2": round(float(mean_absolute_error(y_test, predicted)), 3),
             "r2": round(float(r2_score(y_test, predicted)), 4),
         },
-        "baseline": _baseline(x_train[:, 0]),
+        "baseline": build_baseline(
+            Summary(numeric={"sediment_thickness_m": x_train[:, 0].tolist()}),
+            {"heat_flow_mw_m2": model.predict(x_train).tolist()},
+            source="reference",
+        ),
     }
     return ReferenceModel(model=model, metadata=metadata)
-
-
-def _baseline(thickness: np.ndarray) -> dict[str, Any]:
-    """Statistics of the training inputs, kept for later drift checks."""
-    quantiles = np.quantile(thickness, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {
-        "sediment_thickness_m": {
-            "mean": round(float(thickness.mean()), 2),
-            "std": round(float(thickness.std()), 2),
-            "quantiles": {
-                f"p{int(q * 100):02d}": round(float(v), 2)
-                for q, v in zip([0.05, 0.25, 0.5, 0.75, 0.95], quantiles, strict=True)
-            },
-            "count": int(thickness.size),
-        }
-    }
 
 
 def probe(model: Any) -> None:

@@ -19,6 +19,7 @@ direct call within that rounding plus 1e-5.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,9 +139,21 @@ def copy_reference_models(reference_store: str, home: Path) -> None:
     shutil.copytree(Path(reference_store) / "models", home / "models")
 
 
+# The family each imported model serves, for `save_models.py promote`.
+FAMILY_OF = {"flower_classifier": "flowers", "heatflow_svr": "heatflow"}
+FAMILY_OF["falsetrue_classifier"] = "falsetrue"
+
+
 def import_into(home: Path, name: str, artifact: Path, *flags: str) -> str:
+    """Import, then serve it as a user does: an import is a candidate until promoted (a new
+    antibiotic serves its first import at once)."""
     result = run_save_models("import", name, str(artifact), *flags, home=str(home))
     assert result.returncode == 0, result.stderr
+    candidate = re.search(r"(\S+:\w+) is a candidate", " ".join(result.stderr.split()))
+    if candidate:
+        why = ("--why", "the notebook's model")
+        promoted = run_save_models("promote", FAMILY_OF[name], candidate[1], *why, home=str(home))
+        assert promoted.returncode == 0, promoted.stderr
     return result.stderr
 
 

@@ -34,10 +34,28 @@ def test_the_error_schema_is_generated_from_the_error_body_model(document: dict)
         for operations in document["paths"].values()
         for operation in operations.values()
         for code, answer in operation["responses"].items()
-        if code in ERRORS  # the error answers the product declares (BentoML adds 404, 500)
+        if code in ERRORS  # the error answers the product declares (BentoML adds 500)
     }
     assert refs == {
         json.dumps({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
+    }
+
+
+def test_a_404_is_documented_where_a_family_is_looked_up_and_nowhere_else(document: dict) -> None:
+    """GET/POST /drift and the shadow comparison answer 404 for an unknown family, with the
+    product's error body; BentoML's own 404 (another body) on every API is not kept."""
+    documented = {
+        (method, path): answer["content"]["application/json"]["schema"]["$ref"]
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for code, answer in operation["responses"].items()
+        if code == "404"
+    }
+    error_body = "#/components/schemas/ErrorBody"
+    assert documented == {
+        ("get", "/drift/{family}"): error_body,
+        ("post", "/drift"): error_body,
+        ("get", "/models/{family}/compare"): error_body,
     }
 
 

@@ -51,7 +51,9 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     metadata = heatflow[0]["metadata"]
     assert metadata["reference"] is True
     assert metadata["metrics_held_out"]["r2"] > 0.5
-    assert set(metadata["baseline"]["sediment_thickness_m"]) >= {"mean", "std", "quantiles"}
+    thickness = metadata["baseline"]["inputs"]["sediment_thickness_m"]
+    assert set(thickness) >= {"mean", "std", "quantiles", "edges", "counts"}
+    assert metadata["baseline"]["source"] == "reference"
     # The sum every load checks, recorded for reference models as for imports.
     for name in ("heatflow_svr", "falsetrue_classifier"):
         (artifact,) = (home / "models" / name).glob("*/model.joblib")
@@ -285,3 +287,31 @@ def test_documented_import_commands_are_ones_the_command_line_takes(document: st
         args = parse_args(shlex.split(line, comments=True))
         if args.command == "import":
             recipe_for(args.model_name)  # raises ImportRefused for a name no family takes
+
+
+def test_import_with_baseline_data_stores_an_import_baseline(home: Path, tmp_path: Path) -> None:
+    artifact, data = tmp_path / "svr.joblib", tmp_path / "thickness.csv"
+    joblib.dump(fitted_heatflow_model(), artifact)
+    values = np.random.default_rng(0).uniform(0, 8000, 40)
+    data.write_text("sediment_thickness_m\n" + "\n".join(f"{v:.1f}" for v in values) + "\n")
+    args = ("import", "heatflow_svr", str(artifact), "--baseline", str(data))
+    result = run_save_models(*args, home=str(home))
+    assert result.returncode == 0, result.stdout + result.stderr
+    baseline = stored(home, "heatflow_svr")[0]["metadata"]["baseline"]
+    assert baseline["source"] == "import" and baseline["count"] == 40
+    thickness = baseline["inputs"]["sediment_thickness_m"]
+    assert thickness["mean"] == pytest.approx(values.mean())
+    assert baseline["outputs"]["heat_flow_mw_m2"]["count"] == 40
+
+
+def test_import_with_unusable_baseline_data_is_refused(home: Path, tmp_path: Path) -> None:
+    artifact, texts = tmp_path / "svr.joblib", tmp_path / "three.txt"
+    joblib.dump(fitted_heatflow_model(), artifact)
+    texts.write_text("1\n2\n3\n")
+    result = run_save_models(
+        "import", "heatflow_svr", str(artifact), "--baseline", str(texts), home=str(home)
+    )
+    assert result.returncode == 1
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "3 items; a baseline needs at least 10" in said
+    assert stored(home, "heatflow_svr") == []

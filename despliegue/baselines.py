@@ -1,0 +1,173 @@
+"""What a model's data looked like when it was made: the baseline drift is measured against.
+
+A baseline is plain JSON kept in the model's metadata (`baseline`), built by one function from
+summaries of data, whatever the family:
+
+- a numeric feature (a thickness, a text's length, an image's brightness, a predicted value):
+  decile edges, counts per bin, quantiles, mean and standard deviation. Live values are later
+  counted on the same edges, so a window is a few integers per feature, never the inputs;
+- a categorical feature (a predicted class): counts per class;
+- texts also keep a vocabulary, as short hashes of their words (not the words), so a live text's
+  share of words never seen (out-of-vocabulary rate) can be measured.
+
+Summaries come from `image_statistics` and `text_summary` (and the numbers themselves for
+numeric inputs); despliegue/drift.py says which a family uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# Decile edges: ten bins of equal baseline mass, plus two open ends for values beyond the
+# baseline's range (a PSI computed on equal-mass bins is the usual reading of its thresholds).
+EDGE_QUANTILES = tuple(i / 10 for i in range(1, 10))
+MAX_VOCABULARY = 20_000
+# Images are measured on a view of at most this many pixels a side (a stride, no resampling):
+# the statistics barely move and a 4000x3000 photo costs what a small one does.
+STATISTICS_SIDE = 128
+WORD = re.compile(r"\w+")
+
+
+@dataclass
+class Summary:
+    """Per item of one answered call: numeric features and, for texts, hashed words."""
+
+    numeric: dict[str, list[float]] = field(default_factory=dict)
+    words: list[list[str]] | None = None
+
+
+def word_hash(word: str) -> str:
+    """A short stable hash of a word: enough to tell known from unknown words, not to read them."""
+    return hashlib.blake2b(word.encode("utf-8"), digest_size=6).hexdigest()
+
+
+def text_summary(texts: Sequence[str]) -> Summary:
+    words = [[word_hash(w) for w in WORD.findall(text.lower())] for text in texts]
+    return Summary(
+        numeric={
+            "text_chars": [float(len(text)) for text in texts],
+            "words": [float(len(ws)) for ws in words],
+        },
+        words=words,
+    )
+
+
+def image_statistics(pixels: np.ndarray) -> dict[str, float]:
+    """Size, brightness, contrast, colourfulness and sharpness of one RGB (or grey) image."""
+    height, width = pixels.shape[:2]
+    step = max(1, -(-max(height, width) // STATISTICS_SIDE))
+    view = np.asarray(pixels[::step, ::step], dtype=np.float32)
+    rgb = np.repeat(view[..., None], 3, axis=-1) if view.ndim == 2 else view[..., :3]
+    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    # Hasler & Suesstrunk's colourfulness: spread and strength of the opponent colours.
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    colourfulness = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    # Sharpness: variance of the Laplacian of the grey image (blur lowers it).
+    if grey.shape[0] > 2 and grey.shape[1] > 2:
+        laplacian = (
+            4 * grey[1:-1, 1:-1]
+            - grey[:-2, 1:-1]
+            - grey[2:, 1:-1]
+            - grey[1:-1, :-2]
+            - grey[1:-1, 2:]
+        )
+        sharpness = float(laplacian.var())
+    else:
+        sharpness = 0.0
+    return {
+        "width_px": float(width),
+        "height_px": float(height),
+        "brightness": float(grey.mean()),
+        "contrast": float(grey.std()),
+        "colourfulness": float(colourfulness),
+        "sharpness": sharpness,
+    }
+
+
+def images_summary(images: Iterable[np.ndarray]) -> Summary:
+    rows = [image_statistics(np.asarray(image)) for image in images]
+    names = rows[0].keys() if rows else ()
+    return Summary(numeric={name: [row[name] for row in rows] for name in names})
+
+
+def numeric_baseline(values: Sequence[float]) -> dict[str, Any]:
+    data = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if data.size == 0:
+        return {"kind": "numeric", "edges": [], "counts": [0], "count": 0}
+    edges = np.unique(np.quantile(data, EDGE_QUANTILES))
+    return {
+        "kind": "numeric",
+        "edges": [float(e) for e in edges],
+        "counts": bin_counts(edges.tolist(), data),
+        "count": int(data.size),
+        "mean": float(data.mean()),
+        "std": float(data.std()),
+        "quantiles": {
+            f"p{int(q * 100):02d}": float(v)
+            for q, v in zip(QUANTILES, np.quantile(data, QUANTILES), strict=True)
+        },
+    }
+
+
+def bin_counts(edges: Sequence[float], values: Sequence[float] | np.ndarray) -> list[int]:
+    """Counts of `values` in the bins the edges make: (-inf, e0], (e0, e1], ..., (ek, inf)."""
+    data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    index = np.searchsorted(np.asarray(edges, dtype=float), data, side="left")
+    return np.bincount(index, minlength=len(edges) + 1).astype(int).tolist()
+
+
+def categorical_baseline(labels: Sequence[str]) -> dict[str, Any]:
+    counts = Counter(str(label) for label in labels)
+    return {"kind": "categorical", "counts": dict(sorted(counts.items())), "count": len(labels)}
+
+
+def out_of_vocabulary(words: Sequence[str], vocabulary: frozenset[str] | set[str]) -> float:
+    """Share of a text's words the vocabulary does not hold (0 for a text without words)."""
+    return sum(w not in vocabulary for w in words) / len(words) if words else 0.0
+
+
+def build_baseline(
+    summary: Summary, outputs: Mapping[str, Sequence[Any]], *, source: str
+) -> dict[str, Any]:
+    """The baseline of a model from summaries of its data and its answers on them.
+
+    `outputs` maps an output name to one value per item: strings for a class, numbers for a
+    score or a predicted value. Texts: the vocabulary holds every text's words, and the
+    out-of-vocabulary rate of each text is measured leaving that text out (its words no other
+    text has), so the baseline holds the rate an unseen text of the same kind has.
+    """
+    inputs = {name: numeric_baseline(values) for name, values in summary.numeric.items()}
+    baseline: dict[str, Any] = {"source": source, "inputs": inputs}
+    if summary.words is not None:
+        texts_with = Counter(w for words in summary.words for w in set(words))
+        vocabulary = sorted(w for w, _ in texts_with.most_common(MAX_VOCABULARY))
+        known = frozenset(vocabulary)
+        inputs["oov_rate"] = numeric_baseline(
+            [
+                sum(w not in known or texts_with[w] == 1 for w in words) / len(words)
+                if words
+                else 0.0
+                for words in summary.words
+            ]
+        )
+        baseline["vocabulary"] = vocabulary
+    baseline["outputs"] = {
+        name: categorical_baseline(values)
+        if values and isinstance(values[0], str)
+        else numeric_baseline([float(v) for v in values])
+        for name, values in outputs.items()
+    }
+    baseline["count"] = max(
+        [len(v) for v in summary.numeric.values()] + [len(v) for v in outputs.values()] + [0]
+    )
+    return baseline
