@@ -10,8 +10,9 @@ A detection counts as a face found when it overlaps an unmatched true box with I
 
 Each stored detector is loaded as the face runner loads it (`load_artifact`), and timed on
 `astronaut()` alone, one image per call (what /face does per request). Run with the store
-holding both detectors (save_models.py builds them):
+holding both detectors:
 
+    python save_models.py reference face_detector face_detector_blazeface
     python -m benchmarks.faces_quality --models face_detector face_detector_blazeface
 """
 

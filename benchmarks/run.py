@@ -42,7 +42,7 @@ from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST_DETECTOR = "face_detector_blazeface"
-OPTIONAL_DESIGNS = ("batching_off", "blazeface", "seed", "mlflow", "ray", "mlserver")
+OPTIONAL_DESIGNS = ("batching_off", "drift_off", "blazeface", "seed", "mlflow", "ray", "mlserver")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,10 +69,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare_store(home: str, env: dict[str, str]) -> dict[str, str]:
-    """Build the reference models into `home`; return each family's artifact file."""
+def prepare_store(
+    home: str, env: dict[str, str], optional: Sequence[str] = ()
+) -> dict[str, str]:
+    """Build the reference models into `home` (and the `optional` ones named, e.g. BlazeFace);
+    return each family's artifact file."""
+    command = [sys.executable, "save_models.py"]
+    if optional:
+        # Named models are built on their own: a second call builds the default set.
+        named = subprocess.run(
+            [*command, "reference", *optional], cwd=servers.ROOT, env=env, check=False
+        )
+        if named.returncode != 0:
+            raise RuntimeError(f"save_models.py reference {' '.join(optional)} failed")
     built = subprocess.run(
-        [sys.executable, "save_models.py"],
+        command,
         cwd=servers.ROOT,
         env=env,
         capture_output=True,
@@ -298,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
 
-    model_files = prepare_store(home, env)
+    optional = [FAST_DETECTOR] if "blazeface" in args.designs else []
+    model_files = prepare_store(home, env, optional)
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": servers.machine(*cpus),
@@ -334,6 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     off: dict[str, list[dict[str, Any]]] = {}
     if "batching_off" in args.designs:
         off = measure_service("batching-off", paths, args, off_env, cpus, workdir)[0]
+    no_drift: dict[str, list[dict[str, Any]]] = {}
+    if "drift_off" in args.designs:
+        no_drift_config = servers.drift_off_config(base_config, workdir / "drift-off.yaml")
+        no_drift_env = {**env, "DESPLIEGUE_CONFIG": str(no_drift_config)}
+        no_drift = measure_service("drift-off", paths, args, no_drift_env, cpus, workdir)[0]
     # The face paths once more with the fast detector (BlazeFace) configured instead of MTCNN.
     face_paths = [path for path in paths if path.family.startswith("face_")]
     fast: dict[str, list[dict[str, Any]]] = {}
@@ -371,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         designs["batching_on"] = on[path.name]
         if path.name in off:
             designs["batching_off"] = off[path.name]
+        if path.name in no_drift:
+            designs["drift_off"] = no_drift[path.name]
         if path.name in fast:
             designs["blazeface"] = fast[path.name]
         for peer, per_path in peers.items():

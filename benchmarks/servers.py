@@ -213,6 +213,14 @@ def batching_off_config(source: Path, target: Path) -> Path:
     return target
 
 
+def drift_off_config(source: Path, target: Path) -> Path:
+    """A copy of the configuration with drift capture off: what monitoring costs a request."""
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    raw["drift"]["capture"] = False
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
 def detector_config(source: Path, target: Path, model: str) -> Path:
     """A copy of the configuration whose face family serves another stored detector."""
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))

@@ -258,6 +258,7 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
     """
     on = point_at(path_result["designs"].get("batching_on", []), concurrency)
     off = point_at(path_result["designs"].get("batching_off", []), concurrency)
+    no_drift = point_at(path_result["designs"].get("drift_off", []), concurrency)
     seed = point_at(path_result["designs"].get("seed", []), concurrency)
     mlflow = point_at(path_result["designs"].get("mlflow", []), concurrency)
     limit_result = path_result.get("limit") or {}
@@ -279,6 +280,8 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
         "service_vs_limit": ratio(on_items, limit),
         "service_vs_ceiling": ratio(on_items, ceiling),
         "batching_on_vs_off": ratio(on_rps, field(off, "throughput_rps")),
+        # What drift monitoring costs: the service as shipped over the same without capture.
+        "drift_on_vs_off": ratio(on_rps, field(no_drift, "throughput_rps")),
         "service_vs_seed": ratio(on_rps, field(seed, "throughput_rps")),
         "p99_service_vs_seed": ratio(field(on, "p99_ms"), field(seed, "p99_ms")),
         "service_vs_mlflow": ratio(on_rps, field(mlflow, "throughput_rps")),
@@ -304,6 +307,7 @@ def batching_gain(limit: dict[str, Any]) -> float | None:
 DESIGN_LABELS = {
     "batching_on": "service, batching on",
     "batching_off": "service, batching off",
+    "drift_off": "service, drift capture off",
     "seed": "seed design (FastAPI)",
     "mlflow": "mlflow models serve",
     "blazeface": "service, BlazeFace detector",
@@ -553,6 +557,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                     _fmt_ratio(r["service_vs_limit"]),
                     _fmt_ratio(r["service_vs_ceiling"]),
                     _fmt_ratio(r["batching_on_vs_off"]),
+                    _fmt_ratio(r["drift_on_vs_off"]),
                     _fmt_ratio(r["service_vs_seed"]),
                     _fmt_ratio(r["p99_service_vs_seed"]),
                     _fmt_ratio(r["service_vs_mlflow"]),
@@ -568,6 +573,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "service / limit",
             "service / ceiling",
             "batching on / off",
+            "drift capture on / off",
             "service / seed design",
             "p99 service / seed",
             "service / mlflow serve",

@@ -306,7 +306,9 @@ DETECTOR = Recipe(
     probe=probe_detector,
     # Two detectors configuration can pick (`families.face_detector.model`).
     name_pattern=r"face_detector(_blazeface)?",
-    reference_names=("face_detector", BLAZEFACE_NAME),
+    reference_names=("face_detector",),
+    # BlazeFace is downloaded (a 35 MB wheel) only when configured or asked for by name.
+    optional_names=(BLAZEFACE_NAME,),
 )
 VALIDATOR = Recipe(
     family="face_validator",

@@ -13,10 +13,14 @@ from skimage import data
 from benchmarks.faces_quality import PHOTO_FACES, iou
 from despliegue.artifacts import ModelUnusable, load_artifact
 from despliegue.contracts import LANDMARKS
+from tests.conftest import run_save_models
 
 
 @pytest.fixture(scope="module")
 def stored(reference_store: str) -> bentoml.Model:
+    """BlazeFace is an optional reference: built when asked for by name."""
+    built = run_save_models("reference", "face_detector_blazeface")
+    assert built.returncode == 0, built.stdout + built.stderr
     return bentoml.models.get("face_detector_blazeface:latest")
 
 
