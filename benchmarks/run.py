@@ -69,9 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare_store(
-    home: str, env: dict[str, str], optional: Sequence[str] = ()
-) -> dict[str, str]:
+def prepare_store(home: str, env: dict[str, str], optional: Sequence[str] = ()) -> dict[str, str]:
     """Build the reference models into `home` (and the `optional` ones named, e.g. BlazeFace);
     return each family's artifact file."""
     command = [sys.executable, "save_models.py"]
