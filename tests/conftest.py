@@ -211,6 +211,19 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
+def serve(home: str | Path, log_path: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+    """A real `bentoml serve` on `home` with every model loaded; stopped again if it never gets
+    there. The caller stops it (`stop_server(server.process)`)."""
+    process = start_server(str(home), log_path, extra_env)
+    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+    try:
+        wait_until_serving(url, process, log_path)
+    except BaseException:
+        stop_server(process)
+        raise
+    return LiveServer(url=url, log_path=log_path, process=process)
+
+
 # What `python save_models.py` printed while building the session's reference store.
 REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.stderr"
 # A model store `make models` built before the tests (CI builds it once, for the tests and the
@@ -253,12 +266,10 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """One real `bentoml serve` shared by every integration test that can share it."""
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    process = start_server(reference_store, log_path, {TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE)})
-    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+    server = serve(reference_store, log_path, {TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE)})
     try:
-        wait_until_serving(url, process, log_path)
-        yield LiveServer(url=url, log_path=log_path, process=process)
+        yield server
     finally:
-        stop_server(process)
+        stop_server(server.process)
     leaked = [t[:12] + "…" for t in SESSION_TOKENS if t in log_path.read_text(errors="replace")]
     assert not leaked, f"token values in the server log {log_path}: {leaked}"

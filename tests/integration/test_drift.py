@@ -27,9 +27,8 @@ from tests.conftest import (
     ROOT,
     LiveServer,
     private_home,
-    start_server,
+    serve,
     stop_server,
-    wait_until_serving,
 )
 from tests.image_samples import b64, encode
 
@@ -49,14 +48,7 @@ class DriftServer:
     def start(self) -> LiveServer:
         self.starts += 1
         log_path = self.folder / f"serve-{self.starts}.log"
-        process = start_server(self.home, log_path, {"DESPLIEGUE_CONFIG": str(self.config)})
-        url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
-        try:
-            wait_until_serving(url, process, log_path)
-        except BaseException:
-            stop_server(process)
-            raise
-        return LiveServer(url=url, log_path=log_path, process=process)
+        return serve(self.home, log_path, {"DESPLIEGUE_CONFIG": str(self.config)})
 
     def restart(self) -> None:
         stop_server(self.live.process)

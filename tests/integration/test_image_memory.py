@@ -33,9 +33,8 @@ from despliegue.config import settings
 from tests.conftest import (
     ADMIN_TOKEN,
     LiveServer,
-    start_server,
+    serve,
     stop_server,
-    wait_until_serving,
 )
 from tests.image_samples import b64, encode, photo
 
@@ -59,14 +58,11 @@ def memory_server(
     folder = tmp_path_factory.mktemp("memory")
     home = folder / "home"
     shutil.copytree(Path(reference_store) / "models", home / "models")
-    log_path = folder / "serve.log"
-    process = start_server(str(home), log_path)
-    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+    server = serve(str(home), folder / "serve.log")
     try:
-        wait_until_serving(url, process, log_path)
-        yield LiveServer(url=url, log_path=log_path, process=process)
+        yield server
     finally:
-        stop_server(process)
+        stop_server(server.process)
 
 
 def test_images_decoding_to_too_many_pixels_are_refused_before_decoding(

@@ -24,9 +24,8 @@ from tests.conftest import (
     LiveServer,
     private_home,
     run_save_models,
-    start_server,
+    serve,
     stop_server,
-    wait_until_serving,
 )
 
 pytestmark = pytest.mark.integration
@@ -58,14 +57,7 @@ class Deployment:
 
     def start(self) -> None:
         log_path = self.folder / f"serve-{time.monotonic_ns()}.log"
-        process = start_server(self.home, log_path, self.env)
-        url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
-        try:
-            wait_until_serving(url, process, log_path)
-        except BaseException:
-            stop_server(process)
-            raise
-        self.server = LiveServer(url=url, log_path=log_path, process=process)
+        self.server = serve(self.home, log_path, self.env)
 
     def family(self, name: str) -> dict:
         models = self.server.get("/models")

@@ -38,9 +38,8 @@ from tests.conftest import (
     LiveServer,
     free_port,
     run_save_models,
-    start_server,
+    serve,
     stop_server,
-    wait_until_serving,
 )
 from tests.postgres import binaries, postgres_server
 
@@ -154,18 +153,10 @@ def log_version(bias: int, alias: str) -> Any:
     return info
 
 
-def serve(home: str, tmp_path: Path, config: Path | None = None) -> LiveServer:
+def serve_store(home: str, tmp_path: Path, config: Path | None = None) -> LiveServer:
     log_path = tmp_path / "serve.log"
     extra = {"DESPLIEGUE_CONFIG": str(config)} if config else {}
-    process = start_server(home, log_path, extra)
-    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
-    server = LiveServer(url=url, log_path=log_path, process=process)
-    try:
-        wait_until_serving(url, process, log_path)
-    except BaseException:
-        stop_server(process)
-        raise
-    return server
+    return serve(home, log_path, extra)
 
 
 def pinned_config(tmp_path: Path, code: str, version: str) -> Path:
@@ -177,7 +168,7 @@ def pinned_config(tmp_path: Path, code: str, version: str) -> Path:
 
 
 def test_empty_panel_answers_4xx_with_instructions(registry: Registry, tmp_path: Path) -> None:
-    server = serve(registry.home, tmp_path)
+    server = serve_store(registry.home, tmp_path)
     try:
         assert server.get("/antibiotics").json()["antibiotics"] == []
         response = server.post("/antibiotics", {"features": [0.0] * N_FEATURES})
@@ -204,7 +195,7 @@ def test_registry_import_is_served_and_pinned_by_configuration(
 
     # Pinned to the first import: version 2 in the registry and in the store changes nothing.
     config = pinned_config(tmp_path, "CIP", v1_tag.partition(":")[2])
-    server = serve(registry.home, tmp_path, config)
+    server = serve_store(registry.home, tmp_path, config)
     try:
         panel = server.get("/antibiotics").json()["antibiotics"]
         assert [entry["code"] for entry in panel] == ["CIP"]
@@ -227,7 +218,7 @@ def test_registry_import_is_served_and_pinned_by_configuration(
 
     # Without the pin, still the first import: the second is a candidate until promoted; the
     # running server then follows the promotion.
-    server = serve(registry.home, tmp_path)
+    server = serve_store(registry.home, tmp_path)
     try:
         assert _answer(server)["model"] == v1_tag
         promoted = run_save_models(
@@ -412,7 +403,7 @@ def test_tensorflow_flavours_are_converted_and_answer_as_logged(
         "TFK": classifier(vectors, training=False).numpy(),
         "TFM": scorer(tf.constant(vectors)).numpy(),
     }
-    server = serve(home, tmp_path)
+    server = serve_store(home, tmp_path)
     try:
         body = {"features": vectors.tolist(), "codes": ["TFK", "TFM"]}
         response = server.post("/antibiotics", body)

@@ -36,9 +36,8 @@ from PIL import Image
 from tests.conftest import (
     LiveServer,
     run_save_models,
-    start_server,
+    serve,
     stop_server,
-    wait_until_serving,
 )
 from tests.image_samples import b64, encode
 
@@ -155,17 +154,6 @@ def import_into(home: Path, name: str, artifact: Path, *flags: str) -> str:
         promoted = run_save_models("promote", FAMILY_OF[name], candidate[1], *why, home=str(home))
         assert promoted.returncode == 0, promoted.stderr
     return result.stderr
-
-
-def serve(home: Path, log_path: Path) -> LiveServer:
-    process = start_server(str(home), log_path)
-    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
-    try:
-        wait_until_serving(url, process, log_path)
-    except BaseException:
-        stop_server(process)
-        raise
-    return LiveServer(url=url, log_path=log_path, process=process)
 
 
 @pytest.fixture(scope="module")
