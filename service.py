@@ -84,6 +84,7 @@ from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
     BodySizeLimit,
     ContentTypeGuard,
+    InFlightLimit,
     MethodNotAllowed,
     UploadFieldGuard,
     form_fields,
@@ -565,6 +566,11 @@ Despliegue.add_asgi_middleware(
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(
     PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)
+)
+Despliegue.add_asgi_middleware(
+    InFlightLimit,
+    max_in_flight=settings().limits.max_requests_in_flight,
+    paths=frozenset(api.route for api in Despliegue.apis.values()),
 )
 Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
 Despliegue.add_asgi_middleware(

@@ -202,6 +202,9 @@ class Limits(StrictModel):
     # A request head (request line and headers) not complete this long after its first byte
     # gets 408 and a closed connection (despliegue/http_server.py).
     request_head_timeout_s: float = Field(default=10.0, ge=0.5, le=600)
+    # API requests one API worker answers at once; past it: 503 with Retry-After, at once
+    # (despliegue/http.py: InFlightLimit).
+    max_requests_in_flight: int = Field(default=128, ge=1, le=100_000)
     heatflow: HeatFlowLimits
     falsetrue: FalseTrueLimits
     images: ImageLimits

@@ -108,7 +108,8 @@ ERRORS = {
     "422": "Understood but cannot be answered (a value out of range after decoding)",
     "429": "Image endpoints: this worker's budget of decoded pixels is in use; retry after "
     "the Retry-After seconds",
-    "503": "A model's worker is being restarted or sheds load; retry after the Retry-After seconds",
+    "503": "This API worker is at its limit of requests in flight, or a model's worker is being "
+    "restarted or sheds load; retry after the Retry-After seconds",
 }
 
 

@@ -22,6 +22,7 @@ from despliegue.http import (
     BodySizeLimit,
     ContentTypeGuard,
     FormField,
+    InFlightLimit,
     MethodNotAllowed,
     UploadFieldGuard,
     form_fields,
@@ -292,3 +293,50 @@ def test_every_guard_lets_the_lifespan_through() -> None:
     for guard in guards:
         asyncio.run(guard({"type": "lifespan", "asgi": {"version": "3.0"}}, None, None))
     assert started == ["lifespan"] * len(guards)
+
+
+def test_requests_past_the_in_flight_limit_get_503_at_once_and_the_rest_are_answered() -> None:
+    """Two slow requests hold the worker's two places: a third to a limited path is refused at
+    once (503, Retry-After, the error body naming the setting), one to another path is not,
+    and once the two answer the next request is admitted again."""
+    import httpx
+
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> JSONResponse:
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    async def catalog(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/slow", slow, methods=["POST"]), Route("/models", catalog)])
+    app.add_middleware(InFlightLimit, max_in_flight=2, paths=frozenset({"/slow"}))
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [asyncio.create_task(client.post("/slow")) for _ in range(2)]
+            for _ in range(500):  # until both are inside the app (at most 5 s)
+                if _in_flight(app) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            refused = await asyncio.wait_for(client.post("/slow"), timeout=5)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["detail"][0]["loc"] == ["request"]
+            assert "limits.max_requests_in_flight" in refused.json()["error"]
+            assert (await client.get("/models")).status_code == 200
+            release.set()
+            assert [answer.status_code for answer in await asyncio.gather(*held)] == [200, 200]
+            assert (await client.post("/slow")).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def _in_flight(app: Starlette) -> int:
+    """The InFlightLimit instance's count, found in the built middleware stack."""
+    layer = app.middleware_stack
+    while layer is not None and not isinstance(layer, InFlightLimit):
+        layer = getattr(layer, "app", None)
+    return layer.in_flight if layer is not None else 0
