@@ -11,7 +11,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 
 .PHONY: help venv client-venv test-tools models serve test postgresql fuzz lint build bench \
-	bench-quick stress profile soak face-memory clean container-tools container-base container container-test \
+	bench-quick peer-venvs stress profile soak face-memory clean container-tools container-base \
+	container container-test \
 	container-clean k8s-config
 
 help:  ## list the targets
@@ -59,10 +60,23 @@ lint: venv  ## ruff lint + format check
 build: models  ## bentoml build: one Bento with code, configuration and models
 	$(BIN)/bentoml build
 
-bench: venv  ## benchmark: physical limit, batching on/off, seed designs (< 20 min)
+# The peer model servers `make bench` compares with, each in its own venv from pinned files in
+# benchmarks/peers/ (they conflict with each other and with the service's pins).
+PEERS := ray mlserver
+PEER_VENVS := $(PEERS:%=.venv-%/.installed)
+
+peer-venvs: $(PEER_VENVS)  ## the peers' venvs: .venv-ray (Ray Serve), .venv-mlserver (MLServer)
+
+$(PEER_VENVS): .venv-%/.installed: benchmarks/peers/requirements-%.txt benchmarks/peers/constraints-%.txt
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r benchmarks/peers/requirements-$*.txt -c benchmarks/peers/constraints-$*.txt
+	touch $@
+
+bench: venv peer-venvs  ## benchmark: limit, batching on/off, seed designs, Ray Serve, MLServer
 	$(BIN)/python -m benchmarks.run
 
-bench-quick: venv  ## the whole benchmark with short points (~2 min), to check the harness
+bench-quick: venv peer-venvs  ## the whole benchmark with short points (~2 min), to check the harness
 	$(BIN)/python -m benchmarks.run --quick
 
 stress: venv  ## locust stress: users doubling until the configured SLO breaks, per endpoint
@@ -108,4 +122,4 @@ k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configurat
 	$(BIN)/python scripts/k8s_configmap.py
 
 clean:  ## remove the virtual environments
-	rm -rf $(VENV) $(CLIENT_VENV)
+	rm -rf $(VENV) $(CLIENT_VENV) $(PEERS:%=.venv-%)

@@ -52,6 +52,7 @@ from rich.table import Table
 from despliegue import lifecycle
 from despliegue.artifacts import bentoml_home, stored_models
 from despliegue.backup import BackupRefused, backup, restore
+from despliegue.config import FamilyConfig, settings
 from despliegue.families import RECIPES, Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
 from despliegue.mlflow_import import import_mlflow, is_mlflow_source
@@ -75,9 +76,19 @@ def prepare_tensorflow(recipes: list[Recipe]) -> None:
         import_tensorflow()
 
 
+def configured_model_names() -> frozenset[str]:
+    """The store names configuration.yaml serves (single-model families)."""
+    entries = settings().families.values()
+    return frozenset(entry.model for entry in entries if isinstance(entry, FamilyConfig))
+
+
 def reference_targets(selection: list[str]) -> list[tuple[Recipe, str]]:
-    """(recipe, store name) pairs to build: all, or those named by family or model name."""
-    everything = [(recipe, name) for recipe in RECIPES.values() for name in recipe.references()]
+    """(recipe, store name) pairs to build: all, or those named by family or model name.
+    An optional reference (BlazeFace) is built when named or when configuration serves it."""
+    wanted = configured_model_names() | frozenset(selection)
+    everything = [
+        (recipe, name) for recipe in RECIPES.values() for name in recipe.references(wanted)
+    ]
     if not selection:
         return everything
     unknown = [

@@ -12,6 +12,9 @@ on the benchmark's own request bodies, and combined with the limit into the one-
 ceiling: items/s if the CPU did nothing but the model at its best batch and that work,
 1 / (1/limit + 1/api_work). No server on these cores can beat it.
 
+It also answers a few request bodies with the runner (the model called directly), so the
+harness can check that each peer server answers them the same (benchmarks/peers/).
+
     python -m benchmarks.limit --path heatflow --seconds 3
 """
 
@@ -27,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.paths import BenchPath, by_name
+from benchmarks.paths import BenchPath, by_name, direct_answers
+
+CHECK_SEED = 17
+CHECK_BODIES = 2
 
 
 def rate(work: Callable[[], Any], items: int, seconds: float) -> float:
@@ -69,6 +75,12 @@ def measure_limit(path: BenchPath, seconds: float) -> dict[str, Any]:
         api_rate = rate(lambda: [api_work(body) for body in bodies], items, per_size)
         result["api_work_items_per_s"] = api_rate
         result["ceiling_items_per_s"] = 1.0 / (1.0 / rates[best] + 1.0 / api_rate)
+    # Bodies with the answers the runner gives them here: the peers must give the same.
+    check_rng = np.random.default_rng(CHECK_SEED)
+    bodies = [path.make_body(check_rng) for _ in range(CHECK_BODIES)]
+    result["check"] = [
+        {"body": body, "answers": direct_answers(path, runner, body)} for body in bodies
+    ]
     return result
 
 

@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-metrics", action="store_true", help="server has no /metrics")
     parser.add_argument(
         "--design",
-        choices=("service", "mlflow"),
+        choices=("service", "mlflow", "mlserver"),
         default="service",
-        help="mlflow: POST the path's MLflow body to /invocations (`mlflow models serve`)",
+        help="mlflow: the path's MLflow body to /invocations (`mlflow models serve`); "
+        "mlserver: its V2 inference body to /v2/models/<path>/infer",
     )
     args = parser.parse_args(argv)
     result = asyncio.run(

@@ -68,12 +68,15 @@ class BenchPath:
         return getattr(runner, self.method)(batch)
 
     def request(self, design: str = "service") -> tuple[str, Callable[[np.random.Generator], Body]]:
-        """The route and body maker of one design: the service's (also the seed apps') or
-        `mlflow models serve`'s."""
+        """The route and body maker of one design: the service's (also the seed apps' and the
+        Ray Serve peer's), `mlflow models serve`'s, or MLServer's (the V2 inference protocol
+        holding the same items)."""
         if design == "mlflow":
             if self.mlflow_body is None:
                 raise ValueError(f"path {self.name!r} has no mlflow design")
             return "/invocations", self.mlflow_body
+        if design == "mlserver":
+            return f"/v2/models/{self.name}/infer", lambda rng: v2_body(self, self.make_body(rng))
         return self.route, self.make_body
 
 
@@ -274,6 +277,54 @@ PATHS: tuple[BenchPath, ...] = (
         limit_batch_sizes=(1, 8, 32, 128, 512),
     ),
 )
+
+
+def v2_body(path: BenchPath, body: Body) -> Body:
+    """The service body's items as one V2 inference tensor (MLServer): texts and Base64 images
+    as BYTES, numbers as FP64 rows; /falsetrue asks the sklearn runtime for the label and the
+    probabilities, as the service's runner computes both."""
+    from benchmarks.peers.models import REQUEST_FIELD
+
+    assert isinstance(body, dict)
+    items = body[REQUEST_FIELD[path.name]]
+    if isinstance(items[0], str):
+        tensor = {"datatype": "BYTES", "shape": [len(items)], "data": items}
+    else:
+        rows = np.asarray(items, dtype=float).reshape(len(items), -1)
+        tensor = {"datatype": "FP64", "shape": list(rows.shape), "data": rows.ravel().tolist()}
+    v2: dict[str, Any] = {"inputs": [{"name": REQUEST_FIELD[path.name], **tensor}]}
+    if path.name == "falsetrue":
+        v2["outputs"] = [{"name": "predict"}, {"name": "predict_proba"}]
+    return v2
+
+
+def direct_answers(path: BenchPath, runner: Any, body: Body) -> list[Any]:
+    """The answers a peer must give for `body`, from the service's runner called in-process
+    (the model called directly), in the peers' shapes (benchmarks/peers/models.py)."""
+    from benchmarks.peers.models import REQUEST_FIELD
+    from despliegue.config import settings
+
+    assert isinstance(body, dict)
+    items = body[REQUEST_FIELD[path.name]]
+    if path.name == "heatflow":
+        return np.round(runner.predict(np.asarray(items, dtype=float)), 3).tolist()
+    if path.name == "falsetrue":
+        return np.asarray(runner.classify(items)).tolist()
+    if path.name == "antibiotics":
+        from runners.antibiotics import PanelRow
+
+        return runner.susceptibility([PanelRow(code=ANTIBIOTIC, features=v) for v in items])
+    images = decode_field(REQUEST_FIELD[path.name])(body)
+    if path.name == "flowers":
+        return [row.tolist() for row in runner.classify(images)]
+    threshold = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
+    detections = [
+        [row.tolist() for row in rows if row[4] >= threshold] for rows in runner.detect(images)
+    ]
+    if path.name == "face":
+        return detections
+    scores = iter(super_limit(runner, images))
+    return [max((next(scores) for _ in rows), default=0.0) for rows in detections]
 
 
 def by_name(name: str) -> BenchPath:

@@ -33,11 +33,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from benchmarks import servers
-from benchmarks.paths import PATHS, BenchPath, by_name
+from benchmarks.paths import PATHS, BenchPath, by_name, v2_body
+from benchmarks.peers import launch
 from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FAST_DETECTOR = "face_detector_blazeface"
+OPTIONAL_DESIGNS = ("batching_off", "drift_off", "blazeface", "seed", "mlflow", "ray", "mlserver")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -47,6 +52,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="discarded seconds per point (default 2)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--paths", nargs="+", help="path names (default: all in paths.py)")
+    parser.add_argument(
+        "--designs",
+        nargs="+",
+        choices=OPTIONAL_DESIGNS,
+        default=list(OPTIONAL_DESIGNS),
+        help="designs besides the service with batching on (default: all)",
+    )
+    parser.add_argument("--seed-paths", nargs="+", help="paths given a seed design (default: all)")
     parser.add_argument("--home", help="BENTOML_HOME to use (default: a fresh temporary one)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -56,10 +69,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare_store(home: str, env: dict[str, str]) -> dict[str, str]:
-    """Build the reference models into `home`; return each family's artifact file."""
+def prepare_store(home: str, env: dict[str, str], optional: Sequence[str] = ()) -> dict[str, str]:
+    """Build the reference models into `home` (and the `optional` ones named, e.g. BlazeFace);
+    return each family's artifact file."""
+    command = [sys.executable, "save_models.py"]
+    if optional:
+        # Named models are built on their own: a second call builds the default set.
+        named = subprocess.run(
+            [*command, "reference", *optional], cwd=servers.ROOT, env=env, check=False
+        )
+        if named.returncode != 0:
+            raise RuntimeError(f"save_models.py reference {' '.join(optional)} failed")
     built = subprocess.run(
-        [sys.executable, "save_models.py"],
+        command,
         cwd=servers.ROOT,
         env=env,
         capture_output=True,
@@ -127,14 +149,16 @@ def measure_service(
     server = servers.start_bentoml(env, cpus[0], workdir / f"serve-{label}.log")
     try:
         reached = servers.wait_for(server, ["/readyz", "/models"])
+        cpu = servers.process_cpu(server)
         print(f"  ready: /readyz {reached['/readyz']:.1f} s, /models {reached['/models']:.1f} s")
+        print("  CPU s before ready: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
         per_path = {
             path.name: load_points(server.url, path, args, env, cpus[1], metrics=True)
             for path in paths
         }
     finally:
         servers.stop(server)
-    cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"]}
+    cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"], "cpu_s": cpu}
     return per_path, cold
 
 
@@ -199,6 +223,64 @@ def measure_mlflow(
         servers.stop(server)
 
 
+def check_answers(
+    url: str, route: str, design: str, path: BenchPath, checks: list[dict[str, Any]]
+) -> None:
+    """Each check body through the peer must give the answers of the model called directly
+    (benchmarks/limit.py); a peer that answers differently is not measured."""
+    for check in checks:
+        body = v2_body(path, check["body"]) if design == "mlserver" else check["body"]
+        response = httpx.post(url + route, json=body, timeout=120)
+        response.raise_for_status()
+        got = launch.answers_of(design, path.name, response.json())
+        if not launch.same_answers(got, check["answers"]):
+            raise RuntimeError(
+                f"{design} answers {path.name} differently from the model called directly:\n"
+                f"{str(got)[:500]}\nexpected {str(check['answers'])[:500]}"
+            )
+
+
+def measure_peer(
+    peer: str,
+    paths: Sequence[BenchPath],
+    checks: dict[str, list[dict[str, Any]]],
+    manifest: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cpus: tuple[list[int], list[int]],
+    workdir: Path,
+    warnings: list[str],
+) -> tuple[dict[str, list[dict[str, Any]]], float] | None:
+    """One peer serving every path at once (as the service does), each path's answers checked,
+    then the same load points as the service. None: the peer's venv is not installed."""
+    print(f"peer: {launch.LABELS[peer]}", flush=True)
+    if not launch.installed(peer):
+        print(f"  skipped: .venv-{peer} is missing (make peer-venvs)", flush=True)
+        return None
+    names = [path.name for path in paths]
+    server = launch.start(peer, manifest, names, env, cpus[0], workdir)
+    design = "mlserver" if peer == "mlserver" else "service"
+    try:
+        ready = launch.wait_ready(peer, server, names)
+        print(f"  ready after {ready:.1f} s", flush=True)
+        per_path = {}
+        for path in paths:
+            route = path.request(design)[0]
+            try:
+                check_answers(server.url, route, design, path, checks[path.name])
+            except (RuntimeError, httpx.HTTPError) as exc:
+                # This path is not measured; the peer's other paths still are.
+                warnings.append(f"{peer} {path.name} not measured: {str(exc)[:1500]}")
+                print(f"WARNING: {warnings[-1]}", flush=True)
+                continue
+            per_path[path.name] = load_points(
+                server.url, path, args, env, cpus[1], metrics=False, design=design
+            )
+    finally:
+        servers.stop(server, leader_first=peer == "ray")
+    return per_path, ready
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -225,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
 
-    model_files = prepare_store(home, env)
+    optional = [FAST_DETECTOR] if "blazeface" in args.designs else []
+    model_files = prepare_store(home, env, optional)
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": servers.machine(*cpus),
@@ -239,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "paths": {},
     }
+    checks: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         print(f"physical limit: {path.name}", flush=True)
         limit = servers.run_json(
@@ -248,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=600,
         )
         print(f"  best {limit['best_items_per_s']:.0f} items/s at {limit['best_batch_size']}")
+        checks[path.name] = limit.pop("check")
         result["paths"][path.name] = {
             "route": path.route,
             "items_per_request": path.items_per_request,
@@ -256,7 +341,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
-    off, _ = measure_service("batching-off", paths, args, off_env, cpus, workdir)
+    off: dict[str, list[dict[str, Any]]] = {}
+    if "batching_off" in args.designs:
+        off = measure_service("batching-off", paths, args, off_env, cpus, workdir)[0]
+    no_drift: dict[str, list[dict[str, Any]]] = {}
+    if "drift_off" in args.designs:
+        no_drift_config = servers.drift_off_config(base_config, workdir / "drift-off.yaml")
+        no_drift_env = {**env, "DESPLIEGUE_CONFIG": str(no_drift_config)}
+        no_drift = measure_service("drift-off", paths, args, no_drift_env, cpus, workdir)[0]
+    # The face paths once more with the fast detector (BlazeFace) configured instead of MTCNN.
+    face_paths = [path for path in paths if path.family.startswith("face_")]
+    fast: dict[str, list[dict[str, Any]]] = {}
+    if "blazeface" in args.designs and face_paths:
+        fast_config = servers.detector_config(base_config, workdir / "fast.yaml", FAST_DETECTOR)
+        fast_env = {**env, "DESPLIEGUE_CONFIG": str(fast_config)}
+        fast = measure_service("blazeface", face_paths, args, fast_env, cpus, workdir)[0]
     result["cold_start"] = cold
     result["warnings"] = [
         f"{name}: the batching-off run still merged requests into runner calls; the API must "
@@ -266,15 +365,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for warning in result["warnings"]:
         print(f"WARNING: {warning}")
+    manifest = workdir / "peer-manifest.json"
+    peer_manifest = servers.run_json(["benchmarks.store", "--peer-manifest"], env, cpus[0], 120)
+    manifest.write_text(json.dumps(peer_manifest), encoding="utf-8")
+    peers = {}
+    for peer in (peer for peer in launch.PEERS if peer in args.designs):
+        try:
+            measured = measure_peer(
+                peer, paths, checks, manifest, args, env, cpus, workdir, result["warnings"]
+            )
+        except (RuntimeError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
+            # A peer that fails to start or answers wrong is reported, not measured.
+            result["warnings"].append(f"{peer} not measured: {str(exc)[:1500]}")
+            print(f"WARNING: {peer} not measured: {exc}", flush=True)
+            continue
+        if measured is not None:
+            peers[peer], result["cold_start"][f"{peer}_s"] = measured
     for path in paths:
         designs = result["paths"][path.name]["designs"]
         designs["batching_on"] = on[path.name]
-        designs["batching_off"] = off[path.name]
-        if path.baseline:
+        if path.name in off:
+            designs["batching_off"] = off[path.name]
+        if path.name in no_drift:
+            designs["drift_off"] = no_drift[path.name]
+        if path.name in fast:
+            designs["blazeface"] = fast[path.name]
+        for peer, per_path in peers.items():
+            if path.name in per_path:
+                designs[peer] = per_path[path.name]
+        seeded = "seed" in args.designs and path.name in (args.seed_paths or [path.name])
+        if path.baseline and seeded:
             designs["seed"] = measure_seed(
                 path, model_files[path.store_key], args, env, cpus, workdir
             )
-        if path.mlflow_body:
+        if path.mlflow_body and "mlflow" in args.designs:
             served = measure_mlflow(path, model_files[path.store_key], args, env, cpus, workdir)
             if served is not None:
                 designs["mlflow"] = served

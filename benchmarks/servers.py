@@ -7,6 +7,7 @@ before exec (inherited by BentoML's worker processes), and stopped by its proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +69,7 @@ class Server:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
 
 
-def _spawn(
+def spawn(
     argv: list[str], env: dict[str, str], cpus: Sequence[int], log_path: Path, port: int
 ) -> Server:
     started_at = time.monotonic()
@@ -90,7 +92,7 @@ def start_bentoml(env: dict[str, str], cpus: Sequence[int], log_path: Path) -> S
     port = free_port()
     argv = [str(BIN / "bentoml"), "serve", "service:Despliegue", "--host", "127.0.0.1"]
     env = {**env, "DESPLIEGUE_AUTH": "off"}
-    return _spawn([*argv, "--port", str(port)], env, cpus, log_path, port)
+    return spawn([*argv, "--port", str(port)], env, cpus, log_path, port)
 
 
 def start_mlflow(
@@ -102,14 +104,14 @@ def start_mlflow(
     argv = [str(BIN / "mlflow"), "models", "serve", "-m", model_dir, "--env-manager", "local"]
     # mlflow execs `uvicorn` by name: this environment's must come first on PATH.
     env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
-    return _spawn([*argv, "-h", "127.0.0.1", "-p", str(port)], env, cpus, log_path, port)
+    return spawn([*argv, "-h", "127.0.0.1", "-p", str(port)], env, cpus, log_path, port)
 
 
 def start_uvicorn(app: str, env: dict[str, str], cpus: Sequence[int], log_path: Path) -> Server:
     """One uvicorn process, one worker: the seeds' own way of serving."""
     port = free_port()
     argv = [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port)]
-    return _spawn([*argv, "--log-level", "warning", "--no-access-log"], env, cpus, log_path, port)
+    return spawn([*argv, "--log-level", "warning", "--no-access-log"], env, cpus, log_path, port)
 
 
 def wait_for(server: Server, routes: Sequence[str], timeout: float = 240.0) -> dict[str, float]:
@@ -132,15 +134,56 @@ def wait_for(server: Server, routes: Sequence[str], timeout: float = 240.0) -> d
     return reached
 
 
-def stop(server: Server) -> None:
-    """SIGTERM the server's process group and wait, so the next one starts on a quiet CPU."""
+def process_cpu(server: Server) -> dict[str, float]:
+    """CPU seconds each process of the server has used so far, by name (a BentoML worker by
+    its `--service-name`): where a cold start's time went."""
+    spent: dict[str, float] = {}
+    root = psutil.Process(server.process.pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            argv = process.cmdline()
+            name = argv[argv.index("--service-name") + 1] if "--service-name" in argv else None
+            name = name or ("supervisor" if process.pid == root.pid else process.name())
+            times = process.cpu_times()
+            spent[name] = spent.get(name, 0.0) + times.user + times.system
+    return spent
+
+
+def wait_for_log(server: Server, text: str, timeout: float = 240.0) -> float:
+    """Seconds from the server's start until `text` appears in its log."""
+    deadline = server.started_at + timeout
+    while text not in server.log_path.read_text(encoding="utf-8", errors="replace"):
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {text!r} within {timeout:g} s:\n{server.log_tail()}")
+        time.sleep(0.1)
+    return time.monotonic() - server.started_at
+
+
+def stop(server: Server, leader_first: bool = False) -> None:
+    """SIGTERM the server's process group and wait, so the next one starts on a quiet CPU.
+
+    `leader_first`: signal the started process alone and give it time to stop what it
+    started (Ray's driver shuts its cluster down). Processes it started in sessions of their
+    own are found beforehand and stopped by their ids if still running afterwards.
+    """
+    descendants = psutil.Process(server.process.pid).children(recursive=True)
     if server.process.poll() is None:
-        os.killpg(server.process.pid, signal.SIGTERM)
+        if leader_first:
+            server.process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(server.process.pid, signal.SIGTERM)
         try:
-            server.process.wait(timeout=30)
+            server.process.wait(timeout=60 if leader_first else 30)
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)  # workers left in the group
+    for process in descendants:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def run_json(argv: list[str], env: dict[str, str], cpus: Sequence[int], timeout: float) -> Any:
@@ -166,6 +209,22 @@ def batching_off_config(source: Path, target: Path) -> Path:
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     for family in raw["families"].values():
         family["batching"]["enabled"] = False
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def drift_off_config(source: Path, target: Path) -> Path:
+    """A copy of the configuration with drift capture off: what monitoring costs a request."""
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    raw["drift"]["capture"] = False
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def detector_config(source: Path, target: Path, model: str) -> Path:
+    """A copy of the configuration whose face family serves another stored detector."""
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    raw["families"]["face_detector"]["model"] = model
     target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return target
 

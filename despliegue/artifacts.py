@@ -7,7 +7,7 @@ moves it into the store when the block ends without an exception, so a failed im
 the store unchanged.
 
 The sha256 of the artifact as written is recorded in the metadata (`artifact_sha256`), and
-every load checks it (an mtcnn model also checks its manifest's sum for each weight file):
+every load checks it (a face detector also checks its manifest's sum for each weight file):
 a damaged or altered file stops start-up naming it, rather than answering wrong numbers.
 """
 
@@ -27,13 +27,16 @@ from pydantic import BaseModel, Field
 from despliegue.config import PanelConfig
 from despliegue.preprocessing import summary as preprocessing_summary
 
-Framework = Literal["sklearn", "keras", "mtcnn"]
-# The file `framework` loads from; an mtcnn model is a manifest next to its three weight files.
+Framework = Literal["sklearn", "keras", "mtcnn", "blazeface"]
+# The file `framework` loads from; a face detector is a manifest next to its weight files.
 ARTIFACT_FILE: dict[str, str] = {
     "sklearn": "model.joblib",
     "keras": "model.keras",
     "mtcnn": "mtcnn.json",
+    "blazeface": "blazeface.json",
 }
+# Frameworks whose artifact is a manifest listing weight files, each with its sha256.
+MANIFEST_FRAMEWORKS = frozenset({"mtcnn", "blazeface"})
 
 
 class ModelCard(BaseModel):
@@ -108,7 +111,7 @@ def verify_artifact(stored: bentoml.Model) -> Path:
     recorded when it entered the store; otherwise ModelUnusable naming the file."""
     path = artifact_path(stored)
     expected = {path: stored.info.metadata.get("artifact_sha256")}
-    if stored.info.metadata.get("framework") == "mtcnn":
+    if stored.info.metadata.get("framework") in MANIFEST_FRAMEWORKS:
         manifest = json.loads(_read_text(path, stored))
         for entry in manifest["weights"].values():
             expected[path.parent / entry["file"]] = entry["sha256"]
@@ -255,10 +258,19 @@ def _load_mtcnn(path: Path) -> Any:
     )
 
 
+def _load_blazeface(path: Path) -> Any:
+    """BlazeFace (despliegue/blazeface.py) from the stored .tflite its manifest names;
+    load_artifact has checked each file's sha256."""
+    from despliegue.blazeface import load_blazeface
+
+    return load_blazeface(path)
+
+
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "sklearn": _load_joblib,
     "keras": _load_keras,
     "mtcnn": _load_mtcnn,
+    "blazeface": _load_blazeface,
 }
 
 

@@ -52,9 +52,9 @@ def ensure_reference(recipe: Recipe, model_name: str | None = None) -> Outcome:
     stored = save_to_store(
         name,
         family=recipe.family,
-        framework=recipe.framework,
+        framework=reference.framework or recipe.framework,
         metadata={**reference.metadata, "built_at": _now()},
-        write=_writer(recipe, reference.model),
+        write=_writer(reference.framework or recipe.framework, reference.model),
     )
     return Outcome(name, str(stored.tag), "built", _metrics_summary(reference.metadata))
 
@@ -264,8 +264,8 @@ def _reason(exc: BaseException) -> str:
     return first if len(first) <= 300 else f"{first[:300]}…"
 
 
-def _writer(recipe: Recipe, model: Any):
-    if recipe.framework == "sklearn":
+def _writer(framework: str, model: Any):
+    if framework == "sklearn":
         import joblib
 
         return lambda target: joblib.dump(model, target)

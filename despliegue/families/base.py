@@ -16,6 +16,9 @@ class ReferenceModel:
 
     model: Any
     metadata: dict[str, Any]
+    # Set when a recipe builds references of more than one kind (the face detector: MTCNN or
+    # BlazeFace); otherwise the recipe's framework.
+    framework: Framework | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class Recipe:
     # of the family fully matches, and the names the reference set is built for.
     name_pattern: str | None = None
     reference_names: tuple[str, ...] = ()
+    # Reference models built only when asked for by name (`save_models.py reference NAME`) or
+    # named by configuration: an alternative a user may pick, not part of the default set.
+    optional_names: tuple[str, ...] = ()
     # Metadata the runner needs to serve an imported artifact (input length, labels, ...),
     # from the loaded model and what the import declared; raises ValueError if inconsistent.
     serving_metadata: Callable[[str, Any, dict[str, Any]], dict[str, Any]] | None = None
@@ -46,9 +52,11 @@ class Recipe:
         # BentoML keeps tag names in lower case; codes are written in upper case.
         return re.fullmatch(self.name_pattern, model_name, re.IGNORECASE) is not None
 
-    def references(self) -> tuple[str, ...]:
-        """The store names `save_models.py` builds reference models for."""
-        return self.reference_names or (self.model_name,)
+    def references(self, wanted: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """The store names `save_models.py` builds reference models for: the default set, and
+        those optional ones that are `wanted` (named on the command line or configured)."""
+        optional = tuple(name for name in self.optional_names if name in wanted)
+        return (self.reference_names or (self.model_name,)) + optional
 
     def build_reference_for(self, model_name: str) -> ReferenceModel:
         if self.name_pattern is None:

@@ -4,6 +4,12 @@
 weight files are copied from the installed package into the store with a manifest (package
 version, sha256 per file), and the runner builds the detector from the stored copy.
 
+`face_detector_blazeface` is the fast detector one can serve instead (configuration:
+`families.face_detector.model: face_detector_blazeface`): MediaPipe's pretrained BlazeFace
+networks, taken from the `mediapipe==0.10.14` wheel, which pip downloads (mediapipe is never
+installed), stored as a manifest plus the two .tflite files, checked against the sha256
+recorded here. See despliegue/blazeface.py.
+
 `face_validator` is a small Keras CNN that scores a face crop (the seed's "validation CNN").
 The reference one is trained on crops this project makes offline from images scikit-image
 ships: the faces MTCNN finds in `astronaut()` and `camera()`, augmented (shift, zoom, flip,
@@ -16,6 +22,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from importlib import resources
@@ -59,7 +69,14 @@ class PackagedMTCNN:
         manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
-def build_detector_reference() -> ReferenceModel:
+def build_detector_reference(model_name: str) -> ReferenceModel:
+    """MTCNN for `face_detector`, BlazeFace for `face_detector_blazeface`."""
+    if model_name == BLAZEFACE_NAME:
+        return build_blazeface_reference()
+    return build_mtcnn_reference()
+
+
+def build_mtcnn_reference() -> ReferenceModel:
     weights_dir = resources.files("mtcnn.assets.weights")
     files = {stage: Path(str(weights_dir / f"{stage}.lz4")) for stage in MTCNN_STAGES}
     version = package_metadata.version("mtcnn")
@@ -75,6 +92,70 @@ def build_detector_reference() -> ReferenceModel:
         ),
     }
     return ReferenceModel(model=PackagedMTCNN(version, files), metadata=metadata)
+
+
+# The wheel BlazeFace comes from, and its two networks (sha256 of the files as the wheel
+# holds them: a changed wheel is refused, not stored).
+BLAZEFACE_NAME = "face_detector_blazeface"
+MEDIAPIPE_WHEEL = "mediapipe==0.10.14"
+BLAZEFACE_FILES = {
+    "short_range": (
+        "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    ),
+    "full_range": (
+        "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
+        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    ),
+}
+# Full range: faces near and far (a face is often a small part of a photo sent to /face).
+BLAZEFACE_VARIANT = "full_range"
+
+
+@dataclass(frozen=True)
+class PackagedBlazeFace:
+    """BlazeFace's .tflite files out of the mediapipe wheel, written as manifest + copies."""
+
+    wheel: Path
+
+    def save(self, manifest_path: Path) -> None:
+        entries = {}
+        with zipfile.ZipFile(self.wheel) as archive:
+            for variant, (member, sha256) in BLAZEFACE_FILES.items():
+                target = manifest_path.parent / Path(member).name
+                target.write_bytes(archive.read(member))
+                if sha256_of(target) != sha256:
+                    raise ValueError(f"{member} in {self.wheel.name}: unexpected sha256")
+                entries[variant] = {"file": target.name, "sha256": sha256}
+        manifest = {"package": MEDIAPIPE_WHEEL, "variant": BLAZEFACE_VARIANT, "weights": entries}
+        manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def download_mediapipe_wheel(folder: Path) -> Path:
+    """The mediapipe wheel, downloaded by pip (never installed: its protobuf pin conflicts
+    with TensorFlow's). The platform is fixed, so every machine gets the same file."""
+    download = [sys.executable, "-m", "pip", "download", MEDIAPIPE_WHEEL, "--no-deps"]
+    platform = ["--python-version", "3.11", "--implementation", "cp"]
+    platform += ["--platform", "manylinux_2_17_x86_64", "--only-binary=:all:"]
+    subprocess.run([*download, *platform, "--quiet", "--dest", str(folder)], check=True)
+    return next(folder.glob("mediapipe-*.whl"))
+
+
+def build_blazeface_reference() -> ReferenceModel:
+    folder = Path(tempfile.mkdtemp(prefix="mediapipe-wheel-"))
+    metadata = {
+        "reference": True,
+        "pretrained": True,
+        "task": "face detection: boxes (x, y, width, height), confidence, 5 landmarks",
+        "source": f"BlazeFace .tflite files of the {MEDIAPIPE_WHEEL} wheel (PyPI), unchanged",
+        "training_data": "Google's BlazeFace training set (Bazarevsky et al. 2019)",
+        "variant": BLAZEFACE_VARIANT,
+    }
+    return ReferenceModel(
+        model=PackagedBlazeFace(download_mediapipe_wheel(folder)),
+        metadata=metadata,
+        framework="blazeface",
+    )
 
 
 def probe_detector(model: Any) -> None:
@@ -220,9 +301,14 @@ DETECTOR = Recipe(
     family="face_detector",
     model_name="face_detector",
     framework="mtcnn",
-    description="MTCNN face detector (pretrained weights from the mtcnn package)",
+    description="face detector: MTCNN (mtcnn package) or BlazeFace (mediapipe wheel's .tflite)",
     build_reference=build_detector_reference,
     probe=probe_detector,
+    # Two detectors configuration can pick (`families.face_detector.model`).
+    name_pattern=r"face_detector(_blazeface)?",
+    reference_names=("face_detector",),
+    # BlazeFace is downloaded (a 35 MB wheel) only when configured or asked for by name.
+    optional_names=(BLAZEFACE_NAME,),
 )
 VALIDATOR = Recipe(
     family="face_validator",

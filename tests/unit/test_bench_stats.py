@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.paths import PATHS, by_name, encode
-from benchmarks.servers import batching_off_config, split_cpus
+from benchmarks.servers import batching_off_config, drift_off_config, split_cpus
 from benchmarks.stats import (
     batch_totals,
     fold_profile,
@@ -150,7 +150,7 @@ def test_markdown_shows_machine_absolutes_and_ratios() -> None:
     assert "/readyz 6.50 s" in text
     assert "| heatflow | 8,000 | 64 | 8.0 | 8,000 | 4,000 |" in text  # gain 8000/1000
     assert "| heatflow | service, batching on | 32 | 400.0 | 25.0 | 45.0 | 50.0 | 0 |" in text
-    assert "| heatflow | 32 | 0.1 | 0.2 | 4 | 2 | 0.5 |" in text
+    assert "| heatflow | 32 | 0.1 | 0.2 | 4 | – | 2 | 0.5 |" in text
     assert "Warning" not in text
 
 
@@ -202,6 +202,20 @@ def test_batching_off_config_is_valid_and_off_for_every_family(tmp_path) -> None
     off = load_settings(batching_off_config(DEFAULT_CONFIG_PATH, tmp_path / "off.yaml"))
     assert off.families
     assert all(not family.batching.enabled for family in off.families.values())
+
+
+def test_drift_off_config_is_valid_and_captures_nothing(tmp_path) -> None:
+    shipped = load_settings(DEFAULT_CONFIG_PATH)
+    off = load_settings(drift_off_config(DEFAULT_CONFIG_PATH, tmp_path / "no-drift.yaml"))
+    assert shipped.drift.capture and not off.drift.capture
+    assert off.families == shipped.families
+
+
+def test_drift_cost_is_the_shipped_service_over_the_same_without_capture() -> None:
+    result = result_with()
+    result["paths"]["heatflow"]["designs"]["drift_off"] = [point(32, 500.0, 40.0)]
+    assert ratios_for(result["paths"]["heatflow"], 32)["drift_on_vs_off"] == pytest.approx(0.8)
+    assert "drift capture on / off" in render_markdown(result)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name)

@@ -315,3 +315,25 @@ def test_import_with_unusable_baseline_data_is_refused(home: Path, tmp_path: Pat
     said = " ".join((result.stdout + result.stderr).split())
     assert "3 items; a baseline needs at least 10" in said
     assert stored(home, "heatflow_svr") == []
+
+
+def test_blazeface_is_built_only_when_named_or_configured(monkeypatch) -> None:
+    """The default reference set downloads nothing: BlazeFace (a wheel from PyPI) joins it when
+    named on the command line or when configuration serves it."""
+    import save_models
+    from despliegue.config import settings
+
+    def names(selection: list[str]) -> set[str]:
+        return {name for _, name in save_models.reference_targets(selection)}
+
+    assert "face_detector_blazeface" not in names([])
+    assert "face_detector" in names([])
+    assert names(["face_detector_blazeface"]) == {"face_detector_blazeface"}
+    assert names(["face_detector"]) == {"face_detector"}
+    families = dict(settings().families)
+    families["face_detector"] = families["face_detector"].model_copy(
+        update={"model": "face_detector_blazeface"}
+    )
+    configured = settings().model_copy(update={"families": families})
+    monkeypatch.setattr(save_models, "settings", lambda: configured)
+    assert {"face_detector", "face_detector_blazeface"} <= names([])
