@@ -79,7 +79,7 @@ from despliegue.errors import (
     error_response,
     install_log_filter,
 )
-from despliegue.heap import freeze_startup_heap
+from despliegue.heap import freeze_startup_heap, limit_malloc_arenas
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
     BodySizeLimit,
@@ -133,6 +133,7 @@ PANEL = settings().panel("antibiotics")
 # The detector takes any size; images larger than this are scaled down before it sees them.
 DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
+limit_malloc_arenas()  # every worker imports this module, before its thread pools start
 install_log_filter()
 if starts_a_server(sys.argv):
     claim_home(bentoml_home())  # before BentoML empties this home's metrics folder

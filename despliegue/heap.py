@@ -17,11 +17,36 @@ throughput up 10-25 %; with the collector off entirely, p99 was the same (38 and
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 
 # Allocations before a young collection (default 700), then young collections per middle one
 # and middle per full one (defaults 10 and 10).
 THRESHOLDS = (50_000, 20, 100)
+
+
+# glibc's mallopt option for the number of malloc arenas (malloc.h: M_ARENA_MAX).
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Call once, early in every worker process (service.py does, at import).
+
+    glibc gives each thread that allocates its own malloc arena, up to 8 per core, and hands
+    little of an arena's memory back. The API worker decodes images on a pool of threads, so
+    its memory grew with every thread that had taken a turn, with no leak behind it: a
+    3-minute soak, 16% growth of the API worker after warm-up; with two arenas, -8% (and a
+    third less memory at warm-up). Same effect as the MALLOC_ARENA_MAX environment variable,
+    set from code so that `bentoml serve`, the image and the tests all get it. False where
+    the C library is not glibc (nothing to limit)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    mallopt = getattr(libc, "mallopt", None)
+    return bool(mallopt and mallopt(M_ARENA_MAX, arenas) == 1)
 
 
 def freeze_startup_heap() -> None:

@@ -25,3 +25,16 @@ def test_freeze_startup_heap_freezes_what_exists_and_raises_thresholds() -> None
     assert before == 0
     assert after > 1000  # the interpreter's and the imports' objects are now permanent
     assert thresholds == wanted and thresholds[0] > 700
+
+
+def test_malloc_arenas_are_limited_on_glibc() -> None:
+    """mallopt(M_ARENA_MAX) is accepted (this machine, like the image, runs glibc)."""
+    import platform
+
+    import pytest
+
+    from despliegue.heap import limit_malloc_arenas
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"not glibc ({platform.libc_ver()}): nothing to limit")
+    assert limit_malloc_arenas() is True
