@@ -6,7 +6,8 @@ Weights: `face_detection_full_range_sparse.tflite` (faces near and far, 192x192 
 `face_detection_short_range.tflite` (faces within ~2 m, 128x128), shipped in the
 `mediapipe==0.10.14` wheel (later wheels ship no models). save_models.py, when this detector
 is configured or named, downloads that wheel with pip and copies the .tflite files into the
-model store beside a manifest with their sha256 (mediapipe itself is never installed: its protobuf pin conflicts with TensorFlow's).
+model store beside a manifest with their sha256 (mediapipe itself is never installed: its
+protobuf pin conflicts with TensorFlow's).
 
 Decoding follows MediaPipe's graph (face_detection_*.pbtxt): SSD anchors with fixed size,
 box and six keypoints relative to the anchor centre, sigmoid scores, then weighted
