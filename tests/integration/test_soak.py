@@ -18,6 +18,9 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
+# Before two malloc arenas per worker (despliegue/heap.py), the API worker held +57 MiB here.
+MIN_GROWTH_MIB = 32
+
 
 def test_three_minute_soak_has_no_errors_and_flat_memory(
     reference_store: str, tmp_path: Path
@@ -42,5 +45,11 @@ def test_three_minute_soak_has_no_errors_and_flat_memory(
     assert run.returncode == 0, run.stderr[-3000:]
     growth = result["rss_growth_after_warmup"]
     assert {"Despliegue", "FaceAnalyzer", "FlowerClassifier"} <= growth.keys()
-    grew = {name: g["growth_pct"] for name, g in growth.items() if g["growth_pct"] >= 10}
+    # Growth counts when it is both 10% and MIN_GROWTH_MIB: in three minutes a few tens of MiB
+    # come and go with the allocator, and 10% of the API worker (~250 MiB) is 25 MiB of them.
+    grew = {
+        name: g["growth_pct"]
+        for name, g in growth.items()
+        if g["growth_pct"] >= 10 and g["final_mib"] - g["warmup_peak_mib"] >= MIN_GROWTH_MIB
+    }
     assert not grew, growth
