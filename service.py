@@ -79,7 +79,7 @@ from despliegue.errors import (
     error_response,
     install_log_filter,
 )
-from despliegue.heap import freeze_startup_heap, limit_malloc_arenas
+from despliegue.heap import limit_malloc_arenas, settle_worker_heap
 from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
     BodySizeLimit,
@@ -237,7 +237,7 @@ class Despliegue:
             for family in registry.FAMILIES
             for model in family.models
         }
-        freeze_startup_heap()
+        settle_worker_heap()
 
     def monitored(self, key: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
         return observed(key, call, self.cards, self.recorder)

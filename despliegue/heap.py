@@ -1,4 +1,4 @@
-"""Keep Python's garbage collector from pausing a serving process under load.
+"""Keep a serving process's heap small and its collector from pausing it under load.
 
 A worker imports its framework (TensorFlow, scikit-learn, BentoML) and loads its model: a heap
 of 100,000s of long-lived objects (a full collection of the API's took ~40 ms). While the
@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
+import threading
+import time
 
 # Allocations before a young collection (default 700), then young collections per middle one
 # and middle per full one (defaults 10 and 10).
@@ -29,6 +32,21 @@ THRESHOLDS = (50_000, 20, 100)
 # glibc's mallopt option for the number of malloc arenas (malloc.h: M_ARENA_MAX).
 M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
+
+
+# How often a worker hands back what a burst left behind (see start_heap_release).
+HEAP_RELEASE_INTERVAL_S = 10.0
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt, malloc_trim); None elsewhere (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name)
+    has_both = hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")
+    return libc if has_both else None
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
@@ -41,19 +59,47 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     third less memory at warm-up). Same effect as the MALLOC_ARENA_MAX environment variable,
     set from code so that `bentoml serve`, the image and the tests all get it. False where
     the C library is not glibc (nothing to limit)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    mallopt = getattr(libc, "mallopt", None)
-    return bool(mallopt and mallopt(M_ARENA_MAX, arenas) == 1)
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_ARENA_MAX, arenas) == 1)
 
 
-def freeze_startup_heap() -> None:
-    """Call once at the end of a service's __init__ (in the worker, after the model loads)."""
+def settle_worker_heap() -> None:
+    """Call once at the end of a service's __init__ (in the worker, after the model loads):
+    freeze what start-up made, raise the thresholds, start the periodic release."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+    start_heap_release()
+
+
+def release_heap() -> bool:
+    """Collect cyclic garbage, then give the C heap's free pages back to the system.
+
+    Why both: a request that times out or is cancelled leaves its coroutine frames in a
+    reference cycle (exception -> traceback -> frame), holding its body and decoded images
+    until a full collection, which the raised thresholds make rare; and glibc keeps freed
+    memory in its arenas. Measured on the API worker after bursts of 64 concurrent 2048 px
+    /face requests: 676-734 MiB held, 185-206 MiB after this call. True when malloc_trim ran."""
+    gc.collect()
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)  # ctypes releases the GIL for the call: the event loop keeps running
+    return True
+
+
+def start_heap_release(interval_s: float = HEAP_RELEASE_INTERVAL_S) -> threading.Thread:
+    """A daemon thread that calls release_heap() every `interval_s` (a full collection over
+    the unfrozen heap costs milliseconds; the trim runs without the GIL)."""
+
+    def run() -> None:
+        while True:
+            time.sleep(interval_s)
+            release_heap()
+
+    thread = threading.Thread(target=run, name="heap-release", daemon=True)
+    thread.start()
+    return thread
 
 
 def release_unreachable() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.contracts import PanelRow
-from despliegue.heap import freeze_startup_heap
+from despliegue.heap import settle_worker_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.startup import serve_until_callers_stop
 
@@ -71,7 +71,7 @@ class AntibioticPanel:
         configure_tensorflow()
         self.models = ServedModels("antibiotics", prepare=PanelMember.prepare)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
-        freeze_startup_heap()
+        settle_worker_heap()
 
     @bentoml.api(**PANEL.batching.api_options())
     def susceptibility(self, rows: list[PanelRow]) -> list[Answered]:

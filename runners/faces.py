@@ -17,7 +17,7 @@ import numpy as np
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
 from despliegue.contracts import LANDMARKS, DetectionRow
-from despliegue.heap import freeze_startup_heap
+from despliegue.heap import settle_worker_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.startup import serve_until_callers_stop
 
@@ -78,7 +78,7 @@ class FaceAnalyzer:
         configure_tensorflow(onednn=False)
         self.models = ServedModels("faces", prepare=prepared)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
-        freeze_startup_heap()
+        settle_worker_heap()
 
     @bentoml.api(**DETECTOR.batching.api_options())
     def detect(self, images: list[np.ndarray]) -> list[Answered]:

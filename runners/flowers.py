@@ -15,7 +15,7 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
-from despliegue.heap import freeze_startup_heap
+from despliegue.heap import settle_worker_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.startup import serve_until_callers_stop
 
@@ -43,7 +43,7 @@ class FlowerClassifier:
         configure_tensorflow()  # thread pools first: they cannot be sized after the first op
         self.models = ServedModels("flowers", prepare=compiled)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
-        freeze_startup_heap()
+        settle_worker_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
     def classify(self, images: list[np.ndarray]) -> list[Answered]:

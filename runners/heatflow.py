@@ -13,7 +13,7 @@ import numpy as np
 
 from despliegue.artifacts import ModelCard
 from despliegue.config import settings
-from despliegue.heap import freeze_startup_heap
+from despliegue.heap import settle_worker_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.sklearn_input import OneColumnInput, numeric_column
 from despliegue.startup import serve_until_callers_stop
@@ -37,7 +37,7 @@ class HeatFlowRegressor:
     def __init__(self) -> None:
         self.models = ServedModels("heatflow", prepare=with_input)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
-        freeze_startup_heap()
+        settle_worker_heap()
 
     @bentoml.api(**FAMILY.batching.api_options())
     def predict(self, sediment_thickness_m: np.ndarray) -> list[Answered]:
