@@ -1,13 +1,25 @@
-"""The start-up heap is frozen and the collector thresholds raised, in a fresh interpreter
-(the test process's own collector is left alone)."""
+"""The start-up heap is frozen, the collector thresholds raised and the heap released, each in a
+fresh interpreter (the test process's own collector and allocator are left alone)."""
 
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
+from typing import Any
+
+import pytest
 
 from tests.conftest import ROOT
+
+
+def run_fresh(script: str) -> Any:
+    """Run `script` in a new interpreter at the project root; its printed JSON, parsed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
 
 
 def test_settle_worker_heap_freezes_what_exists_and_raises_thresholds() -> None:
@@ -18,10 +30,7 @@ def test_settle_worker_heap_freezes_what_exists_and_raises_thresholds() -> None:
         "settle_worker_heap()\n"
         "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold(), THRESHOLDS]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    before, after, thresholds, wanted = json.loads(done.stdout)
+    before, after, thresholds, wanted = run_fresh(script)
     assert before == 0
     assert after > 1000  # the interpreter's and the imports' objects are now permanent
     assert thresholds == wanted and thresholds[0] > 700
@@ -29,10 +38,6 @@ def test_settle_worker_heap_freezes_what_exists_and_raises_thresholds() -> None:
 
 def test_malloc_arenas_are_limited_on_glibc() -> None:
     """mallopt(M_ARENA_MAX) is accepted (this machine, like the image, runs glibc)."""
-    import platform
-
-    import pytest
-
     from despliegue.heap import limit_malloc_arenas
 
     if platform.libc_ver()[0] != "glibc":
@@ -57,12 +62,7 @@ def test_release_heap_gives_back_what_a_cancelled_request_left_in_a_cycle() -> N
         "trimmed = release_heap()\n"
         "print(json.dumps([start, before, rss(), trimmed]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    start, before, after, trimmed = json.loads(done.stdout)
+    start, before, after, trimmed = run_fresh(script)
     assert before - start > 200  # the cycle still holds the buffer
     assert before - after > 200  # and the release gave it back
-    import platform
-
     assert trimmed is (platform.libc_ver()[0] == "glibc")
