@@ -18,7 +18,7 @@ imported by the load generator and by locust (gevent), so keep heavy imports ins
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,13 +171,18 @@ def super_limit(runner: Any, images: list[np.ndarray]) -> list[float]:
     from despliegue.config import settings
 
     threshold = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
-    detections = runner.detect(images)
+    detections = unwrapped(runner.detect(images))
     crops = [
         crop(image, face.box)
         for image, rows in zip(images, detections, strict=True)
         for face in faces_of(rows, threshold)
     ]
-    return runner.validate(crops) if crops else []
+    return unwrapped(runner.validate(crops)) if crops else []
+
+
+def unwrapped(answered: Sequence[Any]) -> list[Any]:
+    """A runner's answers without the tag of the model that gave each (lifecycle.Answered)."""
+    return [item.answer for item in answered]
 
 
 ANTIBIOTIC = "AMK"  # one reference panel member; every member has the same 16-marker shape
@@ -307,19 +312,22 @@ def direct_answers(path: BenchPath, runner: Any, body: Body) -> list[Any]:
     assert isinstance(body, dict)
     items = body[REQUEST_FIELD[path.name]]
     if path.name == "heatflow":
-        return np.round(runner.predict(np.asarray(items, dtype=float)), 3).tolist()
+        answers = unwrapped(runner.predict(np.asarray(items, dtype=float)))
+        return np.round(np.asarray(answers, dtype=float), 3).tolist()
     if path.name == "falsetrue":
-        return np.asarray(runner.classify(items)).tolist()
+        return np.asarray(unwrapped(runner.classify(items)), dtype=float).tolist()
     if path.name == "antibiotics":
         from runners.antibiotics import PanelRow
 
-        return runner.susceptibility([PanelRow(code=ANTIBIOTIC, features=v) for v in items])
+        rows = [PanelRow(code=ANTIBIOTIC, features=v) for v in items]
+        return np.asarray(unwrapped(runner.susceptibility(rows)), dtype=float).tolist()
     images = decode_field(REQUEST_FIELD[path.name])(body)
     if path.name == "flowers":
-        return [row.tolist() for row in runner.classify(images)]
+        return np.asarray(unwrapped(runner.classify(images)), dtype=float).tolist()
     threshold = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
     detections = [
-        [row.tolist() for row in rows if row[4] >= threshold] for rows in runner.detect(images)
+        [row.tolist() for row in rows if row[4] >= threshold]
+        for rows in unwrapped(runner.detect(images))
     ]
     if path.name == "face":
         return detections
