@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -46,6 +46,57 @@ def rss_mib(processes: dict[str, psutil.Process]) -> dict[str, float]:
         except psutil.Error:
             sizes[name] = 0.0
     return sizes
+
+
+def core_counters(arbiter_pid: int, cpus: Sequence[int]) -> dict[str, float]:
+    """Cumulative CPU seconds on the server's cores: used by the served processes (the arbiter
+    and every worker), busy in all (anything else on those cores too), and stolen by the
+    hypervisor. Differences between two readings tell whether a slow minute was the service's
+    own work or something else on its cores."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    busy = steal = 0.0
+    for cpu in cpus:
+        times = per_cpu[cpu]
+        busy += times.user + times.nice + times.system + times.irq + times.softirq
+        steal += getattr(times, "steal", 0.0)
+    served = 0.0
+    try:
+        arbiter = psutil.Process(arbiter_pid)
+        for process in [arbiter, *arbiter.children(recursive=True)]:
+            try:
+                used = process.cpu_times()
+            except psutil.Error:
+                continue
+            served += used.user + used.system
+    except psutil.Error:
+        pass
+    return {"served_cpu_s": served, "busy_cpu_s": busy, "steal_cpu_s": steal}
+
+
+def core_use(
+    samples: Sequence[dict[str, Any]], start_s: float, end_s: float, cores: int
+) -> dict[str, float] | None:
+    """Shares (%) of the server's cores between two sample times, from `core_counters`
+    readings in the samples: the service's own work, anything else, and stolen time."""
+    inside = [s for s in samples if "busy_cpu_s" in s and start_s < s["t"] <= end_s]
+    before = [s for s in samples if "busy_cpu_s" in s and s["t"] <= start_s]
+    window = ([before[-1]] if before else []) + inside
+    if len(window) < 2:
+        return None
+    first, last = window[0], window[-1]
+    seconds = (last["t"] - first["t"]) * cores
+    if seconds <= 0:
+        return None
+
+    def share(key: str) -> float:
+        return max(0.0, last[key] - first[key]) / seconds
+
+    served, busy = share("served_cpu_s"), share("busy_cpu_s")
+    return {
+        "served_pct": round(100 * served, 1),
+        "other_pct": round(100 * max(0.0, busy - served), 1),
+        "steal_pct": round(100 * share("steal_cpu_s"), 1),
+    }
 
 
 class RssSampler:

@@ -2,8 +2,9 @@
 the real `bentoml serve`; errors, p99 per minute and the RSS of every process recorded.
 
 1. Capacity: each path alone, one client in a closed loop (requests one at a time, as the
-   soak's sparse arrivals reach the server: batches of one), for a few seconds, with the
-   soak's own requests
+   soak's sparse arrivals reach the server: batches of one), for a few seconds and at least
+   40 requests (a 2048 px photo costs many times a 64 px one: a few requests misjudge a
+   path's cost), with the soak's own requests
    (images of varied sizes and formats: 64-1024 px a side for /flowers, 64-2048 px for /face
    and /super; each path draws from 256 bodies made in advance, which a background thread
    keeps replacing with new sizes, so sizes keep changing without the client's image work
@@ -11,7 +12,9 @@ the real `bentoml serve`; errors, p99 per minute and the RSS of every process re
 2. Load: all paths at once, open loop (Poisson arrivals), path p at
    `load x capacity_p / number of paths` requests per second: each path gets an equal share
    of the server's time and together they use `load` (70%) of it.
-3. Every minute: requests, errors, p99 per path; every 5 s: the RSS of each process.
+3. Every minute: requests, errors, p99 per path, and how the server's cores were used (the
+   service's own work, anything else on them, time stolen by the hypervisor: a slow minute
+   is then the service's or its neighbours'); every 5 s: the RSS of each process.
    Goal: 0 errors, < 10% RSS growth after the warm-up (the first 10% of the run, at least a
    minute).
 
@@ -42,16 +45,18 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import psutil
 
 from benchmarks import servers
 from benchmarks.paths import antibiotics_body, falsetrue_body, heatflow_body
-from benchmarks.processes import RssSampler, growth_after_warmup
+from benchmarks.processes import RssSampler, core_counters, core_use, growth_after_warmup
 from benchmarks.run import RESULTS, prepare_store, write_results
 from benchmarks.stats import latency_summary
 from benchmarks.varied_images import varied_b64
 
 FULL_MINUTES = 30.0
 LOAD = 0.7
+CAPACITY_REQUESTS = 40
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class Client:
 
 
 async def measure_capacity(
-    client: Client, path: SoakPath, bodies: BodySource, seconds: float
+    client: Client, path: SoakPath, bodies: BodySource, seconds: float, min_requests: int
 ) -> dict[str, float]:
     """Requests per second answered 200 to one closed-loop client: the path's rate when its
     requests come one at a time. (Many clients measure what batching buys, a rate the soak's
@@ -160,7 +165,7 @@ async def measure_capacity(
     first = len(client.records)
     deadline = time.monotonic() + seconds
     started = time.monotonic()
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or len(client.records) - first < min_requests:
         await client.send(path, bodies.next())
     elapsed = time.monotonic() - started
     measured = client.records[first:]
@@ -189,9 +194,14 @@ async def open_loop(
     await asyncio.gather(*tasks)
 
 
-def per_minute(records: Sequence[Record], minutes: int) -> list[dict[str, Any]]:
+def per_minute(
+    records: Sequence[Record],
+    minutes: int,
+    samples: Sequence[dict[str, Any]] = (),
+    cores: int = 1,
+) -> list[dict[str, Any]]:
     """Requests, errors and p99 per minute of the run (by the minute a request started),
-    overall and per path."""
+    overall and per path; with the sampler's core counters, how the server's cores were used."""
     rows = []
     for minute in range(minutes):
         inside = [r for r in records if minute * 60 <= r.started < (minute + 1) * 60]
@@ -200,6 +210,7 @@ def per_minute(records: Sequence[Record], minutes: int) -> list[dict[str, Any]]:
             "requests": len(inside),
             "errors": sum(r.status != "200" for r in inside),
             "p99_ms": _p99(inside),
+            "server_cores": core_use(samples, minute * 60, (minute + 1) * 60, cores),
             "paths": {},
         }
         for name in sorted({r.path for r in inside}):
@@ -225,6 +236,7 @@ async def soak(
     minutes: float,
     load: float = LOAD,
     capacity_seconds: float = 10.0,
+    capacity_requests: int = CAPACITY_REQUESTS,
     headers: dict[str, str] | None = None,
     paths: Sequence[SoakPath] = PATHS,
 ) -> dict[str, Any]:
@@ -240,7 +252,7 @@ async def soak(
         capacity = {}
         for path in paths:
             capacity[path.name] = await measure_capacity(
-                client, path, sources[path.name], capacity_seconds
+                client, path, sources[path.name], capacity_seconds, capacity_requests
             )
             print(f"  capacity {path.name:<12} {capacity[path.name]['rps']:8.1f} req/s", flush=True)
         rates = {p.name: load * capacity[p.name]["rps"] / len(paths) for p in paths}
@@ -248,8 +260,10 @@ async def soak(
         cpu_before = _cpu_seconds()
         client.origin = time.monotonic()
 
-        def progress() -> dict[str, int]:  # read by the sampler thread
-            return {"requests": len(client.records)}
+        server_cpus = sorted(psutil.Process(arbiter_pid).cpu_affinity())
+
+        def progress() -> dict[str, float]:  # read by the sampler thread
+            return {"requests": len(client.records), **core_counters(arbiter_pid, server_cpus)}
 
         with RssSampler(arbiter_pid, interval_s=5.0, progress=progress) as rss:
             await asyncio.gather(
@@ -276,7 +290,7 @@ async def soak(
         "errors": sum(r.status != "200" for r in records),
         "statuses": statuses,
         "latency": latency_summary([r.latency_s for r in records]),
-        "per_minute": per_minute(records, int(np.ceil(minutes))),
+        "per_minute": per_minute(records, int(np.ceil(minutes)), rss.samples, len(server_cpus)),
         "warmup_s": warmup_s,
         "rss_growth_after_warmup": growth_after_warmup(
             rss.samples, lambda sample: sample["t"] >= warmup_s
@@ -305,11 +319,18 @@ def render_markdown(result: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        "| minute | requests | errors | p99 ms | " + " | ".join(f"{p} p99" for p in paths) + " |",
-        "|---" * (4 + len(paths)) + "|",
+        "Server cores per minute: the service's own work, anything else on them, and time "
+        "stolen by the hypervisor (% of the cores).",
+        "",
+        "| minute | requests | errors | p99 ms | "
+        + " | ".join(f"{p} p99" for p in paths)
+        + " | service % | other % | stolen % |",
+        "|---" * (7 + len(paths)) + "|",
     ]
     for row in result["per_minute"]:
         cells = [_fmt(row["paths"].get(p, {}).get("p99_ms")) for p in paths]
+        cores = row.get("server_cores") or {}
+        cells += [_fmt(cores.get(key)) for key in ("served_pct", "other_pct", "steal_pct")]
         lines.append(
             f"| {row['minute']} | {row['requests']:,} | {row['errors']} | {_fmt(row['p99_ms'])} | "
             + " | ".join(cells)
@@ -342,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=FULL_MINUTES)
     parser.add_argument("--load", type=float, default=LOAD, help="share of capacity (0.7)")
     parser.add_argument("--capacity-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--capacity-requests",
+        type=int,
+        default=CAPACITY_REQUESTS,
+        help="at least this many requests per path in the capacity probe",
+    )
     parser.add_argument("--home", help="BENTOML_HOME holding the models (default: built fresh)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -362,7 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.wait_for(server, ["/readyz", "/models"])
         print(f"soak: {args.minutes:g} min at {args.load:.0%} of capacity, {server.url}")
         result = asyncio.run(
-            soak(server.url, server.process.pid, args.minutes, args.load, args.capacity_seconds)
+            soak(
+                server.url,
+                server.process.pid,
+                args.minutes,
+                args.load,
+                args.capacity_seconds,
+                args.capacity_requests,
+            )
         )
     finally:
         servers.stop(server)

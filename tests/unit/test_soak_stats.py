@@ -3,7 +3,7 @@ after warm-up, the per-minute table."""
 
 from __future__ import annotations
 
-from benchmarks.processes import growth_after_warmup
+from benchmarks.processes import core_use, growth_after_warmup
 from benchmarks.soak import Record, per_minute, render_markdown
 
 
@@ -57,3 +57,47 @@ def test_per_minute_counts_errors_and_p99_by_path() -> None:
         "| 2 | 1 | 1 | 1,500 |" in table
         and "| FaceAnalyzer | 1000 | 1010 | 990 | -1.0% | 1.0% |" in table
     )
+
+
+def test_core_use_splits_the_server_cores_between_the_service_others_and_the_hypervisor() -> None:
+    # Two cores, 10 s apart: the service used 6 s, the cores were busy 14 s, 2 s were stolen.
+    samples = [
+        {"t": 0.0, "served_cpu_s": 100.0, "busy_cpu_s": 500.0, "steal_cpu_s": 7.0},
+        {"t": 5.0, "served_cpu_s": 103.0, "busy_cpu_s": 506.0, "steal_cpu_s": 8.0},
+        {"t": 10.0, "served_cpu_s": 106.0, "busy_cpu_s": 514.0, "steal_cpu_s": 9.0},
+    ]
+    assert core_use(samples, 0.0, 10.0, cores=2) == {
+        "served_pct": 30.0,
+        "other_pct": 40.0,
+        "steal_pct": 10.0,
+    }
+    # A window after the first sample starts from the last sample before it.
+    assert core_use(samples, 7.0, 10.0, cores=1)["served_pct"] == 60.0
+    assert core_use(samples[:1], 0.0, 10.0, cores=1) is None  # one reading: no interval
+    assert core_use([{"t": 0.0}, {"t": 5.0}], 0.0, 10.0, cores=1) is None  # no counters
+
+
+def test_per_minute_table_shows_the_server_cores() -> None:
+    samples = [
+        {"t": 0.0, "served_cpu_s": 0.0, "busy_cpu_s": 0.0, "steal_cpu_s": 0.0},
+        {"t": 60.0, "served_cpu_s": 30.0, "busy_cpu_s": 54.0, "steal_cpu_s": 3.0},
+    ]
+    rows = per_minute([Record("heatflow", 1.0, 0.01, "200")], 2, samples, cores=1)
+    assert rows[0]["server_cores"] == {"served_pct": 50.0, "other_pct": 40.0, "steal_pct": 5.0}
+    assert rows[1]["server_cores"] is None  # no sample after the first minute
+    result = {
+        "minutes": 2,
+        "load": 0.7,
+        "requests": 1,
+        "errors": 0,
+        "statuses": {"200": 1},
+        "capacity": {"heatflow": {"rps": 100.0}},
+        "rates_rps": {"heatflow": 35.0},
+        "per_minute": rows,
+        "warmup_s": 60.0,
+        "rss_growth_after_warmup": {},
+    }
+    table = render_markdown(result)
+    assert "| service % | other % | stolen % |" in table
+    assert "| 1 | 1 | 0 | 10 | 10 | 50 | 40 | 5 |" in table
+    assert "| 2 | 0 | 0 | – | – | – | – | – |" in table
