@@ -122,6 +122,8 @@ def answers_of(design: str, path: str, response: dict[str, Any]) -> list[Any]:
     if path == "face":
         return [json.loads(rows) for rows in outputs["faces"]["data"]]
     answers = outputs["answers"]
+    if path == "super":  # one score per image; MLServer's codec sends a 1-D array as [n, 1]
+        return np.asarray(answers["data"]).reshape(-1).tolist()
     return np.asarray(answers["data"]).reshape(answers["shape"]).tolist()
 
 

@@ -65,6 +65,8 @@ def test_answers_are_read_from_each_peers_response() -> None:
     assert launch.answers_of("mlserver", "face", faces) == [[[1, 2, 3]]]
     flowers = {"outputs": [{"name": "answers", "shape": [1, 2], "data": [0.25, 0.75]}]}
     assert launch.answers_of("mlserver", "flowers", flowers) == [[0.25, 0.75]]
+    scores = {"outputs": [{"name": "answers", "shape": [2, 1], "data": [0.9, 0.0]}]}
+    assert launch.answers_of("mlserver", "super", scores) == [0.9, 0.0]  # as the service's
 
 
 def test_answers_must_match_in_shape_and_within_tolerance() -> None:
