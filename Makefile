@@ -51,8 +51,9 @@ test: venv client-venv postgresql  ## run the whole test suite (unit, live serve
 postgresql:  ## install Debian's PostgreSQL for the MLflow test (root, apt; says why if it cannot)
 	-scripts/postgresql.sh
 
-fuzz: venv  ## schemathesis, 500 cases per operation and token kind, against a live server
-	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest tests/contract -s
+fuzz: venv  ## schemathesis, 500 cases per operation and token kind, a new seed each run
+	DESPLIEGUE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} DESPLIEGUE_FUZZ_SEED=$${FUZZ_SEED:-random} \
+		$(BIN)/python -m pytest tests/contract -s
 
 lint: venv  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

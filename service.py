@@ -84,6 +84,7 @@ from despliegue.home_lock import claim_home, starts_a_server
 from despliegue.http import (
     BodySizeLimit,
     ContentTypeGuard,
+    ControlCharacterPaths,
     InFlightLimit,
     MethodNotAllowed,
     UploadFieldGuard,
@@ -564,6 +565,7 @@ Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
 Despliegue.add_asgi_middleware(
     RejectionMetrics, routes=frozenset(api.route for api in Despliegue.apis.values())
 )
+Despliegue.add_asgi_middleware(ControlCharacterPaths)
 Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
 Despliegue.add_asgi_middleware(
     PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)

@@ -12,8 +12,9 @@ A request the service cannot take right now through no fault of the client (its 
 is spent, a runner is being replaced) raises `TryLater`: 429 or 503 with `Retry-After`.
 
 BentoML words a schema violation after its own internal class ("1 validation error for
-HeatFlowRequestIODescriptor") and some other 4xx as a list; `ClientErrorWording` rewrites those
-bodies so that every error a client reads says which field broke which rule, in one shape.
+HeatFlowRequestIODescriptor") and some other 4xx as a list, and Starlette's routers refuse a
+path they do not serve in plain text; `ClientErrorWording` rewrites those bodies so that every
+error a client reads says which field broke which rule, in one shape.
 
 BentoML logs every client mistake at ERROR with a full traceback. `ClientMistakeLogFilter`
 rewrites those records into one WARNING line without the traceback (and without the input),
@@ -188,6 +189,36 @@ def describe(errors: Sequence[dict[str, Any]]) -> str:
 
 BENTOML_WORDING = re.compile(r"^\d+ validation errors? for ")
 
+# Starlette's routers answer a path or method they do not serve in plain text ("Not Found"),
+# FastAPI as {"detail": "Not Found"}; a path no router matches (one holding a line break,
+# say) reaches the outermost one. Those answers, in the product's words:
+ROUTING_ERRORS = {
+    HTTPStatus.NOT_FOUND: (["path"], "no operation here; /docs.json lists every one", "not_found"),
+    HTTPStatus.METHOD_NOT_ALLOWED: (["method"], "not allowed here", "method_not_allowed"),
+}
+
+
+def in_our_words(status: int, body: bytes) -> ErrorBody | None:
+    """A 4xx body in the product's words, or None when it already is, is empty (HEAD), or is
+    JSON of some other shape (FastAPI's own 422 list is left as it is)."""
+    if not body.strip():
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return routing_error(status, body.decode("utf-8", "replace"))
+    if isinstance(parsed, dict) and set(parsed) == {"detail"} and isinstance(parsed["detail"], str):
+        return routing_error(status, parsed["detail"])
+    return reworded(parsed)
+
+
+def routing_error(status: int, text: str) -> ErrorBody:
+    """A router's bare refusal ("Not Found") as an error naming the field."""
+    if status in ROUTING_ERRORS:
+        loc, msg, kind = ROUTING_ERRORS[HTTPStatus(status)]
+        return ErrorBody.model_validate_json(error_body(loc, msg, kind))
+    return ErrorBody(error=text.strip()[:200], detail=[])
+
 
 def reworded(body: Any) -> ErrorBody | None:
     """A 4xx body in the product's words, or None when it already is."""
@@ -226,14 +257,14 @@ class ClientErrorWording:
             if message.get("more_body", False):
                 return
             body = b"".join(chunks)
-            try:
-                better = reworded(json.loads(body))
-            except ValueError:
-                better = None
+            better = in_our_words(start["status"], body)
             if better is not None:
                 body = error_json(better)
-            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            replaced = {b"content-length"} | ({b"content-type"} if better else set())
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
             headers.append((b"content-length", str(len(body)).encode()))
+            if better is not None:
+                headers.append((b"content-type", b"application/json"))
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 

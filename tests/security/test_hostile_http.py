@@ -1,4 +1,4 @@
-"""Hostile HTTP on the shared live server: framing, slow heads, content types, forms, metric
+"""Hostile HTTP on the shared live server: framing, slow heads, paths, content types, forms, metric
 labels, WebSocket handshakes. Raw sockets send bytes no client library would."""
 
 from __future__ import annotations
@@ -112,6 +112,17 @@ def test_an_unfinished_request_head_gets_408_and_the_connection_closes(
 
 def endpoint_labels(server: LiveServer) -> set[str]:
     return set(re.findall(r'endpoint="([^"]*)"', server.get("/metrics").text))
+
+
+def test_a_line_break_after_a_route_does_not_pass_its_guards(live_server: LiveServer) -> None:
+    """Python's `$` matches before a final line break, so `/heatflow%0A` used to reach the
+    /heatflow API while the guards keyed on the exact path (here: its content type) let it by."""
+    body = '{"sediment_thickness_m": [10.0]}'
+    plain = {"content-type": "text/plain"}
+    assert live_server.post("/heatflow", body, headers=plain).status_code == 415
+    response = live_server.post("/heatflow%0A", body, headers=plain)
+    assert response.status_code == 404, response.text
+    assert response.json()["detail"][0]["loc"] == ["path"]
 
 
 def test_random_paths_do_not_become_metric_labels(live_server: LiveServer) -> None:

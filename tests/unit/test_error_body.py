@@ -10,8 +10,15 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from despliegue.docs_ui import error_schemas
-from despliegue.errors import ClientError, ErrorBody, error_body, error_json, reworded
-from despliegue.http import MethodNotAllowed, send_client_error
+from despliegue.errors import (
+    ClientError,
+    ErrorBody,
+    error_body,
+    error_json,
+    in_our_words,
+    reworded,
+)
+from despliegue.http import ControlCharacterPaths, MethodNotAllowed, send_client_error
 
 
 def validator() -> Draft202012Validator:
@@ -59,6 +66,14 @@ BODIES = {
         )
     ),
     "reworded list": lambda: json.loads(error_json(reworded([{"error": "Not Found"}]))),
+    "router's plain-text 404": lambda: json.loads(error_json(in_our_words(404, b"Not Found"))),
+    "FastAPI's detail": lambda: json.loads(error_json(in_our_words(404, b'{"detail": "x"}'))),
+    "other plain-text 4xx": lambda: json.loads(error_json(in_our_words(400, b"Bad thing"))),
+    "ControlCharacterPaths": lambda: sent_body(
+        lambda send: ControlCharacterPaths(_never)(
+            {"type": "http", "path": "/heatflow\n", "method": "POST"}, _never, send
+        )
+    ),
 }
 
 
@@ -83,3 +98,11 @@ def test_the_body_names_the_field_and_the_rule() -> None:
 def test_the_schema_refuses_a_body_of_another_shape() -> None:
     errors = list(validator().iter_errors({"message": "oops"}))
     assert errors
+
+
+def test_bodies_already_in_our_words_are_left_alone() -> None:
+    ours = error_body(["family"], "unknown family 'x'", "value_error")
+    assert in_our_words(404, ours) is None
+    assert in_our_words(404, b"") is None  # a HEAD answer has no body to reword
+    fastapi_422 = b'{"detail": [{"loc": ["query", "x"], "msg": "m", "type": "t"}]}'
+    assert in_our_words(422, fastapi_422) is None
