@@ -1,12 +1,17 @@
 """Property tests (hypothesis): hostile input to the request decoding and the token parsing
 either decodes to values inside the limits or is refused with a ValidationError naming a field;
-nothing else ever escapes (an escape would be a 500)."""
+nothing else ever escapes (an escape would be a 500).
+
+The test command draws the same examples on every run, so a red run can be replayed;
+HYPOTHESIS_PROFILE=explore draws new ones (hypothesis then prints how to reproduce a failure).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -16,6 +21,10 @@ from despliegue.auth import bearer_token
 from despliegue.config import settings as despliegue_settings
 from despliegue.schemas import FalseTrueRequest, HeatFlowRequest
 from despliegue.tokens import TokenBook, TokenLineError, new_token, parse_line
+
+settings.register_profile("replayable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "replayable"))
 
 LIMITS = despliegue_settings().limits
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
