@@ -64,9 +64,16 @@ class ErrorBody(BaseModel):
 def error_body(loc: Sequence[str | int], msg: str, kind: str, *, field: str | None = None) -> bytes:
     """The JSON error body for one broken rule: `{"error": "<field>: <msg>", "detail": [...]}`;
     `field` defaults to the dotted `loc` (none: the request as a whole, `msg` alone)."""
+    return error_json(one_broken_rule(loc, msg, kind, field=field))
+
+
+def one_broken_rule(
+    loc: Sequence[str | int], msg: str, kind: str, *, field: str | None = None
+) -> ErrorBody:
+    """The error body for one broken rule, before it is written (see `error_body`)."""
     field = field or ".".join(str(part) for part in loc)
     detail = ErrorDetail(loc=list(loc), msg=msg, type=kind)
-    return error_json(ErrorBody(error=f"{field}: {msg}" if field else msg, detail=[detail]))
+    return ErrorBody(error=f"{field}: {msg}" if field else msg, detail=[detail])
 
 
 def error_json(body: ErrorBody) -> bytes:
@@ -215,8 +222,7 @@ def in_our_words(status: int, body: bytes) -> ErrorBody | None:
 def routing_error(status: int, text: str) -> ErrorBody:
     """A router's bare refusal ("Not Found") as an error naming the field."""
     if status in ROUTING_ERRORS:
-        loc, msg, kind = ROUTING_ERRORS[HTTPStatus(status)]
-        return ErrorBody.model_validate_json(error_body(loc, msg, kind))
+        return one_broken_rule(*ROUTING_ERRORS[HTTPStatus(status)])
     return ErrorBody(error=text.strip()[:200], detail=[])
 
 
