@@ -20,6 +20,7 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import psutil
 import pytest
 
 from despliegue.tokens import TOKENS_ENV, TOKENS_FILE_ENV, new_token
@@ -260,16 +261,127 @@ def private_home(reference_store: str, folder: Path) -> str:
     return str(home)
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    reference_store: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    """One real `bentoml serve` shared by every integration test that can share it."""
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    server = serve(reference_store, log_path, {TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE)})
+# The network guard (tests/network_guard/sitecustomize.py), put on a server's PYTHONPATH: it
+# logs and refuses any connection to another host, each attempt a line holding this marker.
+NETWORK_GUARD = ROOT / "tests" / "network_guard"
+OUTBOUND_MARKER = "OUTBOUND CONNECTION ATTEMPT"
+
+
+def shipped_env(home: str, **extra: str) -> dict[str, str]:
+    """The session's environment as a fresh shell would have it: no telemetry switch (so the
+    product's own default is what runs), the network guard on PYTHONPATH, `home` as the store."""
+    env = {k: v for k, v in os.environ.items() if k != "BENTOML_DO_NOT_TRACK"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETWORK_GUARD), env.get("PYTHONPATH")]))
+    return {**env, "BENTOML_HOME": home, LIFECYCLE_STATE_ENV: lifecycle_state(home), **extra}
+
+
+def launch(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server command from the checkout in its own process group, logging to a file."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_with_workers(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server and every worker it started: circus gives each worker its own session,
+    so one stopped while still starting could outlive its supervisor."""
     try:
-        yield server
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    stop_server(process)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    for worker in alive:
+        worker.kill()
+
+
+def outbound_attempts(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if OUTBOUND_MARKER in line]
+
+
+def scrape_only_token() -> tuple[str, str]:
+    """A token that may read /metrics only, made as docs/operations.md says: (hash line, token)."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "despliegue.tokens",
+            "new",
+            "--id",
+            "prometheus",
+            "--allow",
+            "metrics",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip(), made.stderr.strip().splitlines()[-1]
+
+
+START_DEADLINE_S = 300
+
+
+@dataclass
+class StartedServer:
+    """The session's server and what its probes answered from the moment it was launched."""
+
+    server: LiveServer
+    launched: float
+    start_up: list  # tests.probing.ProbeAnswer, in order
+    metrics_token: str
+
+
+@pytest.fixture(scope="session")
+def session_server(
+    reference_store: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartedServer]:
+    """One real server shared by every integration test that can share it, started the way the
+    image and the Kubernetes manifests start it (`python -m despliegue.serving`): auth on with
+    the session's tokens (plus a scrape-only one, and the tokens file tests edit), the network
+    guard on, probed like Kubernetes from the moment it is launched (tests/integration/
+    test_probes.py reads those answers). When the session ends it must have logged no token
+    and tried to reach no other host."""
+    from tests.probing import is_ready, probe_until
+
+    line, metrics_token = scrape_only_token()
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    env = shipped_env(
+        reference_store,
+        **{
+            TOKENS_ENV: "\n".join([SESSION_TOKEN_LINES, line]),
+            TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE),
+        },
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "despliegue.serving",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    launched = time.monotonic()
+    process = launch(command, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    server = LiveServer(url=url, log_path=log_path, process=process)
+    try:
+        start_up = probe_until(server, launched, is_ready, START_DEADLINE_S)
+        wait_until_serving(url, process, log_path)
+        yield StartedServer(server, launched, start_up, metrics_token)
     finally:
-        stop_server(server.process)
-    leaked = [t[:12] + "…" for t in SESSION_TOKENS if t in log_path.read_text(errors="replace")]
+        stop_with_workers(process)
+    log = log_path.read_text(errors="replace")
+    leaked = [t[:12] + "…" for t in (*SESSION_TOKENS, metrics_token) if t in log]
     assert not leaked, f"token values in the server log {log_path}: {leaked}"
+    assert outbound_attempts(log) == [], f"outbound connections tried, see {log_path}"
+
+
+@pytest.fixture(scope="session")
+def live_server(session_server: StartedServer) -> LiveServer:
+    """The session's shared server (see `session_server`)."""
+    return session_server.server

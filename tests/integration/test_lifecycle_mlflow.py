@@ -10,12 +10,11 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_save_models
-from tests.integration.test_mlflow_panel import NAME, Registry, register_version, registry
+from tests.integration.conftest import Registry
+from tests.integration.test_mlflow_panel import NAME, register_version
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("mlflow", reason="MLflow extra not installed (requirements-mlflow.txt)")
-
-__all__ = ["registry"]  # the module's live MLflow server (a fixture)
 
 
 def following_config(folder: Path) -> Path:

@@ -1,14 +1,13 @@
 """The panel fed from a real MLflow tracking server: PostgreSQL backend store (as seed 003 runs
 MLflow), local artifact root, loopback.
 
-One MLflow server and one model store per module. A Keras model for a sixth antibiotic
-(CIP, which no code names) is logged, registered and aliased, imported through
-save_models.py, and served; then version 2 is registered and imported: a candidate, served
-once promoted (a version pin in configuration applies while no promotion is recorded). Every
-URI form MLflow resolves is imported (version, alias, stage, latest, model id, run, folder),
-and both TensorFlow flavours
-(`mlflow.tensorflow.log_model` of a Keras model and of a tf.Module SavedModel) are converted,
-served, and answer as the logged models do.
+One MLflow server for the session (tests/integration/conftest.py), one model store per module. A
+Keras model for a sixth antibiotic (CIP, which no code names) is logged, registered and aliased,
+imported through save_models.py, and served; then version 2 is registered and imported: a
+candidate, served once promoted (a version pin in configuration applies while no promotion is
+recorded). Every URI form MLflow resolves is imported (version, alias, stage, latest, model id,
+run, folder), and both TensorFlow flavours (`mlflow.tensorflow.log_model` of a Keras model and
+of a tf.Module SavedModel) are converted, served, and answer as the logged models do.
 
 PostgreSQL comes from Debian's package (scripts/postgresql.sh, run by `make test`); where it
 cannot be installed the module runs on SQLite, says so, and skips the PostgreSQL check.
@@ -16,32 +15,19 @@ cannot be installed the module runs on SQLite, says so, and skips the PostgreSQL
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import subprocess
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import (
-    BIN,
-    ROOT,
-    LiveServer,
-    free_port,
-    run_save_models,
-    serve,
-    stop_server,
-)
-from tests.postgres import binaries, postgres_server
+from tests.conftest import ROOT, LiveServer, run_save_models, serve, stop_server
+from tests.integration.conftest import Registry, store_without_panel
 
 pytestmark = pytest.mark.integration
 mlflow = pytest.importorskip(
@@ -51,78 +37,6 @@ mlflow = pytest.importorskip(
 NAME = "modelo_CIP_NM"
 N_FEATURES = 8
 CLASSES = ["S", "I", "R"]
-
-
-@dataclass
-class Registry:
-    url: str
-    home: str
-    backend_store: str
-    postgres_missing: str  # why PostgreSQL could not be used ("" when it is)
-
-
-def store_without_panel(reference_store: str, home: Path) -> str:
-    """A model store holding the non-antibiotic reference models (copied, not rebuilt)."""
-    shutil.copytree(
-        Path(reference_store) / "models",
-        home / "models",
-        ignore=shutil.ignore_patterns("modelo_*"),
-    )
-    return str(home)
-
-
-@pytest.fixture(scope="module")
-def registry(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A live `mlflow server` on PostgreSQL (SQLite where PostgreSQL cannot be installed)."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    with contextlib.ExitStack() as stack:
-        bindir, missing = binaries()
-        if bindir is not None:
-            backend_store = stack.enter_context(postgres_server(free_port()))
-        else:
-            print(f"\nMLflow registry on SQLite, not PostgreSQL: {missing}")
-            backend_store = f"sqlite:///{folder / 'mlflow.db'}"
-        port = free_port()
-        log = stack.enter_context((folder / "mlflow.log").open("wb"))
-        process = subprocess.Popen(
-            [
-                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", "1",
-                "--backend-store-uri", backend_store,
-                "--artifacts-destination", str(folder / "artifacts"),
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        stack.callback(stop_server, process)
-        url = f"http://127.0.0.1:{port}"
-        previous = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = url
-        stack.callback(_restore_tracking_uri, previous)
-        _wait_for(url, process, folder / "mlflow.log")
-        mlflow.set_tracking_uri(url)
-        home = store_without_panel(reference_store, tmp_path_factory.mktemp("store") / "bentoml")
-        yield Registry(url=url, home=home, backend_store=backend_store, postgres_missing=missing)
-
-
-def _restore_tracking_uri(previous: str | None) -> None:
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not ready in 120 s:\n{log.read_text()[-3000:]}")
 
 
 def register_version(bias: int, alias: str) -> str:
@@ -167,25 +81,45 @@ def pinned_config(tmp_path: Path, code: str, version: str) -> Path:
     return path
 
 
-def test_empty_panel_answers_4xx_with_instructions(registry: Registry, tmp_path: Path) -> None:
-    server = serve_store(registry.home, tmp_path)
+@pytest.fixture(scope="module")
+def panel_server(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The registry's store served as shipped, started while its panel is still empty: the
+    first antibiotic imported from the registry then joins the running panel."""
+    server = serve_store(registry.home, tmp_path_factory.mktemp("panel"))
     try:
-        assert server.get("/antibiotics").json()["antibiotics"] == []
-        response = server.post("/antibiotics", {"features": [0.0] * N_FEATURES})
-        assert response.status_code == 404, response.text
-        assert "no antibiotic model is served" in response.text
-        assert "save_models.py import modelo_CODE_NM" in response.text
+        yield server
     finally:
         stop_server(server.process)
 
 
+def test_empty_panel_answers_4xx_with_instructions(panel_server: LiveServer) -> None:
+    assert panel_server.get("/antibiotics").json()["antibiotics"] == []
+    response = panel_server.post("/antibiotics", {"features": [0.0] * N_FEATURES})
+    assert response.status_code == 404, response.text
+    assert "no antibiotic model is served" in response.text
+    assert "save_models.py import modelo_CODE_NM" in response.text
+
+
+def wait_for_model(server: LiveServer, tag: str) -> dict:
+    """CIP's answer once the running server answers with `tag` (it follows the state file)."""
+    deadline = time.monotonic() + 60
+    while (result := _answer_or_none(server)) is None or result["model"] != tag:
+        assert time.monotonic() < deadline, result
+        time.sleep(0.5)
+    return result
+
+
 def test_registry_import_is_served_and_pinned_by_configuration(
-    registry: Registry, tmp_path: Path
+    registry: Registry, panel_server: LiveServer, tmp_path: Path
 ) -> None:
     first = register_version(bias=2, alias="champion")
     imported = run_save_models("import", NAME, f"models:/{NAME}@champion", home=registry.home)
     assert imported.returncode == 0, imported.stderr
     v1_tag = newest_tag(registry.home)
+    # A new antibiotic's first import is served at once, by the server already running.
+    assert wait_for_model(panel_server, v1_tag)["registered_version"] == first
 
     second = register_version(bias=0, alias="champion")
     imported = run_save_models("import", NAME, f"models:/{NAME}/{second}", home=registry.home)
@@ -194,8 +128,11 @@ def test_registry_import_is_served_and_pinned_by_configuration(
     assert v1_tag != v2_tag
 
     # Pinned to the first import: version 2 in the registry and in the store changes nothing.
+    # (A copy of the store: one server per home, and the panel's server holds this one.)
     config = pinned_config(tmp_path, "CIP", v1_tag.partition(":")[2])
-    server = serve_store(registry.home, tmp_path, config)
+    pinned_home = tmp_path / "pinned" / "bentoml"
+    shutil.copytree(Path(registry.home) / "models", pinned_home / "models")
+    server = serve_store(str(pinned_home), tmp_path, config)
     try:
         panel = server.get("/antibiotics").json()["antibiotics"]
         assert [entry["code"] for entry in panel] == ["CIP"]
@@ -218,21 +155,14 @@ def test_registry_import_is_served_and_pinned_by_configuration(
 
     # Without the pin, still the first import: the second is a candidate until promoted; the
     # running server then follows the promotion.
-    server = serve_store(registry.home, tmp_path)
-    try:
-        assert _answer(server)["model"] == v1_tag
-        promoted = run_save_models(
-            "promote", "antibiotics.CIP", v2_tag, "--why", "registry v2", home=registry.home
-        )
-        assert promoted.returncode == 0, promoted.stderr
-        deadline = time.monotonic() + 60
-        while (result := _answer(server))["model"] != v2_tag:
-            assert time.monotonic() < deadline, result
-            time.sleep(0.5)
-        assert result["registered_version"] == second
-        assert result["predictions"][0]["predicted_class"] == "S"
-    finally:
-        stop_server(server.process)
+    assert _answer(panel_server)["model"] == v1_tag
+    promoted = run_save_models(
+        "promote", "antibiotics.CIP", v2_tag, "--why", "registry v2", home=registry.home
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    result = wait_for_model(panel_server, v2_tag)
+    assert result["registered_version"] == second
+    assert result["predictions"][0]["predicted_class"] == "S"
 
 
 def test_local_mlflow_folder_imports_with_its_run(registry: Registry, tmp_path: Path) -> None:
@@ -434,7 +364,16 @@ def newest_tag(home: str) -> str:
 
 
 def _answer(server: LiveServer) -> dict:
+    result = _answer_or_none(server)
+    assert result is not None, "CIP is not served (404)"
+    return result
+
+
+def _answer_or_none(server: LiveServer) -> dict | None:
+    """CIP's answer, or None while the server does not serve CIP yet (404)."""
     response = server.post("/antibiotics", {"features": [[0.5] * N_FEATURES], "codes": ["CIP"]})
+    if response.status_code == 404:
+        return None
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,12 +330,27 @@ def test_request_without_codes_asks_the_models_of_its_vector_length(notebook: No
     assert "same length" in mixed.text
 
 
+def flowers_card(server: LiveServer) -> dict:
+    return next(m for m in server.get("/models").json()["models"] if m["family"] == "flowers")
+
+
+def wait_until_flowers_serve(server: LiveServer, tag: str) -> dict:
+    """The running server follows a promotion (the lifecycle's hot swap): its card, once it
+    names `tag`."""
+    deadline = time.monotonic() + 120
+    while (card := flowers_card(server))["tag"] != tag:
+        assert time.monotonic() < deadline, f"still serving {card['tag']}, not {tag}"
+        time.sleep(0.5)
+    return card
+
+
 @pytest.mark.parametrize("kind", ["rescaling-h5", "normalization"])
 def test_other_preprocessing_models_answer_as_in_the_notebook(
-    reference_store: str, tmp_path: Path, kind: str
+    notebook: Notebook, tmp_path: Path, kind: str
 ) -> None:
     """The Rescaling model saved as legacy .h5, and one with an adapted Normalization layer,
-    each served in its own store (one flower model is served at a time)."""
+    each imported and promoted into the running notebook server (one flower model is served
+    at a time), which swaps it in; the notebook's own flower model is promoted back after."""
     import keras
 
     images = photos()
@@ -350,15 +366,16 @@ def test_other_preprocessing_models_answer_as_in_the_notebook(
     expected = direct(model, images)
     assert np.max(np.abs(direct(model, images / 255.0) - expected)) > 0.05
 
-    home = tmp_path / "bentoml"
-    copy_reference_models(reference_store, home)
-    import_into(home, "flower_classifier", artifact)
-    server = serve(home, tmp_path / "serve.log")
+    server = notebook.server
+    before = flowers_card(server)["tag"]
+    said = import_into(Path(notebook.home), "flower_classifier", artifact)
+    (imported,) = re.findall(r"(flower_classifier:\w+) is a candidate", " ".join(said.split()))
     try:
-        flowers = next(
-            m for m in server.get("/models").json()["models"] if m["family"] == "flowers"
-        )
+        flowers = wait_until_flowers_serve(server, imported)
         assert flowers["preprocessing"].startswith(expected_summary), flowers["preprocessing"]
         np.testing.assert_allclose(served_probabilities(server, images), expected, atol=ROUNDED_4)
     finally:
-        stop_server(server.process)
+        why = ("--why", "back to the notebook's model")
+        back = run_save_models("promote", "flowers", before, *why, home=notebook.home)
+        assert back.returncode == 0, back.stderr
+        wait_until_flowers_serve(server, before)

@@ -24,6 +24,7 @@ from tests.conftest import (
     ADMIN_TOKEN,
     ROOT,
     LiveServer,
+    private_home,
     run_save_models,
     start_server,
     stop_server,
@@ -159,9 +160,10 @@ save_to_store("heatflow_svr", family="heatflow", framework="sklearn",
 """
 
 
-def test_an_import_killed_mid_write_leaves_no_half_model_in_the_store(tmp_path: Path) -> None:
-    home = tmp_path / "bentoml"
-    assert run_save_models(home=str(home)).returncode == 0
+def test_an_import_killed_mid_write_leaves_no_half_model_in_the_store(
+    reference_store: str, tmp_path: Path
+) -> None:
+    home = Path(private_home(reference_store, tmp_path))
     before = store_versions(home, "heatflow_svr")
     artifact = tmp_path / "model.joblib"
     joblib.dump(LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([1.0, 0.0])), artifact)
@@ -179,9 +181,10 @@ def test_an_import_killed_mid_write_leaves_no_half_model_in_the_store(tmp_path: 
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped-bytes"])
-def test_a_corrupted_artifact_is_refused_at_import(tmp_path: Path, damage: str) -> None:
-    home = tmp_path / "bentoml"
-    assert run_save_models(home=str(home)).returncode == 0
+def test_a_corrupted_artifact_is_refused_at_import(
+    reference_store: str, tmp_path: Path, damage: str
+) -> None:
+    home = Path(private_home(reference_store, tmp_path))
     before = store_versions(home, "heatflow_svr")
     artifact = tmp_path / "damaged.joblib"
     model = LinearRegression().fit(np.array([[0.0], [5000.0]]), np.array([100.0, 50.0]))

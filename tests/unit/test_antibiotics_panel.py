@@ -78,6 +78,7 @@ def test_generated_isolates_are_imbalanced_and_reproducible() -> None:
     assert not np.array_equal(markers, generate_isolates("CAZ")[0])
 
 
+@pytest.mark.processes
 def test_keras_file_import_checks_labels_against_outputs(tmp_path: Path) -> None:
     import keras
 
@@ -98,6 +99,7 @@ def test_keras_file_import_checks_labels_against_outputs(tmp_path: Path) -> None
     assert metadata["preprocessing"] == {"kind": "none"} and metadata["code"] == "CIP"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("limits", "named"),
     [

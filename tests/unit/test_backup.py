@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_save_models
+from tests.conftest import ROOT, private_home, run_save_models
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture(scope="module")
-def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A store with the reference models, and a backup of it."""
+def backed_up(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the session's reference store, and a backup of it."""
     root = tmp_path_factory.mktemp("backup")
-    home, folder = root / "home", root / "backup"
-    assert run_save_models(home=str(home)).returncode == 0
+    home, folder = Path(private_home(reference_store, root)), root / "backup"
     result = run_save_models("backup", str(folder), home=str(home))
     assert result.returncode == 0, result.stderr
     return home, folder

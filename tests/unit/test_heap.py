@@ -22,6 +22,7 @@ def run_fresh(script: str) -> Any:
     return json.loads(done.stdout)
 
 
+@pytest.mark.processes
 def test_settle_worker_heap_freezes_what_exists_and_raises_thresholds() -> None:
     script = (
         "import gc, json\n"
@@ -45,6 +46,7 @@ def test_malloc_arenas_are_limited_on_glibc() -> None:
     assert limit_malloc_arenas() is True
 
 
+@pytest.mark.processes
 def test_release_heap_gives_back_what_a_cancelled_request_left_in_a_cycle() -> None:
     """A 256 MiB buffer held by a reference cycle (as a cancelled request's frames hold its
     images) stays resident under the raised thresholds until release_heap() runs."""

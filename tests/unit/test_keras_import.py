@@ -35,6 +35,7 @@ def stored_metadata(home: Path, name: str) -> list[dict]:
     return [yaml.safe_load(p.read_text())["metadata"] for p in folder.glob("*/model.yaml")]
 
 
+@pytest.mark.processes
 def test_legacy_h5_flower_model_with_its_own_input_size_imports(tmp_path: Path) -> None:
     home = tmp_path / "bentoml"
     artifact = keras_model(tmp_path / "my_flowers.h5", outputs=18)
@@ -48,6 +49,7 @@ def test_legacy_h5_flower_model_with_its_own_input_size_imports(tmp_path: Path) 
     assert list((home / "models" / "flower_classifier").glob("*/model.keras"))
 
 
+@pytest.mark.processes
 def test_keras_model_with_the_wrong_outputs_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "bentoml"
     artifact = keras_model(tmp_path / "ten_classes.keras", outputs=10)
@@ -140,6 +142,7 @@ def test_no_preprocessing_layer_keeps_the_default_and_declared_wins() -> None:
     assert overridden.in_model  # what was found stays on record
 
 
+@pytest.mark.processes
 def test_import_warns_when_outputs_hardly_change_and_names_the_fix(tmp_path: Path) -> None:
     """Forcing pixels / 255 on a model that rescales itself scales twice: the probe on real
     photos sees near-constant outputs and the summary says which preset makes them vary."""
@@ -166,6 +169,7 @@ def test_import_warns_when_outputs_hardly_change_and_names_the_fix(tmp_path: Pat
     assert "raw 0–255 (detected" in " ".join(detected.stderr.split())
 
 
+@pytest.mark.processes
 def test_preprocessing_flags_are_refused_for_models_that_take_none(tmp_path: Path) -> None:
     import joblib
     from sklearn.dummy import DummyRegressor
@@ -213,6 +217,7 @@ def save_tf_module(path: Path, inputs: int = 1) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": chosen})
 
 
+@pytest.mark.processes
 def test_saved_model_folders_import_as_a_self_contained_keras_file(tmp_path: Path) -> None:
     import tensorflow as tf
 
@@ -252,6 +257,7 @@ def test_saved_model_folders_import_as_a_self_contained_keras_file(tmp_path: Pat
         np.testing.assert_allclose(model(pixels / 255).numpy(), expected[name], atol=1e-6)
 
 
+@pytest.mark.processes
 def test_saved_model_with_two_inputs_is_refused_naming_them(tmp_path: Path) -> None:
     folder = tmp_path / "two_inputs"
     save_tf_module(folder, inputs=2)

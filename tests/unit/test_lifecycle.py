@@ -63,6 +63,7 @@ def store(tmp_path: Path) -> Store:
     return store
 
 
+@pytest.mark.processes
 def test_import_promote_rollback_canary_shadow_history(store: Store, tmp_path: Path) -> None:
     """One walk through the commands (each is a process of its own: a few, not many)."""
     (v1,) = store.tags("heatflow_svr")

@@ -6,7 +6,11 @@ import importlib.metadata
 import re
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.processes
 
 
 def test_help_lists_every_documented_target_with_values() -> None:

@@ -14,6 +14,8 @@ import yaml
 
 from tests.conftest import ROOT, run_save_models
 
+pytestmark = pytest.mark.processes
+
 LOAD = """
 from despliegue.lifecycle import ServedModels
 served = ServedModels("heatflow").model("heatflow").served

@@ -29,6 +29,7 @@ def promtool() -> str:
     return path
 
 
+@pytest.mark.processes
 def test_alert_rules_pass_promtool_check() -> None:
     result = subprocess.run(
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
@@ -37,6 +38,7 @@ def test_alert_rules_pass_promtool_check() -> None:
     assert "SUCCESS: 4 rules found" in result.stdout
 
 
+@pytest.mark.processes
 def test_alerts_fire_on_made_series_and_not_on_healthy_ones() -> None:
     result = subprocess.run(
         [promtool(), "test", "rules", "alerts.test.yaml"],

@@ -42,6 +42,7 @@ def fitted_heatflow_model() -> LinearRegression:
     return LinearRegression().fit(np.array([[0.0], [5000.0]]), np.array([100.0, 50.0]))
 
 
+@pytest.mark.processes
 def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     first = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert first.returncode == 0, first.stderr
@@ -65,6 +66,7 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     assert stored(home, "heatflow_svr") == heatflow
 
 
+@pytest.mark.processes
 def test_import_probes_then_stores_with_provenance(home: Path, tmp_path: Path) -> None:
     artifact = tmp_path / "my_svr.joblib"
     joblib.dump(fitted_heatflow_model(), artifact)
@@ -90,6 +92,7 @@ class NaNRegressor(DummyRegressor):
         return np.full(len(X), np.nan)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("make_artifact", "reason"),
     [
@@ -114,6 +117,7 @@ def test_failed_import_leaves_the_store_unchanged(
     assert stored(home, "heatflow_svr") == before
 
 
+@pytest.mark.processes
 def test_falsetrue_import_refuses_labels_other_than_0_and_1(home: Path, tmp_path: Path) -> None:
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -129,6 +133,7 @@ def test_falsetrue_import_refuses_labels_other_than_0_and_1(home: Path, tmp_path
     assert stored(home, "falsetrue_classifier") == []
 
 
+@pytest.mark.processes
 def test_import_warns_when_pickled_with_another_scikit_learn(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +148,7 @@ def test_import_warns_when_pickled_with_another_scikit_learn(
     assert model["metadata"]["sklearn_version_pickled"] == "1.2.2"
 
 
+@pytest.mark.processes
 def test_unknown_model_name_and_missing_file_are_refused(home: Path, tmp_path: Path) -> None:
     unknown = run_save_models("import", "no_such_model", str(tmp_path / "x"), home=str(home))
     assert unknown.returncode == 1 and "unknown model name" in unknown.stderr
@@ -152,6 +158,7 @@ def test_unknown_model_name_and_missing_file_are_refused(home: Path, tmp_path: P
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
+@pytest.mark.processes
 def test_help_explains_the_commands() -> None:
     result = run_save_models("--help")
     assert result.returncode == 0
@@ -180,6 +187,7 @@ class OldScikitLearnPickler(pickle.Pickler):
         return NotImplemented
 
 
+@pytest.mark.processes
 def test_unloadable_old_pickle_names_both_versions_and_the_fix(home: Path, tmp_path: Path) -> None:
     model = DecisionTreeRegressor(max_depth=3).fit([[0.0], [3000.0], [9000.0]], [95, 70, 48])
     artifact = tmp_path / "model_2021.pkl"
@@ -214,6 +222,7 @@ def test_pickled_version_is_read_without_unpickling(
     assert sklearn_version_in_pickle(artifact) is None
 
 
+@pytest.mark.processes
 def test_dataframe_fitted_pipeline_imports_and_is_probed_with_its_column(
     home: Path, tmp_path: Path
 ) -> None:
@@ -239,6 +248,7 @@ def test_dataframe_fitted_pipeline_imports_and_is_probed_with_its_column(
     assert len(stored(home, "heatflow_svr")) == 1
 
 
+@pytest.mark.processes
 def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
     home: Path, tmp_path: Path
 ) -> None:
@@ -259,6 +269,7 @@ def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
     assert serves[falsetrue] == "falsetrue"
 
 
+@pytest.mark.processes
 def test_list_on_an_empty_store_says_how_to_fill_it(home: Path) -> None:
     listed = run_save_models("list", home=str(home))
     assert listed.returncode == 0
@@ -289,6 +300,7 @@ def test_documented_import_commands_are_ones_the_command_line_takes(document: st
             recipe_for(args.model_name)  # raises ImportRefused for a name no family takes
 
 
+@pytest.mark.processes
 def test_import_with_baseline_data_stores_an_import_baseline(home: Path, tmp_path: Path) -> None:
     artifact, data = tmp_path / "svr.joblib", tmp_path / "thickness.csv"
     joblib.dump(fitted_heatflow_model(), artifact)
@@ -304,6 +316,7 @@ def test_import_with_baseline_data_stores_an_import_baseline(home: Path, tmp_pat
     assert baseline["outputs"]["heat_flow_mw_m2"]["count"] == 40
 
 
+@pytest.mark.processes
 def test_import_with_unusable_baseline_data_is_refused(home: Path, tmp_path: Path) -> None:
     artifact, texts = tmp_path / "svr.joblib", tmp_path / "three.txt"
     joblib.dump(fitted_heatflow_model(), artifact)

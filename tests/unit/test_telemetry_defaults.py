@@ -35,6 +35,7 @@ def recipe_environment(value: str | None) -> str:
     return shown.stdout.strip()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(("shell", "recipes"), [(None, "true"), ("false", "false")])
 def test_makefile_recipes_run_with_telemetry_off_unless_asked(
     shell: str | None, recipes: str

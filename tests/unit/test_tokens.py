@@ -148,6 +148,7 @@ def test_required_scope_is_the_first_path_segment() -> None:
     assert required_scope("/metrics", closed) is None
 
 
+@pytest.mark.processes
 def test_command_prints_the_token_on_stderr_and_only_the_hash_line_on_stdout() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "despliegue.tokens", "new", "--id", "alice", "--allow", "heatflow"],
