@@ -49,16 +49,19 @@ from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from despliegue import lifecycle
+from despliegue import lifecycle, registry
 from despliegue.artifacts import bentoml_home, stored_models
 from despliegue.backup import BackupRefused, backup, restore
 from despliegue.config import FamilyConfig, settings
-from despliegue.families import RECIPES, Recipe
+from despliegue.families.base import Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
 from despliegue.mlflow_import import import_mlflow, is_mlflow_source
 from despliegue.preprocessing import PRESETS
 from despliegue.preprocessing import summary as preprocessing_summary
 from despliegue.quiet import import_tensorflow
+
+# Every model's recipe by model key, in the registry's order.
+RECIPES = registry.recipes()
 
 console = Console(stderr=True)
 

@@ -49,7 +49,7 @@ from despliegue.answers.faces import (
 from despliegue.answers.falsetrue import falsetrue_response
 from despliegue.answers.flowers import flowers_response
 from despliegue.answers.heatflow import heat_flow_response
-from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store
+from despliegue.artifacts import bentoml_home, require_models_in_store
 from despliegue.audit import AuditLog
 from despliegue.auth import (
     DOCS_PATHS,
@@ -61,11 +61,12 @@ from despliegue.auth import (
 )
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
+from despliegue.contracts import ModelCard
 from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.drift import FAMILIES as DRIFT_FAMILIES
 from despliegue.drift import (
     Recorder,
     RejectionMetrics,
+    families,
     family_report,
     observed,
     storage_dir,
@@ -131,6 +132,8 @@ THRESHOLDS: dict[str, float] = {
     if model.needs_threshold
 }
 PANEL = settings().panel("antibiotics")
+# The families `/drift/{family}` reports on.
+DRIFT_FAMILIES = families()
 # The detector takes any size; images larger than this are scaled down before it sees them.
 DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 

@@ -1,8 +1,8 @@
 """Drift: does what a served model receives and answers still look like its baseline?
 
 Capture. The runner calls the service makes are wrapped once (`observed`); after each answered
-call, the family's summary function (`MONITORED`, one entry per runner method) turns inputs and
-answers into per-item summaries, and `record(family, model_tag, inputs_summary, outputs)`
+call, the model's summary function (its registry entry names it, one per runner method) turns
+inputs and answers into per-item summaries, and `record(family, model_tag, inputs_summary, outputs)`
 counts them on the baseline's bin edges into the model's open window. A window closes after
 `drift.window_items` items and joins a bounded history. What is kept is histogram counts;
 inputs are never kept. Windows are written to disk every `drift.persist_interval_s` seconds
@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from despliegue import registry
 from despliegue.baselines import (
     Summary,
     build_baseline,
@@ -148,21 +149,26 @@ class Monitored:
     summarise: Summariser
 
 
-# One entry per batchable runner method the service calls (its coalescer's name there).
-MONITORED: dict[str, Monitored] = {
-    "heatflow": Monitored("heatflow", "heatflow", heatflow_summary),
-    "falsetrue": Monitored("falsetrue", "falsetrue", falsetrue_summary),
-    "flowers": Monitored("flowers", "flowers", flowers_summary),
-    "face_detector": Monitored("faces", "faces", face_detector_summary),
-    "face_validator": Monitored("faces", "faces", face_validator_summary),
-    "antibiotics": Monitored("antibiotics", "antibiotics", antibiotics_summary),
-}
-FAMILIES = tuple(dict.fromkeys(entry.family for entry in MONITORED.values()))
+def families() -> tuple[str, ...]:
+    """The families whose traffic is monitored, as `/drift/{family}` names them: every family
+    of the registry."""
+    return tuple(family.name for family in registry.FAMILIES)
+
+
+@functools.cache
+def monitored_methods() -> dict[str, Monitored]:
+    """One entry per batchable runner method the service calls (by model key, its coalescer's
+    name there), derived from the registry (its summary function imported)."""
+    return {
+        model.key: Monitored(family.name, family.name, model.part("summarise"))
+        for family in registry.FAMILIES
+        for model in family.models
+    }
 
 
 def runners_of(family: str) -> list[str]:
     """The runner attributes whose models a drift family covers."""
-    return list(dict.fromkeys(e.runner for e in MONITORED.values() if e.family == family))
+    return [family] if family in families() else []
 
 
 # --- Baselines from data passed at import (`save_models.py import ... --baseline PATH`) -----
@@ -207,12 +213,12 @@ def read_images(path: Path) -> list[np.ndarray]:
     return images
 
 
-def _heatflow_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+def heatflow_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
     values = read_numbers(path)[:, 0]
     return values.tolist(), np.asarray(model.predict(values.reshape(-1, 1)), dtype=float)
 
 
-def _falsetrue_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+def falsetrue_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
     texts = read_texts(path)
     labels = np.asarray(model.predict(texts), dtype=float)
     if hasattr(model, "predict_proba"):
@@ -222,8 +228,8 @@ def _falsetrue_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple
     return texts, np.stack([labels, p_real], axis=1)
 
 
-def _flowers_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
-    from despliegue.artifacts import ModelCard
+def flowers_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    from despliegue.contracts import ModelCard
     from despliegue.tensorflow_runtime import CompiledImageModel
 
     images = read_images(path)
@@ -234,7 +240,7 @@ def _flowers_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[l
     return images, list(CompiledImageModel(model, card)(images))
 
 
-def _antibiotics_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+def antibiotics_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
     from types import SimpleNamespace
 
     features = read_numbers(path).astype(np.float32)
@@ -251,12 +257,17 @@ def _antibiotics_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tup
     return rows, answers
 
 
-IMPORT_ANSWERS: dict[str, Callable[[Any, Mapping[str, Any], Path], tuple[list, Any]]] = {
-    "heatflow": _heatflow_answers,
-    "falsetrue": _falsetrue_answers,
-    "flowers": _flowers_answers,
-    "antibiotics": _antibiotics_answers,
-}
+ImportAnswers = Callable[[Any, Mapping[str, Any], Path], tuple[list, Any]]
+
+
+@functools.cache
+def import_answers() -> dict[str, ImportAnswers]:
+    """Per model key that takes data at import, how that data is answered (from the registry)."""
+    return {
+        model.key: model.part("import_answers")
+        for model in registry.models()
+        if model.import_answers
+    }
 
 
 def import_baseline(family: str, model: Any, metadata: Mapping[str, Any], path: Path) -> dict:
@@ -264,18 +275,19 @@ def import_baseline(family: str, model: Any, metadata: Mapping[str, Any], path: 
     vectors, a text file of one text per line, a folder of images); ValueError if unusable."""
     from types import SimpleNamespace
 
-    if family not in IMPORT_ANSWERS:
+    answering = import_answers()
+    if family not in answering:
         raise ValueError(
             f"no baseline from data for {family} models: leave --baseline out, and the first "
             "served requests make one"
         )
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
-    items, answers = IMPORT_ANSWERS[family](model, metadata, path)
+    items, answers = answering[family](model, metadata, path)
     if len(items) < 10:
         raise ValueError(f"{path}: {len(items)} items; a baseline needs at least 10")
     card = SimpleNamespace(tag="import", family=family, metadata=dict(metadata))
-    observations = MONITORED[family].summarise(items, answers, [card])
+    observations = monitored_methods()[family].summarise(items, answers, [card])
     _, _, summary, outputs = observations[0]
     return build_baseline(summary, outputs, source="import")
 
@@ -775,7 +787,7 @@ def observed(
     """
     if not recorder.settings.capture:
         return call
-    entry = MONITORED[name]
+    entry = monitored_methods()[name]
 
     async def recorded(items: Any) -> Any:
         answers = await call(items)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import json
 import logging
@@ -50,14 +51,16 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
+from despliegue import registry
 from despliegue.artifacts import (
-    ModelCard,
     load_artifact,
+    model_card,
     panel_models,
     stored_model,
     stored_models,
 )
 from despliegue.config import PROJECT_ROOT, Canary, FamilyConfig, PanelConfig, settings
+from despliegue.contracts import ModelCard
 from despliegue.startup import stop_server_on_failure
 
 logger = logging.getLogger("despliegue.lifecycle")
@@ -69,23 +72,23 @@ FROM_STATE = "state file"
 FROM_CONFIGURATION = "configuration"
 
 
-# --- Per-family facts (one table; it moves into the family registry as it is) ------------
+# --- How a shadow's answers are compared (the registry names one per model) ----------------
 
 
-def _same_value(served: Any, other: Any) -> tuple[bool, float]:
+def same_value(served: Any, other: Any) -> tuple[bool, float]:
     """A regression answer: agreement within 5 % (or 0.5 units near zero)."""
     a, b = float(served), float(other)
     return abs(a - b) <= max(0.5, 0.05 * abs(a)), abs(a - b)
 
 
-def _same_label(served: Any, other: Any) -> tuple[bool, float]:
+def same_label(served: Any, other: Any) -> tuple[bool, float]:
     """(label, probability) rows: the label agrees; the difference is in the probability."""
     a, b = np.asarray(served, dtype=float), np.asarray(other, dtype=float)
     difference = abs(a[1] - b[1]) if not (np.isnan(a[1]) or np.isnan(b[1])) else 0.0
     return bool(a[0] == b[0]), float(difference)
 
 
-def _same_class(served: Any, other: Any) -> tuple[bool, float]:
+def same_class(served: Any, other: Any) -> tuple[bool, float]:
     """Class probabilities: the top class agrees; the mean absolute difference per class."""
     a, b = np.asarray(served, dtype=float), np.asarray(other, dtype=float)
     if a.shape != b.shape:
@@ -93,13 +96,13 @@ def _same_class(served: Any, other: Any) -> tuple[bool, float]:
     return bool(np.argmax(a) == np.argmax(b)), float(np.mean(np.abs(a - b)))
 
 
-def _same_faces(served: Any, other: Any) -> tuple[bool, float]:
+def same_faces(served: Any, other: Any) -> tuple[bool, float]:
     """Detections: the same number of faces; the difference in that number."""
     a, b = len(np.asarray(served)), len(np.asarray(other))
     return a == b, float(abs(a - b))
 
 
-def _same_verdict(served: Any, other: Any) -> tuple[bool, float]:
+def same_verdict(served: Any, other: Any) -> tuple[bool, float]:
     """A score against the family's threshold: the same side of it agrees."""
     threshold = float(settings().family("face_validator").threshold or 0.5)
     a, b = float(served), float(other)
@@ -111,25 +114,25 @@ Comparison = Callable[[Any, Any], tuple[bool, float]]
 
 @dataclass(frozen=True)
 class FamilyFacts:
-    """What lifecycle needs to know about one configuration key."""
+    """What lifecycle needs to know about one configuration key (from its registry entry)."""
 
     runner: str  # the runner serving it: its attribute name in service.py
     compare: Comparison  # how a shadow's answer is compared with the served one
 
 
-FAMILIES: dict[str, FamilyFacts] = {
-    "heatflow": FamilyFacts("heatflow", _same_value),
-    "falsetrue": FamilyFacts("falsetrue", _same_label),
-    "flowers": FamilyFacts("flowers", _same_class),
-    "face_detector": FamilyFacts("faces", _same_faces),
-    "face_validator": FamilyFacts("faces", _same_verdict),
-    "antibiotics": FamilyFacts("antibiotics", _same_class),
-}
+@functools.cache
+def facts_by_key() -> dict[str, FamilyFacts]:
+    """Every model key's facts, derived from the registry (its comparison imported)."""
+    return {
+        model.key: FamilyFacts(family.name, model.part("compare"))
+        for family in registry.FAMILIES
+        for model in family.models
+    }
 
 
 def facts(family: str) -> FamilyFacts:
     """The facts of a family key; `antibiotics.AMK` is a member of the `antibiotics` panel."""
-    return FAMILIES[family.partition(".")[0]]
+    return facts_by_key()[family.partition(".")[0]]
 
 
 # --- The state file -----------------------------------------------------------------------
@@ -594,7 +597,7 @@ class ServedModels:
         if tag in reuse:
             return reuse[tag]
         stored = stored_model(tag)  # missing or unreadable: says what to do
-        card = ModelCard.of(stored)
+        card = model_card(stored)
         return Loaded(str(stored.tag), self.prepare(load_artifact(stored), card), card)
 
     def _load(self, wanted: dict[str, Plan], strict: bool = False) -> dict[str, FamilyModels]:

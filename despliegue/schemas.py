@@ -21,8 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import CODE_PATTERN, settings
+from despliegue.contracts import ModelCard
 from despliegue.images import encoded_size_bound
 
 LIMITS = settings().limits

@@ -11,8 +11,8 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import settings
+from despliegue.contracts import ModelCard
 from despliegue.heap import settle_worker_heap
 from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
 from despliegue.sklearn_input import OneColumnInput, numeric_column

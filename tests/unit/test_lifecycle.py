@@ -172,8 +172,9 @@ def test_a_bad_canary_in_configuration_is_refused_naming_the_key(
 
 
 def test_shadow_comparisons_per_family() -> None:
-    from despliegue.lifecycle import FAMILIES
+    from despliegue.lifecycle import facts_by_key
 
+    FAMILIES = facts_by_key()
     assert FAMILIES["heatflow"].compare(100.0, 102.0) == (True, 2.0)
     assert FAMILIES["heatflow"].compare(100.0, 150.0)[0] is False
     same, difference = FAMILIES["falsetrue"].compare(np.array([1.0, 0.9]), np.array([1.0, 0.7]))
