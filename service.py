@@ -30,7 +30,7 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from despliegue import lifecycle, registry
+from despliegue import registry
 from despliegue.answers.antibiotics import (
     antibiotics_response,
     panel_listing,
@@ -49,32 +49,15 @@ from despliegue.answers.faces import (
 from despliegue.answers.falsetrue import falsetrue_response
 from despliegue.answers.flowers import flowers_response
 from despliegue.answers.heatflow import heat_flow_response
-from despliegue.artifacts import bentoml_home, require_models_in_store
-from despliegue.audit import AuditLog
-from despliegue.auth import (
-    DOCS_PATHS,
-    DOCS_PREFIXES,
-    PROBES,
-    BearerAuth,
-    auth_enabled,
-    token_book,
-)
+from despliegue.artifacts import require_models_in_store
+from despliegue.bentoml_compat import bentoml_home
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
-from despliegue.contracts import ModelCard
-from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.drift import (
-    Recorder,
-    RejectionMetrics,
-    families,
-    family_report,
-    observed,
-    storage_dir,
-    worker_name,
-)
+from despliegue.contracts import ModelCard, RunnerModels, ShadowStats
+from despliegue.drift.capture import families, family_report, observed, storage_dir, worker_name
+from despliegue.drift.recorder import Recorder
 from despliegue.errors import (
     ClientError,
-    ClientErrorWording,
     answers_client_errors,
     error_body,
     error_response,
@@ -82,16 +65,10 @@ from despliegue.errors import (
 )
 from despliegue.heap import limit_malloc_arenas, settle_worker_heap
 from despliegue.home_lock import claim_home, starts_a_server
-from despliegue.http import (
-    BodySizeLimit,
-    ContentTypeGuard,
-    ControlCharacterPaths,
-    InFlightLimit,
-    MethodNotAllowed,
-    UploadFieldGuard,
-    form_fields,
+from despliegue.http.auth import (
+    token_book,
 )
-from despliegue.http_server import configure_http_server
+from despliegue.http.stack import install_edge
 from despliegue.images import (
     DecodedImage,
     ModelInput,
@@ -99,8 +76,9 @@ from despliegue.images import (
     admitted_images,
     encode_png,
 )
-from despliegue.lifecycle import RunnerModels, ShadowStats, served_tags, unzip
-from despliegue.probes import Probes
+from despliegue.lifecycle.metrics import unzip
+from despliegue.lifecycle.plans import candidates, plans, served_tags
+from despliegue.lifecycle.state import state_stamp
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticsRequest,
@@ -182,7 +160,7 @@ class Described:
 
 def tagged(response: Any, tags: list[str]) -> Any:
     """A response naming every tag that answered: a request split across two runner batches
-    while a canary runs or a swap happens may have two (despliegue/lifecycle.py)."""
+    while a canary runs or a swap happens may have two (despliegue/lifecycle/)."""
     if len(tags) > 1:
         response.model_tag = ",".join(tags)
     return response
@@ -228,7 +206,7 @@ class Despliegue:
         self.recorder = Recorder(drift, storage_dir(drift), worker_name())
         # Every batchable runner method by model key, as the endpoints call it: concurrent
         # requests share one call (despliegue/coalescing.py); each answered call is recorded
-        # for drift here, in this one place (despliegue/drift.py).
+        # for drift here, in this one place (despliegue/drift/).
         self.calls: dict[str, RunnerMethod[Any, Any]] = {
             model.key: self.monitored(
                 model.key,
@@ -260,7 +238,7 @@ class Despliegue:
         """What a family's runner has loaded: kept until the lifecycle state file changes, then
         asked again until the runner reports it has applied the change."""
         kept = self._described.get(family)
-        behind = kept is not None and kept.models.state_stamp != lifecycle.state_stamp()
+        behind = kept is not None and kept.models.state_stamp != state_stamp()
         if kept is None or fresh or (behind and time.monotonic() - kept.at > DESCRIBE_AGAIN_S):
             answer = await getattr(self, family).to_async.describe()
             models = RunnerModels.model_validate(answer, from_attributes=True)
@@ -275,7 +253,7 @@ class Despliegue:
     async def card(self, key: str, tag: str | None = None) -> ModelCard:
         """The card of the model that answered with `tag` for a configuration key (the first,
         if two did), or of the model the key serves now."""
-        runner = lifecycle.facts(key).runner
+        runner = registry.family_of(key).name
         if tag is None:
             tag = str((await self.described(runner)).lanes[key]["served"])
         tag = tag.split(",")[0]
@@ -442,13 +420,13 @@ class Despliegue:
         names = [family.name for family in registry.FAMILIES]
         described = dict(zip(names, await asyncio.gather(*map(self.described, names)), strict=True))
         families = {}
-        for key, plan in lifecycle.plans().items():
-            runner = described[lifecycle.facts(key).runner]
+        for key, plan in plans().items():
+            runner = described[registry.family_of(key).name]
             families[key] = FamilyLifecycle(
                 served=plan.served,
                 source=plan.source,
                 previous=plan.previous,
-                candidates=lifecycle.candidates(plan),
+                candidates=candidates(plan),
                 canary=CanaryState(tag=plan.canary, percent=plan.percent) if plan.canary else None,
                 shadow=plan.shadow,
                 loaded=runner.lanes.get(key, {}),
@@ -474,12 +452,12 @@ class Despliegue:
     async def comparison(self, key: str) -> ShadowStats | Response:
         """A family's shadow comparison, or 404 naming the family when it is not served."""
         try:
-            runner = lifecycle.facts(key).runner
+            runner = registry.family_of(key).name
         except KeyError:
             runner = None
         stats = (await self.described(runner, fresh=True)).shadow.get(key) if runner else None
         if stats is None:
-            served = ", ".join(sorted(lifecycle.served_tags()))
+            served = ", ".join(sorted(served_tags()))
             message = f"{key!r} is not a served family; families: {served}"
             return error_response(404, error_body(["family"], message, "value_error"))
         return stats
@@ -558,65 +536,4 @@ class Despliegue:
         return await self.comparison(request.path_params["family"])
 
 
-# The first added is the outermost. Probes come first: answered at once, before auth, audit
-# and limits (despliegue/probes.py). The audit line covers refusals by auth, size limits and
-# content checks.
-Despliegue.add_asgi_middleware(
-    Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
-)
-Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
-Despliegue.add_asgi_middleware(
-    RejectionMetrics, routes=frozenset(api.route for api in Despliegue.apis.values())
-)
-Despliegue.add_asgi_middleware(ControlCharacterPaths)
-Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
-Despliegue.add_asgi_middleware(
-    PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)
-)
-Despliegue.add_asgi_middleware(
-    InFlightLimit,
-    max_in_flight=settings().limits.max_requests_in_flight,
-    paths=frozenset(api.route for api in Despliegue.apis.values()),
-)
-Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
-Despliegue.add_asgi_middleware(
-    ContentTypeGuard,
-    media_types={api.route: api.input_spec.mime_type() for api in Despliegue.apis.values()},
-)
-Despliegue.add_asgi_middleware(
-    UploadFieldGuard,
-    forms={
-        api.route: form_fields(api.input_spec, api.input_spec.multipart_fields)
-        for api in Despliegue.apis.values()
-        if api.input_spec.mime_type() == "multipart/form-data"
-    },
-    max_body_bytes=settings().limits.max_body_bytes,
-)
-
-
-def catalog_operations() -> dict[str, dict]:
-    """The catalog app's paths and their operations, as its OpenAPI document lists them."""
-    from fastapi.openapi.utils import get_openapi
-
-    return get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
-
-
-def shared_paths() -> dict[str, frozenset[str]]:
-    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
-    api_routes = {api.route for api in Despliegue.apis.values()}
-    return {
-        path: frozenset({"POST", *(method.upper() for method in operations)})
-        | ({"HEAD"} if "get" in operations else set())
-        for path, operations in catalog_operations().items()
-        if path in api_routes
-    }
-
-
-Despliegue.add_asgi_middleware(MethodNotAllowed, allowed=shared_paths())
-configure_http_server(
-    head_timeout_s=settings().limits.request_head_timeout_s,
-    trusted_proxies=settings().security.trusted_proxies,
-    metric_paths=frozenset({*PROBES, *DOCS_PATHS, "/metrics", *catalog_operations()}),
-    metric_prefixes=DOCS_PREFIXES,
-)
-Despliegue.add_asgi_middleware(ClientErrorWording)
+install_edge(Despliegue, catalog, settings())

@@ -22,6 +22,7 @@ from typing import Any
 
 import bentoml
 
+from despliegue.bentoml_compat import bentoml_home, model_store_folder
 from despliegue.config import PanelConfig
 from despliegue.contracts import Framework, ModelCard
 from despliegue.preprocessing import summary as preprocessing_summary
@@ -192,12 +193,6 @@ def require_models_in_store(tags: Iterable[str]) -> None:
         verify_artifact(stored)
 
 
-def bentoml_home() -> str:
-    from despliegue.bentoml_compat import bentoml_home
-
-    return bentoml_home()
-
-
 def _load_joblib(path: Path) -> Any:
     import joblib
 
@@ -296,8 +291,6 @@ def stored_models(name: str) -> list[bentoml.Model]:
 def stored_model_names() -> set[str]:
     """The model names in the local store, from its folder names, without reading any model's
     metadata (one unreadable folder would hide every other model)."""
-    from despliegue.bentoml_compat import model_store_folder
-
     root = model_store_folder()  # the Bento's own store inside an image, not the home's
     return {folder.name for folder in root.iterdir() if folder.is_dir()} if root.is_dir() else set()
 

@@ -9,7 +9,7 @@ nothing of the project's: any module of either side may import it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -75,3 +75,33 @@ class PanelRow(BaseModel):
 
     code: str
     features: list[float]
+
+
+class Answered(NamedTuple):
+    """One answer item and the tag of the model that produced it."""
+
+    model_tag: str
+    answer: Any
+
+
+class ShadowStats(BaseModel):
+    """Shadow answers compared with the served model's, since this runner process started."""
+
+    family: str
+    served: str
+    shadow: str | None
+    compared: int = 0
+    agreed: int = 0
+    agreement_rate: float | None = None
+    mean_absolute_difference: float | None = None
+    dropped_batches: int = Field(0, description="batches not shadowed: the shadow was busy")
+
+
+class RunnerModels(BaseModel):
+    """What a runner has loaded, as its `describe` method answers."""
+
+    state_stamp: str
+    cards: list[ModelCard]
+    lanes: dict[str, dict[str, str | float | None]]
+    problems: dict[str, str] = Field(default_factory=dict)
+    shadow: dict[str, ShadowStats] = Field(default_factory=dict)

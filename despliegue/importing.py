@@ -16,6 +16,7 @@ from typing import Any
 
 from despliegue import registry
 from despliegue.artifacts import copy_file, save_to_store, sha256_of, stored_models
+from despliegue.drift.baselines import import_baseline
 from despliegue.families.base import Recipe
 from despliegue.preprocessing import summary as preprocessing_summary
 
@@ -99,8 +100,6 @@ def import_artifact(
             except ValueError as exc:
                 raise ImportRefused(f"{path}: {_reason(exc)}") from exc
         if baseline_data is not None:
-            from despliegue.drift import import_baseline
-
             try:
                 serving["baseline"] = import_baseline(
                     recipe.family, loaded.model, serving, baseline_data

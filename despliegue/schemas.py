@@ -213,7 +213,7 @@ class CanaryState(BaseModel):
 
 
 class FamilyLifecycle(BaseModel):
-    """What one family serves and could serve (despliegue/lifecycle.py)."""
+    """What one family serves and could serve (despliegue/lifecycle/)."""
 
     served: str = Field(description="The tag answering requests.", examples=["heatflow_svr:v2"])
     source: str = Field(

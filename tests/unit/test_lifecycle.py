@@ -134,12 +134,12 @@ def state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_refusals_name_the_problem_and_change_nothing(
     state_file: Path, change: tuple, message: str
 ) -> None:
-    from despliegue import lifecycle
+    from despliegue.lifecycle import commands, state
 
     command, *args = change
-    with pytest.raises(lifecycle.LifecycleRefused, match=message):
-        getattr(lifecycle, command)(*args, why="test")
-    assert not state_file.exists() and not lifecycle.history_path().exists()
+    with pytest.raises(state.LifecycleRefused, match=message):
+        getattr(commands, command)(*args, why="test")
+    assert not state_file.exists() and not state.history_path().exists()
 
 
 def test_every_change_needs_a_reason() -> None:
@@ -172,12 +172,12 @@ def test_a_bad_canary_in_configuration_is_refused_naming_the_key(
 
 
 def test_shadow_comparisons_per_family() -> None:
-    from despliegue.lifecycle import facts_by_key
+    from despliegue.lifecycle.comparisons import comparisons
 
-    FAMILIES = facts_by_key()
-    assert FAMILIES["heatflow"].compare(100.0, 102.0) == (True, 2.0)
-    assert FAMILIES["heatflow"].compare(100.0, 150.0)[0] is False
-    same, difference = FAMILIES["falsetrue"].compare(np.array([1.0, 0.9]), np.array([1.0, 0.7]))
+    compare = comparisons()
+    assert compare["heatflow"](100.0, 102.0) == (True, 2.0)
+    assert compare["heatflow"](100.0, 150.0)[0] is False
+    same, difference = compare["falsetrue"](np.array([1.0, 0.9]), np.array([1.0, 0.7]))
     assert same and difference == pytest.approx(0.2)
-    assert FAMILIES["flowers"].compare(np.array([0.7, 0.3]), np.array([0.2, 0.8]))[0] is False
-    assert FAMILIES["face_detector"].compare(np.zeros((2, 15)), np.zeros((1, 15))) == (False, 1.0)
+    assert compare["flowers"](np.array([0.7, 0.3]), np.array([0.2, 0.8]))[0] is False
+    assert compare["face_detector"](np.zeros((2, 15)), np.zeros((1, 15))) == (False, 1.0)

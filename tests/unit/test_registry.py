@@ -254,16 +254,19 @@ def with_tiny_family(monkeypatch: pytest.MonkeyPatch) -> Iterator[Family]:
 
 
 def clear_derived_tables() -> None:
-    from despliegue import drift, lifecycle
+    from despliegue.drift import baselines, capture
+    from despliegue.lifecycle import comparisons
 
-    for cached in (lifecycle.facts_by_key, drift.monitored_methods, drift.import_answers):
+    for cached in (comparisons.comparisons, capture.monitored_methods, baselines.import_answers):
         cached.cache_clear()
 
 
 def test_every_table_derived_from_the_registry_includes_a_new_family(
     with_tiny_family: Family, tmp_path: Path
 ) -> None:
-    from despliegue import docs_ui, drift, lifecycle
+    from despliegue.drift import baselines, capture
+    from despliegue.http import docs
+    from despliegue.lifecycle import comparisons
 
     clear_derived_tables()
     registry.check()
@@ -272,15 +275,14 @@ def test_every_table_derived_from_the_registry_includes_a_new_family(
     assert registry.recipes()["tiny"] is TINY_RECIPE
     assert registry.family_of("tiny") is with_tiny_family
     # The runner's shadow lane (lifecycle) and the API worker's drift capture.
-    assert lifecycle.facts("tiny").runner == "tiny"
-    assert lifecycle.facts("tiny").compare is tiny_compare
-    assert drift.families()[-1] == "tiny"
-    assert drift.runners_of("tiny") == ["tiny"]
-    assert drift.monitored_methods()["tiny"].summarise is tiny_summary
-    assert drift.import_answers()["tiny"] is tiny_import_answers
+    assert comparisons.comparison("tiny") is tiny_compare
+    assert capture.families()[-1] == "tiny"
+    assert capture.runners_of("tiny") == ["tiny"]
+    assert capture.monitored_methods()["tiny"].summarise is tiny_summary
+    assert baselines.import_answers()["tiny"] is tiny_import_answers
     # The Swagger UI's grouping, and the configuration that must now hold the family.
-    assert docs_ui.family_tag("/tiny") == "tiny"
-    assert docs_ui.tag_descriptions()["tiny"] == with_tiny_family.summary
+    assert docs.family_tag("/tiny") == "tiny"
+    assert docs.tag_descriptions()["tiny"] == with_tiny_family.summary
     with pytest.raises(ConfigurationError, match="missing families: \\['tiny'\\]"):
         load_settings(write_config(tmp_path, lambda raw: None))
     # The API service: one runner attribute per family.

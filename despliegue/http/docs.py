@@ -21,9 +21,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from despliegue import __version__, registry
-from despliegue.auth import PROBES, auth_enabled, required_scope
+from despliegue.bentoml_compat import api_routes
 from despliegue.config import AuthSettings
 from despliegue.errors import ErrorBody
+from despliegue.http.auth import PROBES, auth_enabled, required_scope
 
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -248,8 +249,6 @@ def _standard_schemas(node: Any, components: frozenset[str]) -> Any:
 
 def api_operations(service: Any) -> dict[str, dict[str, Any]]:
     """The OpenAPI operations of a service's own API routes, as BentoML generates them."""
-    from despliegue.bentoml_compat import api_routes
-
     return api_routes(service)
 
 
