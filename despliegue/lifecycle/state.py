@@ -1,7 +1,7 @@
 """The lifecycle state file: what each family serves, as operators chose it, and its history.
 
-One small JSON file (`lifecycle.state_file`; by default `despliegue/served.json` in the BentoML
-home whose model store holds the tags it names; DESPLIEGUE_LIFECYCLE_STATE overrides it):
+One small JSON file (`lifecycle.state_file`, `served.json` in the project folder by default, so
+`bentoml build` and the image carry it; DESPLIEGUE_LIFECYCLE_STATE overrides it):
 
     {"families": {"heatflow": {"served": "heatflow_svr:v2", "previous": "heatflow_svr:v1",
                                "canary": {"tag": "heatflow_svr:v3", "percent": 20},
