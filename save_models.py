@@ -161,7 +161,10 @@ def print_store() -> None:
         )
         return
     serving = serving_keys()
-    table = Table(title="Models in the store", caption="serves: the family it answers for now")
+    table = Table(
+        title=f"Models in the store ({bentoml_home()})",
+        caption=f"serves: the family it answers for now ({lifecycle_state.state_path()})",
+    )
     for column in ("tag", "family", "serves", "reference", "preprocessing", "created"):
         table.add_column(column, no_wrap=True)
     for recipe in RECIPES.values():

@@ -275,9 +275,11 @@ class SecuritySettings(StrictModel):
 class LifecycleSettings(StrictModel):
     """Where the record of what each family serves lives (despliegue/lifecycle/)."""
 
-    # Relative paths are taken from the project folder, so `bentoml build` packs the file
-    # and the image serves what was promoted. DESPLIEGUE_LIFECYCLE_STATE overrides it.
-    state_file: str = "served.json"
+    # Unset: `served.json` in the BentoML home, beside the models it names (one checkout used
+    # with two homes never mixes their states); inside a Bento, the state packed at build time
+    # (despliegue/lifecycle/state.py). A relative path is taken from the project folder.
+    # DESPLIEGUE_LIFECYCLE_STATE overrides both.
+    state_file: str | None = None
     # How often each runner looks whether the state file changed (seconds).
     poll_interval_s: float = Field(default=1.0, ge=0.1, le=3600)
 
