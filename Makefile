@@ -71,8 +71,8 @@ fuzz: venv  ## schemathesis, 500 cases per operation and token kind, a new seed 
 lint: venv  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-build: models  ## bentoml build: one Bento with code, configuration and models
-	$(BIN)/bentoml build
+build: models  ## bentoml build: one Bento with code, configuration, models and what was promoted
+	$(BIN)/python -m despliegue.lifecycle.pack $(BIN)/bentoml build
 
 # The peer model servers `make bench` compares with, each in its own venv from pinned files in
 # benchmarks/peers/ (they conflict with each other and with the service's pins).
@@ -121,7 +121,7 @@ container-base: container-tools  ## build the offline Debian/Python 3.11 base im
 	scripts/container-base.sh
 
 container: models container-base  ## Bento -> OCI image $(IMAGE):<version> + dist/$(IMAGE).oci.tar
-	BENTOML=$(abspath $(BIN))/bentoml PATH=$(abspath $(BIN)):$$PATH scripts/container-image.sh
+	BENTOML=$(abspath $(BIN))/bentoml PYTHON=$(abspath $(BIN))/python PATH=$(abspath $(BIN)):$$PATH scripts/container-image.sh
 
 container-test: container  ## run the image with podman; every family answers; cold start
 	DESPLIEGUE_IMAGE=$$(cat dist/image.txt) DESPLIEGUE_CONTAINER_REPORT=dist/container-test.json \

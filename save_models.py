@@ -22,7 +22,7 @@
 An import is a candidate: the family keeps serving what it served until `promote`. FAMILY is a
 configuration key (heatflow, falsetrue, flowers, face_detector, face_validator) or one
 antibiotic of the panel (antibiotics.AMK). Every change is recorded in the lifecycle state file
-and appended to its history (despliegue/lifecycle.py); a running service picks it up within
+and appended to its history (despliegue/lifecycle/); a running service picks it up within
 seconds, without a restart.
 
 Reference models are small models trained on data the project generates or ships (their
@@ -49,16 +49,23 @@ from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from despliegue import lifecycle
-from despliegue.artifacts import bentoml_home, stored_models
+from despliegue import registry
+from despliegue.artifacts import stored_models
 from despliegue.backup import BackupRefused, backup, restore
+from despliegue.bentoml_compat import bentoml_home
 from despliegue.config import FamilyConfig, settings
-from despliegue.families import RECIPES, Recipe
+from despliegue.families.base import Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
+from despliegue.lifecycle import commands, mlflow_sync
+from despliegue.lifecycle import plans as lifecycle_plans
+from despliegue.lifecycle import state as lifecycle_state
 from despliegue.mlflow_import import import_mlflow, is_mlflow_source
 from despliegue.preprocessing import PRESETS
 from despliegue.preprocessing import summary as preprocessing_summary
 from despliegue.quiet import import_tensorflow
+
+# Every model's recipe by model key, in the registry's order.
+RECIPES = registry.recipes()
 
 console = Console(stderr=True)
 
@@ -136,7 +143,7 @@ def serving_keys() -> dict[str, str]:
     """Stored tag -> the configuration key serving it (`heatflow`, `antibiotics.AMK`, ...),
     with `latest` resolved to the version it names today."""
     keys: dict[str, str] = {}
-    for key, tag in lifecycle.served_tags().items():
+    for key, tag in lifecycle_plans.served_tags().items():
         try:
             keys[str(bentoml.models.get(tag).tag)] = key
         except bentoml.exceptions.NotFound:
@@ -154,7 +161,10 @@ def print_store() -> None:
         )
         return
     serving = serving_keys()
-    table = Table(title="Models in the store", caption="serves: the family it answers for now")
+    table = Table(
+        title=f"Models in the store ({bentoml_home()})",
+        caption=f"serves: the family it answers for now ({lifecycle_state.state_path()})",
+    )
     for column in ("tag", "family", "serves", "reference", "preprocessing", "created"):
         table.add_column(column, no_wrap=True)
     for recipe in RECIPES.values():
@@ -320,19 +330,19 @@ def run_backup_command(command: str, folder: Path) -> int:
 
 def change_lifecycle(args: argparse.Namespace) -> dict:
     if args.command == "promote":
-        return lifecycle.promote(args.family, args.tag, args.why)
+        return commands.promote(args.family, args.tag, args.why)
     if args.command == "rollback":
-        return lifecycle.rollback(args.family, args.why)
+        return commands.rollback(args.family, args.why)
     if args.command == "canary":
-        return lifecycle.set_canary(args.family, args.tag, args.percent, args.why)
-    return lifecycle.set_shadow(args.family, args.tag, args.why)
+        return commands.set_canary(args.family, args.tag, args.percent, args.why)
+    return commands.set_shadow(args.family, args.tag, args.why)
 
 
 def print_history(entries: list[dict]) -> None:
     if not entries:
-        console.print(f"No lifecycle changes recorded in {lifecycle.history_path()}.")
+        console.print(f"No lifecycle changes recorded in {lifecycle_state.history_path()}.")
         return
-    table = Table(title=f"Lifecycle history ({lifecycle.history_path()})")
+    table = Table(title=f"Lifecycle history ({lifecycle_state.history_path()})")
     keys = ("at", "who", "family", "action", "from", "to", "why")
     for column in keys:
         table.add_column(column, no_wrap=column != "why")
@@ -343,7 +353,7 @@ def print_history(entries: list[dict]) -> None:
 
 def run_sync(why: str) -> int:
     try:
-        done = lifecycle.sync(why)
+        done = mlflow_sync.sync(why)
     except ImportError:
         console.print(
             "[bold red]sync needs MLflow:[/] "
@@ -367,14 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in {"promote", "rollback", "canary", "shadow"}:
         try:
             line = change_lifecycle(args)
-        except lifecycle.LifecycleRefused as exc:
+        except lifecycle_state.LifecycleRefused as exc:
             console.print(f"[bold red]{args.command} refused:[/] {exc}")
             return 1
         print_history([line])
-        console.print(f"Recorded in {lifecycle.state_path()}; a running service follows it.")
+        console.print(f"Recorded in {lifecycle_state.state_path()}; a running service follows it.")
         return 0
     if args.command == "history":
-        print_history(lifecycle.history(args.family))
+        print_history(lifecycle_state.history(args.family))
         return 0
     if args.command == "sync":
         return run_sync(args.why)
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import":
         prepare_tensorflow([r for r in RECIPES.values() if r.matches(args.model_name)])
-        pinned = lifecycle.pin_before_import(args.model_name)
+        pinned = commands.pin_before_import(args.model_name)
         try:
             outcome = import_source(
                 args.model_name, args.source, declared_serving(args), args.signature, args.baseline
@@ -395,12 +405,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print("The model store is unchanged.")
             return 1
         print_outcomes([outcome])
-        first = lifecycle.serve_if_first(args.model_name, outcome.tag)
+        first = commands.serve_if_first(args.model_name, outcome.tag)
         if first is not None:
             console.print(f"{first['family']} had no model: it now serves {outcome.tag}.")
         else:
-            family = lifecycle.family_of_model(args.model_name)
-            served = pinned["to"] if pinned else lifecycle.served_tags().get(family or "", "?")
+            family = lifecycle_plans.family_of_model(args.model_name)
+            served_now = lifecycle_plans.served_tags().get(family or "", "?")
+            served = pinned["to"] if pinned else served_now
             console.print(
                 f"{outcome.tag} is a candidate; still served: {served}. Serve it with "
                 f"`python save_models.py promote {family} {outcome.tag} --why ...`."

@@ -1,10 +1,11 @@
 """Despliegue: the public HTTP API over every model family.
 
-A request goes: HTTP -> this service (size limit, pydantic validation, decoding) -> the
-family's runner service in `runners/` (adaptive batching, model call) -> a response schema that
-names the model tag that answered. No model is loaded here; each runner is its own process,
-reached through `bentoml.depends`, and concurrent requests share one call to it
-(despliegue/coalescing.py).
+A request goes: HTTP -> the edge (despliegue/http/: probes, audit, auth, limits, content checks)
+-> this service (pydantic validation, decoding) -> the family's runner service in `runners/`
+(adaptive batching, model call) -> a response schema that names the model tag that answered.
+No model is loaded here; each runner is its own process, reached through `bentoml.depends`, and
+concurrent requests share one call to it (despliegue/coalescing.py). What the runners have
+loaded, and the answers about it, are the catalog's (despliegue/catalog.py).
 
 Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
 """
@@ -13,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +28,7 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from despliegue import lifecycle, registry
+from despliegue import registry
 from despliegue.answers.antibiotics import (
     antibiotics_response,
     panel_listing,
@@ -49,48 +47,25 @@ from despliegue.answers.faces import (
 from despliegue.answers.falsetrue import falsetrue_response
 from despliegue.answers.flowers import flowers_response
 from despliegue.answers.heatflow import heat_flow_response
-from despliegue.artifacts import ModelCard, bentoml_home, require_models_in_store
-from despliegue.audit import AuditLog
-from despliegue.auth import (
-    DOCS_PATHS,
-    DOCS_PREFIXES,
-    PROBES,
-    BearerAuth,
-    auth_enabled,
-    token_book,
-)
+from despliegue.artifacts import require_models_in_store
+from despliegue.bentoml_compat import bentoml_home
+from despliegue.catalog import Catalog
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
-from despliegue.docs_ui import PrivateDocs, api_operations
-from despliegue.drift import FAMILIES as DRIFT_FAMILIES
-from despliegue.drift import (
-    Recorder,
-    RejectionMetrics,
-    family_report,
-    observed,
-    storage_dir,
-    worker_name,
-)
+from despliegue.contracts import ModelCard, ShadowStats
+from despliegue.drift.capture import families, observed, storage_dir, worker_name
+from despliegue.drift.recorder import Recorder
 from despliegue.errors import (
     ClientError,
-    ClientErrorWording,
     answers_client_errors,
-    error_body,
-    error_response,
     install_log_filter,
 )
 from despliegue.heap import limit_malloc_arenas, settle_worker_heap
 from despliegue.home_lock import claim_home, starts_a_server
-from despliegue.http import (
-    BodySizeLimit,
-    ContentTypeGuard,
-    ControlCharacterPaths,
-    InFlightLimit,
-    MethodNotAllowed,
-    UploadFieldGuard,
-    form_fields,
+from despliegue.http.auth import (
+    token_book,
 )
-from despliegue.http_server import configure_http_server
+from despliegue.http.stack import install_edge
 from despliegue.images import (
     DecodedImage,
     ModelInput,
@@ -98,22 +73,17 @@ from despliegue.images import (
     admitted_images,
     encode_png,
 )
-from despliegue.lifecycle import RunnerModels, ShadowStats, served_tags, unzip
-from despliegue.probes import Probes
+from despliegue.lifecycle.metrics import unzip
+from despliegue.lifecycle.plans import served_tags
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticsRequest,
     AntibioticsResponse,
-    BaselineFacts,
-    CanaryState,
-    DriftState,
     Face,
     FaceRequest,
     FaceResponse,
     FalseTrueRequest,
     FalseTrueResponse,
-    FamilyLifecycle,
-    FamilyMonitoring,
     FlowersRequest,
     FlowersResponse,
     HeatFlowRequest,
@@ -131,6 +101,8 @@ THRESHOLDS: dict[str, float] = {
     if model.needs_threshold
 }
 PANEL = settings().panel("antibiotics")
+# The families `/drift/{family}` reports on.
+DRIFT_FAMILIES = families()
 # The detector takes any size; images larger than this are scaled down before it sees them.
 DETECTION_INPUT = ModelInput(max_side=settings().family("face_detector").max_side)
 
@@ -166,20 +138,9 @@ def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
     return list
 
 
-# A runner's models are asked again at most this often while it has not yet applied the
-# latest lifecycle state (it loads new models in the background).
-DESCRIBE_AGAIN_S = 0.5
-
-
-@dataclass
-class Described:
-    models: RunnerModels
-    at: float
-
-
 def tagged(response: Any, tags: list[str]) -> Any:
     """A response naming every tag that answered: a request split across two runner batches
-    while a canary runs or a swap happens may have two (despliegue/lifecycle.py)."""
+    while a canary runs or a swap happens may have two (despliegue/lifecycle/)."""
     if len(tags) > 1:
         response.model_tag = ",".join(tags)
     return response
@@ -193,10 +154,10 @@ DRIFT_FAMILY_PARAMETER = {
 }
 
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
-catalog = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
+catalog_app = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@bentoml.asgi_app(catalog, path="/")
+@bentoml.asgi_app(catalog_app, path="/")
 @bentoml.service(**settings().service_options(registry.API_SERVICE))
 @with_runners
 class Despliegue:
@@ -218,14 +179,14 @@ class Despliegue:
         )
 
     def __init__(self) -> None:
-        self._described: dict[str, Described] = {}
-        self._cards_by_tag: dict[str, ModelCard] = {}
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
         drift = settings().drift
         self.recorder = Recorder(drift, storage_dir(drift), worker_name())
+        # The runners' model cards and the answers about what is served (despliegue/catalog.py).
+        self.catalog = Catalog(self.runner_models, self.recorder)
         # Every batchable runner method by model key, as the endpoints call it: concurrent
         # requests share one call (despliegue/coalescing.py); each answered call is recorded
-        # for drift here, in this one place (despliegue/drift.py).
+        # for drift here, in this one place (despliegue/drift/).
         self.calls: dict[str, RunnerMethod[Any, Any]] = {
             model.key: self.monitored(
                 model.key,
@@ -241,7 +202,11 @@ class Despliegue:
         settle_worker_heap()
 
     def monitored(self, key: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
-        return observed(key, call, self.cards, self.recorder)
+        return observed(key, call, self.catalog.cards, self.recorder)
+
+    async def runner_models(self, family: str) -> Any:
+        """What a family's runner has loaded, as its `describe` method answers."""
+        return await getattr(self, family).to_async.describe()
 
     @bentoml.on_shutdown
     def save_drift_windows(self) -> None:
@@ -253,36 +218,9 @@ class Despliegue:
         prepare = as_declared(runner, method)
         return lambda items: getattr(getattr(self, family).to_async, method)(prepare(items))
 
-    async def described(self, family: str, fresh: bool = False) -> RunnerModels:
-        """What a family's runner has loaded: kept until the lifecycle state file changes, then
-        asked again until the runner reports it has applied the change."""
-        kept = self._described.get(family)
-        behind = kept is not None and kept.models.state_stamp != lifecycle.state_stamp()
-        if kept is None or fresh or (behind and time.monotonic() - kept.at > DESCRIBE_AGAIN_S):
-            answer = await getattr(self, family).to_async.describe()
-            models = RunnerModels.model_validate(answer, from_attributes=True)
-            kept = self._described[family] = Described(models, time.monotonic())
-            # Kept for good: a batch that started before a swap answers with the replaced model.
-            self._cards_by_tag.update({card.tag: card for card in models.cards})
-        return kept.models
-
-    async def cards(self, family: str) -> list[ModelCard]:
-        return (await self.described(family)).cards
-
-    async def card(self, key: str, tag: str | None = None) -> ModelCard:
-        """The card of the model that answered with `tag` for a configuration key (the first,
-        if two did), or of the model the key serves now."""
-        runner = lifecycle.facts(key).runner
-        if tag is None:
-            tag = str((await self.described(runner)).lanes[key]["served"])
-        tag = tag.split(",")[0]
-        if tag not in self._cards_by_tag:
-            await self.described(runner, fresh=True)
-        return self._cards_by_tag[tag]
-
     async def model_input(self, key: str) -> ModelInput:
         """The input size a CNN takes, as its model card's preprocessing records it."""
-        height, width = (await self.card(key)).metadata["preprocessing"]["size"]
+        height, width = (await self.catalog.card(key)).metadata["preprocessing"]["size"]
         return ModelInput(size=(int(height), int(width)))
 
     def admitted(
@@ -302,7 +240,7 @@ class Despliegue:
     async def heatflow_predict(self, sediment_thickness_m: list[float]) -> HeatFlowResponse:
         """Predict surface heat flow (mW/m²) from sediment thickness (m)."""
         heat_flow, tags = unzip(await self.calls["heatflow"](sediment_thickness_m), "heatflow")
-        card = await self.card("heatflow", tags[0])
+        card = await self.catalog.card("heatflow", tags[0])
         return tagged(heat_flow_response(sediment_thickness_m, heat_flow, card), tags)
 
     @bentoml.api(route="/falsetrue", input_spec=FalseTrueRequest)
@@ -310,7 +248,7 @@ class Despliegue:
     async def falsetrue_classify(self, texts: list[str]) -> FalseTrueResponse:
         """Classify each text as 0 (False) or 1 (Real)."""
         rows, tags = unzip(await self.calls["falsetrue"](texts), "falsetrue")
-        return tagged(falsetrue_response(rows, await self.card("falsetrue", tags[0])), tags)
+        return tagged(falsetrue_response(rows, await self.catalog.card("falsetrue", tags[0])), tags)
 
     @bentoml.api(route="/flowers", input_spec=FlowersRequest)
     @answers_client_errors
@@ -333,7 +271,7 @@ class Despliegue:
     async def answer_flowers(self, images: list[DecodedImage], top_k: int) -> FlowersResponse:
         answers = await self.calls["flowers"]([image.pixels for image in images])
         probabilities, tags = unzip(answers, "flowers")
-        card = await self.card("flowers", tags[0])
+        card = await self.catalog.card("flowers", tags[0])
         return tagged(flowers_response(probabilities, card, top_k, THRESHOLDS["flowers"]), tags)
 
     @bentoml.api(route="/face", input_spec=FaceRequest)
@@ -364,7 +302,7 @@ class Despliegue:
             for image, faces in zip(images, per_image, strict=True)
         ]
         return tagged(
-            face_response(per_image, drawn, await self.card("face_detector", tags[0])), tags
+            face_response(per_image, drawn, await self.catalog.card("face_detector", tags[0])), tags
         )
 
     @bentoml.api(route="/super", input_spec=FaceRequest)
@@ -408,14 +346,14 @@ class Despliegue:
             validated,
             drawn,
             THRESHOLDS["face_validator"],
-            await self.card("face_detector", detectors[0]),
-            await self.card("face_validator", validators[0] if validators else None),
+            await self.catalog.card("face_detector", detectors[0]),
+            await self.catalog.card("face_validator", validators[0] if validators else None),
         )
         return tagged(verdicts, validators)
 
     async def panel(self) -> dict[str, ModelCard]:
         """The served antibiotic models by code (not their canaries or shadows)."""
-        cards = await self.cards("antibiotics")
+        cards = await self.catalog.cards("antibiotics")
         return panel_of([card for card in cards if card.lane == "served"], PANEL)
 
     @bentoml.api(route="/antibiotics", input_spec=AntibioticsRequest)
@@ -432,72 +370,17 @@ class Despliegue:
         for start, code in zip(range(0, len(answered), len(features)), wanted, strict=True):
             answers, tags = unzip(answered[start : start + len(features)], f"antibiotics.{code}")
             per_code += answers
-            answering[code] = await self.card(f"antibiotics.{code}", tags[0])
+            answering[code] = await self.catalog.card(f"antibiotics.{code}", tags[0])
         return antibiotics_response(answering, wanted, len(features), per_code)
-
-    async def model_listing(self) -> ServedModels:
-        names = [family.name for family in registry.FAMILIES]
-        described = dict(zip(names, await asyncio.gather(*map(self.described, names)), strict=True))
-        families = {}
-        for key, plan in lifecycle.plans().items():
-            runner = described[lifecycle.facts(key).runner]
-            families[key] = FamilyLifecycle(
-                served=plan.served,
-                source=plan.source,
-                previous=plan.previous,
-                candidates=lifecycle.candidates(plan),
-                canary=CanaryState(tag=plan.canary, percent=plan.percent) if plan.canary else None,
-                shadow=plan.shadow,
-                loaded=runner.lanes.get(key, {}),
-                problem=runner.problems.get(key),
-            )
-        cards = [card for models in described.values() for card in models.cards]
-        return ServedModels(models=cards, families=families, monitoring=await self.monitoring())
-
-    async def monitoring(self) -> dict[str, FamilyMonitoring]:
-        """Per family: each served model's baseline and the last drift verdict."""
-        monitoring = {}
-        if self.recorder.settings.capture:
-            for family in DRIFT_FAMILIES:
-                report = await family_report(family, self.cards, self.recorder)
-                monitoring[family] = FamilyMonitoring(
-                    baseline={
-                        m["model_tag"]: BaselineFacts(**m["baseline"]) for m in report["models"]
-                    },
-                    drift=DriftState(verdict=report["verdict"], checked_at=report["checked_at"]),
-                )
-        return monitoring
-
-    async def comparison(self, key: str) -> ShadowStats | Response:
-        """A family's shadow comparison, or 404 naming the family when it is not served."""
-        try:
-            runner = lifecycle.facts(key).runner
-        except KeyError:
-            runner = None
-        stats = (await self.described(runner, fresh=True)).shadow.get(key) if runner else None
-        if stats is None:
-            served = ", ".join(sorted(lifecycle.served_tags()))
-            message = f"{key!r} is not a served family; families: {served}"
-            return error_response(404, error_body(["family"], message, "value_error"))
-        return stats
-
-    async def drift_of(self, family: str) -> dict[str, Any]:
-        if family not in DRIFT_FAMILIES:
-            raise ClientError(
-                ["family"],
-                f"unknown family {family!r}; one of {list(DRIFT_FAMILIES)}",
-                status=HTTPStatus.NOT_FOUND,
-            )
-        return await family_report(family, self.cards, self.recorder)
 
     # The family is read from the path, not declared as a parameter: FastAPI would document a
     # 422 of its own for it, which this service never answers (any text is a family or a 404).
-    @catalog.get("/drift/{family}", openapi_extra={"parameters": [DRIFT_FAMILY_PARAMETER]})
+    @catalog_app.get("/drift/{family}", openapi_extra={"parameters": [DRIFT_FAMILY_PARAMETER]})
     async def get_drift(self, request: Request) -> Any:
         """Drift of a family's served models: per feature the test, p-value, PSI, threshold
         and verdict, against each model's baseline (see docs/operations.md)."""
         try:
-            return await self.drift_of(request.path_params["family"])
+            return await self.catalog.drift_of(request.path_params["family"])
         except ClientError as exc:
             return exc.to_response()
 
@@ -507,11 +390,11 @@ class Despliegue:
         self, family: Annotated[str, Field(examples=["heatflow"], description="a model family")]
     ) -> dict[str, Any]:
         """Drift of a family, as GET /drift/{family} gives it (for the Python client)."""
-        return await self.drift_of(family)
+        return await self.catalog.drift_of(family)
 
     # The catalog twice: GET routes for browsers and curl, and service APIs (POST) so that
     # bentoml.SyncHTTPClient has a method for each (it only calls APIs, never mounted routes).
-    @catalog.get("/antibiotics", response_model=AntibioticPanelListing)
+    @catalog_app.get("/antibiotics", response_model=AntibioticPanelListing)
     async def get_antibiotic_panel(self) -> AntibioticPanelListing:
         """The antibiotic panel: one model per code, its input length, classes and origin."""
         return panel_listing(await self.panel(), PANEL)
@@ -521,19 +404,19 @@ class Despliegue:
         """The antibiotic panel, as GET /antibiotics gives it (for the Python client)."""
         return panel_listing(await self.panel(), PANEL)
 
-    @catalog.get("/models", response_model=ServedModels)
+    @catalog_app.get("/models", response_model=ServedModels)
     async def get_models(self) -> ServedModels:
         """The models being served: tag, family, framework, reference or imported, metadata."""
-        return await self.model_listing()
+        return await self.catalog.model_listing()
 
     @bentoml.api(route="/models")
     async def served_models(self) -> ServedModels:
         """The models being served, as GET /models gives them (for the Python client)."""
-        return await self.model_listing()
+        return await self.catalog.model_listing()
 
     # The family is read from the path, not declared as a parameter: FastAPI would add its own
     # 422 answer to the document, and every error here has the product's error body.
-    @catalog.get(
+    @catalog_app.get(
         "/models/{family}/compare",
         response_model=ShadowStats,
         openapi_extra={
@@ -552,68 +435,7 @@ class Despliegue:
     async def get_comparison(self, request: Request) -> ShadowStats | Response:
         """The shadow model's answers compared with the served model's: agreement rate and
         mean absolute difference (since the runner loaded this pair)."""
-        return await self.comparison(request.path_params["family"])
+        return await self.catalog.comparison(request.path_params["family"])
 
 
-# The first added is the outermost. Probes come first: answered at once, before auth, audit
-# and limits (despliegue/probes.py). The audit line covers refusals by auth, size limits and
-# content checks.
-Despliegue.add_asgi_middleware(
-    Probes, service=Despliegue, auth_on=auth_enabled(settings().security.auth)
-)
-Despliegue.add_asgi_middleware(AuditLog, audit=settings().security.audit)
-Despliegue.add_asgi_middleware(
-    RejectionMetrics, routes=frozenset(api.route for api in Despliegue.apis.values())
-)
-Despliegue.add_asgi_middleware(ControlCharacterPaths)
-Despliegue.add_asgi_middleware(BearerAuth, auth=settings().security.auth)
-Despliegue.add_asgi_middleware(
-    PrivateDocs, auth=settings().security.auth, api_paths=api_operations(Despliegue)
-)
-Despliegue.add_asgi_middleware(
-    InFlightLimit,
-    max_in_flight=settings().limits.max_requests_in_flight,
-    paths=frozenset(api.route for api in Despliegue.apis.values()),
-)
-Despliegue.add_asgi_middleware(BodySizeLimit, max_body_bytes=settings().limits.max_body_bytes)
-Despliegue.add_asgi_middleware(
-    ContentTypeGuard,
-    media_types={api.route: api.input_spec.mime_type() for api in Despliegue.apis.values()},
-)
-Despliegue.add_asgi_middleware(
-    UploadFieldGuard,
-    forms={
-        api.route: form_fields(api.input_spec, api.input_spec.multipart_fields)
-        for api in Despliegue.apis.values()
-        if api.input_spec.mime_type() == "multipart/form-data"
-    },
-    max_body_bytes=settings().limits.max_body_bytes,
-)
-
-
-def catalog_operations() -> dict[str, dict]:
-    """The catalog app's paths and their operations, as its OpenAPI document lists them."""
-    from fastapi.openapi.utils import get_openapi
-
-    return get_openapi(title=catalog.title, version="1", routes=catalog.routes)["paths"]
-
-
-def shared_paths() -> dict[str, frozenset[str]]:
-    """Paths that both a BentoML API and a catalog route serve, with every method they take."""
-    api_routes = {api.route for api in Despliegue.apis.values()}
-    return {
-        path: frozenset({"POST", *(method.upper() for method in operations)})
-        | ({"HEAD"} if "get" in operations else set())
-        for path, operations in catalog_operations().items()
-        if path in api_routes
-    }
-
-
-Despliegue.add_asgi_middleware(MethodNotAllowed, allowed=shared_paths())
-configure_http_server(
-    head_timeout_s=settings().limits.request_head_timeout_s,
-    trusted_proxies=settings().security.trusted_proxies,
-    metric_paths=frozenset({*PROBES, *DOCS_PATHS, "/metrics", *catalog_operations()}),
-    metric_prefixes=DOCS_PREFIXES,
-)
-Despliegue.add_asgi_middleware(ClientErrorWording)
+install_edge(Despliegue, catalog_app, settings())

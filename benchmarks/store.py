@@ -18,7 +18,7 @@ import bentoml
 from benchmarks.paths import PATHS
 from despliegue.artifacts import ARTIFACT_FILE
 from despliegue.config import settings
-from despliegue.lifecycle import served_tags
+from despliegue.lifecycle.plans import served_tags
 
 
 def artifact_files() -> dict[str, str]:

@@ -17,17 +17,16 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import bentoml
-from pydantic import BaseModel, Field
 
+from despliegue.bentoml_compat import bentoml_home, model_store_folder
 from despliegue.config import PanelConfig
+from despliegue.contracts import Framework, ModelCard
 from despliegue.preprocessing import summary as preprocessing_summary
 
-Framework = Literal["sklearn", "keras", "mtcnn", "blazeface"]
 # The file `framework` loads from; a face detector is a manifest next to its weight files.
 ARTIFACT_FILE: dict[str, str] = {
     "sklearn": "model.joblib",
@@ -39,44 +38,19 @@ ARTIFACT_FILE: dict[str, str] = {
 MANIFEST_FRAMEWORKS = frozenset({"mtcnn", "blazeface"})
 
 
-class ModelCard(BaseModel):
-    """What `GET /models` tells about a served model."""
-
-    tag: str = Field(examples=["heatflow_svr:3kd7x2qf4ylbqaav"])
-    family: str = Field(examples=["heatflow"])
-    framework: str = Field(examples=["sklearn"])
-    reference: bool = Field(description="True for a reference model built by save_models.py")
-    created: datetime
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Where the model came from (file, MLflow run/version)"
+def model_card(stored: bentoml.Model) -> ModelCard:
+    """The card of a stored model, from its metadata (what a runner's `describe` lists)."""
+    meta = dict(stored.info.metadata)
+    return ModelCard(
+        tag=str(stored.tag),
+        family=str(meta.get("family", "unknown")),
+        framework=str(meta.get("framework", "unknown")),
+        reference=bool(meta.get("reference", False)),
+        created=stored.info.creation_time,
+        labels=dict(stored.info.labels),
+        preprocessing=preprocessing_summary(meta),
+        metadata=meta,
     )
-    preprocessing: str | None = Field(
-        default=None,
-        description="What is done to the input before the model is called, decided at import "
-        "(metadata.preprocessing has the numbers)",
-        examples=["raw 0–255 (detected, in the model: rescaling (Rescaling × 0.00392157 + 0))"],
-    )
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    serves: str | None = Field(
-        None, description="The family key it answers for, e.g. heatflow or antibiotics.AMK"
-    )
-    lane: Literal["served", "canary", "shadow"] | None = Field(
-        None, description="served, canary (a share of requests) or shadow (a copy of them)"
-    )
-
-    @classmethod
-    def of(cls, stored: bentoml.Model) -> ModelCard:
-        meta = dict(stored.info.metadata)
-        return cls(
-            tag=str(stored.tag),
-            family=str(meta.get("family", "unknown")),
-            framework=str(meta.get("framework", "unknown")),
-            reference=bool(meta.get("reference", False)),
-            created=stored.info.creation_time,
-            labels=dict(stored.info.labels),
-            preprocessing=preprocessing_summary(meta),
-            metadata=meta,
-        )
 
 
 def sha256_of(path: Path) -> str:
@@ -219,12 +193,6 @@ def require_models_in_store(tags: Iterable[str]) -> None:
         verify_artifact(stored)
 
 
-def bentoml_home() -> str:
-    from despliegue.bentoml_compat import bentoml_home
-
-    return bentoml_home()
-
-
 def _load_joblib(path: Path) -> Any:
     import joblib
 
@@ -323,8 +291,6 @@ def stored_models(name: str) -> list[bentoml.Model]:
 def stored_model_names() -> set[str]:
     """The model names in the local store, from its folder names, without reading any model's
     metadata (one unreadable folder would hide every other model)."""
-    from despliegue.bentoml_compat import model_store_folder
-
     root = model_store_folder()  # the Bento's own store inside an image, not the home's
     return {folder.name for folder in root.iterdir() if folder.is_dir()} if root.is_dir() else set()
 

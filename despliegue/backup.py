@@ -24,7 +24,7 @@ import bentoml
 
 from despliegue import bentoml_compat
 from despliegue.artifacts import sha256_of
-from despliegue.lifecycle import served_tags
+from despliegue.lifecycle.plans import served_tags
 
 MANIFEST = "manifest.json"
 FORMAT = "despliegue-model-backup/1"

@@ -41,18 +41,18 @@ REACHES: tuple[Reach, ...] = (
     Reach(
         "_bentoml_sdk.service.openapi",
         "_get_api_routes",
-        "the OpenAPI operations of the API service's own routes (despliegue/docs_ui.py)",
+        "the OpenAPI operations of the API service's own routes (despliegue/http/docs.py)",
     ),
     Reach(
         "bentoml._internal.utils.cattr",
         "bentoml_cattr",
-        "those operations as plain JSON (despliegue/docs_ui.py)",
+        "those operations as plain JSON (despliegue/http/docs.py)",
     ),
     Reach(
         "bentoml._internal.configuration.containers",
         "BentoMLContainer",
         "the BentoML home, model store folder, TLS settings and each service's URL "
-        "(artifacts.py, lifecycle.py, probes.py, startup.py)",
+        "(artifacts.py, lifecycle/plans.py, http/probes.py, startup.py)",
     ),
     Reach(
         "bentoml._internal.models.model",
@@ -62,13 +62,13 @@ REACHES: tuple[Reach, ...] = (
     Reach(
         "bentoml._internal.context",
         "server_context",
-        "the API's routes, so metrics label only known paths (http_server.py), and whether "
+        "the API's routes, so metrics label only known paths (http/server.py), and whether "
         "this process is a server worker (startup.py)",
     ),
     Reach(
         "bentoml._internal.server.http.instruments",
         "RunnerTrafficMetricsMiddleware",
-        "the HTTP metrics middleware, replaced by one with bounded labels (http_server.py)",
+        "the HTTP metrics middleware, replaced by one with bounded labels (http/server.py)",
     ),
     Reach(
         "_bentoml_impl.server.serving",

@@ -72,7 +72,7 @@ ALIAS_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
 class Canary(StrictModel):
-    """A candidate model answering a share of a family's requests (despliegue/lifecycle.py)."""
+    """A candidate model answering a share of a family's requests (despliegue/lifecycle/)."""
 
     tag: str = Field(pattern=TAG_PATTERN, description="store tag name:version of the candidate")
     percent: float = Field(ge=0, le=100, description="share of requests it answers, in %")
@@ -200,10 +200,10 @@ class AntibioticLimits(StrictModel):
 class Limits(StrictModel):
     max_body_bytes: int = Field(ge=1024)
     # A request head (request line and headers) not complete this long after its first byte
-    # gets 408 and a closed connection (despliegue/http_server.py).
+    # gets 408 and a closed connection (despliegue/http/server.py).
     request_head_timeout_s: float = Field(default=10.0, ge=0.5, le=600)
     # API requests one API worker answers at once; past it: 503 with Retry-After, at once
-    # (despliegue/http.py: InFlightLimit).
+    # (despliegue/http/guards.py: InFlightLimit).
     max_requests_in_flight: int = Field(default=128, ge=1, le=100_000)
     heatflow: HeatFlowLimits
     falsetrue: FalseTrueLimits
@@ -273,11 +273,13 @@ class SecuritySettings(StrictModel):
 
 
 class LifecycleSettings(StrictModel):
-    """Where the record of what each family serves lives (despliegue/lifecycle.py)."""
+    """Where the record of what each family serves lives (despliegue/lifecycle/)."""
 
-    # Relative paths are taken from the project folder, so `bentoml build` packs the file
-    # and the image serves what was promoted. DESPLIEGUE_LIFECYCLE_STATE overrides it.
-    state_file: str = "served.json"
+    # Unset: `served.json` in the BentoML home, beside the models it names (one checkout used
+    # with two homes never mixes their states); inside a Bento, the state packed at build time
+    # (despliegue/lifecycle/state.py). A relative path is taken from the project folder.
+    # DESPLIEGUE_LIFECYCLE_STATE overrides both.
+    state_file: str | None = None
     # How often each runner looks whether the state file changed (seconds).
     poll_interval_s: float = Field(default=1.0, ge=0.1, le=3600)
 
@@ -293,7 +295,7 @@ class DriftThresholds(StrictModel):
 
 class DriftSettings(StrictModel):
     """Live capture of input and prediction summaries, and the drift checks on them
-    (despliegue/drift.py)."""
+    (despliegue/drift/)."""
 
     # Off: no summary is taken and no drift metric is exported (the cost of capture is the
     # difference, measured by the benchmarks).

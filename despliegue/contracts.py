@@ -1,13 +1,47 @@
-"""What runners and the API hand each other, named: row layouts and request rows.
+"""What runners and the API hand each other, named: model cards, row layouts, request rows.
 
 A runner answers plain numbers (arrays travel cheaply between the processes and a runner knows
-nothing about HTTP); the API turns them into response schemas. Both sides read the layout here,
-so neither owns it and a column is named where it is used, not counted.
+nothing about HTTP); the API turns them into response schemas. Both sides read the types here,
+so neither owns them and a column is named where it is used, not counted. This module imports
+nothing of the project's: any module of either side may import it.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, Field
+
+# How a stored model is loaded (its artifact's format).
+Framework = Literal["sklearn", "keras", "mtcnn", "blazeface"]
+
+
+class ModelCard(BaseModel):
+    """What `GET /models` tells about a served model."""
+
+    tag: str = Field(examples=["heatflow_svr:3kd7x2qf4ylbqaav"])
+    family: str = Field(examples=["heatflow"])
+    framework: str = Field(examples=["sklearn"])
+    reference: bool = Field(description="True for a reference model built by save_models.py")
+    created: datetime
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Where the model came from (file, MLflow run/version)"
+    )
+    preprocessing: str | None = Field(
+        default=None,
+        description="What is done to the input before the model is called, decided at import "
+        "(metadata.preprocessing has the numbers)",
+        examples=["raw 0–255 (detected, in the model: rescaling (Rescaling × 0.00392157 + 0))"],
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    serves: str | None = Field(
+        None, description="The family key it answers for, e.g. heatflow or antibiotics.AMK"
+    )
+    lane: Literal["served", "canary", "shadow"] | None = Field(
+        None, description="served, canary (a share of requests) or shadow (a copy of them)"
+    )
+
 
 # The face detector's five landmarks, in the order of their (x, y) pairs in a detection row.
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -41,3 +75,33 @@ class PanelRow(BaseModel):
 
     code: str
     features: list[float]
+
+
+class Answered(NamedTuple):
+    """One answer item and the tag of the model that produced it."""
+
+    model_tag: str
+    answer: Any
+
+
+class ShadowStats(BaseModel):
+    """Shadow answers compared with the served model's, since this runner process started."""
+
+    family: str
+    served: str
+    shadow: str | None
+    compared: int = 0
+    agreed: int = 0
+    agreement_rate: float | None = None
+    mean_absolute_difference: float | None = None
+    dropped_batches: int = Field(0, description="batches not shadowed: the shadow was busy")
+
+
+class RunnerModels(BaseModel):
+    """What a runner has loaded, as its `describe` method answers."""
+
+    state_stamp: str
+    cards: list[ModelCard]
+    lanes: dict[str, dict[str, str | float | None]]
+    problems: dict[str, str] = Field(default_factory=dict)
+    shadow: dict[str, ShadowStats] = Field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 Every error this service answers has the body `ErrorBody` describes, written by `error_body`
 here and nowhere else: the API methods, every middleware (size limits, auth, content checks,
-405) and the OpenAPI document's error schema (despliegue/docs_ui.py) all use it.
+405) and the OpenAPI document's error schema (despliegue/http/docs.py) all use it.
 
 Schema violations are caught by pydantic before our code runs; BentoML answers them with 400
 and `{"error", "detail": [{"loc", "msg", "type"}]}`. Mistakes that can only be seen after
@@ -35,6 +35,8 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from despliegue.bentoml_compat import REQUEST_ERRORS_LOGGER
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -279,8 +281,6 @@ class ClientErrorWording:
 
 def install_log_filter() -> None:
     """Attach the filter where BentoML logs request exceptions (idempotent)."""
-    from despliegue.bentoml_compat import REQUEST_ERRORS_LOGGER
-
     logger = logging.getLogger(REQUEST_ERRORS_LOGGER)
     if not any(isinstance(f, ClientMistakeLogFilter) for f in logger.filters):
         logger.addFilter(ClientMistakeLogFilter())

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from despliegue import registry
 from despliegue.artifacts import copy_file, save_to_store, sha256_of, stored_models
-from despliegue.families import RECIPES, Recipe
+from despliegue.drift.baselines import import_baseline
+from despliegue.families.base import Recipe
 from despliegue.preprocessing import summary as preprocessing_summary
 
 
@@ -34,10 +36,10 @@ class Outcome:
 
 def recipe_for(model_name: str) -> Recipe:
     """The recipe whose model name (or name pattern, e.g. modelo_<CODE>_NM) fits."""
-    for recipe in RECIPES.values():
+    for recipe in registry.recipes().values():
         if recipe.matches(model_name):
             return recipe
-    known = ", ".join(sorted(recipe.model_name for recipe in RECIPES.values()))
+    known = ", ".join(sorted(recipe.model_name for recipe in registry.recipes().values()))
     raise ImportRefused(f"unknown model name {model_name!r}; known: {known}")
 
 
@@ -98,8 +100,6 @@ def import_artifact(
             except ValueError as exc:
                 raise ImportRefused(f"{path}: {_reason(exc)}") from exc
         if baseline_data is not None:
-            from despliegue.drift import import_baseline
-
             try:
                 serving["baseline"] = import_baseline(
                     recipe.family, loaded.model, serving, baseline_data

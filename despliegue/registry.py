@@ -2,15 +2,21 @@
 
 A family is one runner service (its own process, reached from the API with `bentoml.depends`)
 and the stored model(s) it loads. Each model has a key under `families:` in configuration.yaml,
-a recipe that builds its reference model and probes an imported one (despliegue/families/), and
-the batchable runner method that calls it. From this table come: the runner attributes of the
-API service and the coalescer of each runner method (service.py), `GET /models` and /readyz,
-the families configuration must hold and which of them need a threshold, and the service names
-allowed under `bentoml.services` (despliegue/config.py), and the recipes `save_models.py` walks.
+a recipe that builds its reference model and probes an imported one (despliegue/families/), the
+batchable runner method that calls it, how a shadow model's answer is compared with the served
+one's (the runner's shadow lane), how a call's traffic is summarised for drift (the API worker),
+and, if it takes any, how data given at import becomes its drift baseline. From this table come:
+the runner attributes of the API service and the coalescer of each runner method (service.py),
+`GET /models` and /readyz, the families configuration must hold and which of them need a
+threshold, and the service names allowed under `bentoml.services` (despliegue/config.py), the
+recipes `save_models.py` walks, the runner each lifecycle key belongs to and its comparison
+(despliegue/lifecycle/), and the drift families, summaries and import baselines
+(despliegue/drift/). No other module lists the families.
 
-Runner classes and recipes are named by import path ("module:attribute") and imported only when
-asked for: configuration loading reads this table, and a runner module reads configuration (and
-the model store) when it is imported. How to add a family: docs/architecture.md.
+Every part is named by import path ("module:attribute") and imported only when asked for:
+configuration loading reads this table, and a runner module reads configuration (and the model
+store) when it is imported. `check()` imports every part and says which one is missing or
+wrong. How to add a family: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from typing import Any
+
+from despliegue.families.base import Recipe
 
 # The public API service; its options live under `bentoml.services` beside the runners'.
 API_SERVICE = "Despliegue"
@@ -45,6 +53,24 @@ class Model:
     needs_threshold: bool = False
     # An open set of models named by `model_pattern` (one per code) instead of one `model`.
     panel: bool = False
+    # "module:function" (served answer item, shadow answer item) -> (agree, absolute
+    # difference): how the runner compares a shadow model's answers with the served model's.
+    compare: str = ""
+    # "module:function" (call inputs, answers, model cards) -> one drift observation per model
+    # that answered: how the API worker summarises a call of `method` for drift.
+    summarise: str = ""
+    # "module:function" (model, metadata, path) -> (items, answers): data given at import
+    # (`save_models.py import ... --baseline PATH`) answered as the runner would, for the
+    # model's drift baseline. Empty: no baseline from data (the first requests make one).
+    import_answers: str = ""
+
+    # The parts every model must name (check() says which one is missing).
+    REQUIRED_PARTS = ("recipe", "compare", "summarise")
+    PARTS = ("recipe", "compare", "summarise", "import_answers")
+
+    def part(self, name: str) -> Any:
+        """The object a part names, imported on first use."""
+        return imported(getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -74,9 +100,13 @@ class Family:
             raise ValueError(f"family {self.name!r} serves no model")
         if not self.paths or not self.summary:
             raise ValueError(f"family {self.name!r} needs its paths and a summary")
-        for part, value in (("runner", self.runner), *((m.key, m.recipe) for m in self.models)):
+        named = [("runner", self.runner)]
+        for m in self.models:
+            named += [(m.key, m.recipe)]
+            named += [(f"{m.key} {part}", getattr(m, part)) for part in Model.PARTS[1:]]
+        for part, value in named:
             module_name, _, attribute = value.partition(":")
-            if not module_name or not attribute:
+            if value and (not module_name or not attribute):
                 raise ValueError(
                     f"family {self.name!r}: {part} {value!r} is not 'package.module:attribute'"
                 )
@@ -97,14 +127,32 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="heatflow",
         runner="runners.heatflow:HeatFlowRegressor",
-        models=(Model("heatflow", "despliegue.families.heatflow:RECIPE", method="predict"),),
+        models=(
+            Model(
+                "heatflow",
+                "despliegue.families.heatflow:RECIPE",
+                method="predict",
+                compare="despliegue.lifecycle.comparisons:same_value",
+                summarise="despliegue.drift.summaries:heatflow_summary",
+                import_answers="despliegue.drift.baselines:heatflow_import_answers",
+            ),
+        ),
         paths=("heatflow",),
         summary="Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
     ),
     Family(
         name="falsetrue",
         runner="runners.falsetrue:FalseTrueClassifier",
-        models=(Model("falsetrue", "despliegue.families.falsetrue:RECIPE", method="classify"),),
+        models=(
+            Model(
+                "falsetrue",
+                "despliegue.families.falsetrue:RECIPE",
+                method="classify",
+                compare="despliegue.lifecycle.comparisons:same_label",
+                summarise="despliegue.drift.summaries:falsetrue_summary",
+                import_answers="despliegue.drift.baselines:falsetrue_import_answers",
+            ),
+        ),
         paths=("falsetrue",),
         summary="Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
     ),
@@ -117,6 +165,9 @@ FAMILIES: tuple[Family, ...] = (
                 "despliegue.families.flowers:RECIPE",
                 method="classify",
                 needs_threshold=True,
+                compare="despliegue.lifecycle.comparisons:same_class",
+                summarise="despliegue.drift.summaries:flowers_summary",
+                import_answers="despliegue.drift.baselines:flowers_import_answers",
             ),
         ),
         paths=("flowers",),
@@ -131,12 +182,16 @@ FAMILIES: tuple[Family, ...] = (
                 "despliegue.families.faces:DETECTOR",
                 method="detect",
                 needs_threshold=True,
+                compare="despliegue.lifecycle.comparisons:same_faces",
+                summarise="despliegue.drift.summaries:face_detector_summary",
             ),
             Model(
                 "face_validator",
                 "despliegue.families.faces:VALIDATOR",
                 method="validate",
                 needs_threshold=True,
+                compare="despliegue.lifecycle.comparisons:same_verdict",
+                summarise="despliegue.drift.summaries:face_validator_summary",
             ),
         ),
         paths=("face", "super"),
@@ -152,6 +207,9 @@ FAMILIES: tuple[Family, ...] = (
                 "despliegue.families.antibiotics:RECIPE",
                 method="susceptibility",
                 panel=True,
+                compare="despliegue.lifecycle.comparisons:same_class",
+                summarise="despliegue.drift.summaries:antibiotics_summary",
+                import_answers="despliegue.drift.baselines:antibiotics_import_answers",
             ),
         ),
         paths=("antibiotics",),
@@ -182,13 +240,27 @@ def family(name: str) -> Family:
     raise KeyError(f"no family {name!r}; families: {', '.join(f.name for f in FAMILIES)}")
 
 
-def check(families: tuple[Family, ...] = FAMILIES) -> None:
-    """Import every runner class and recipe the table names and check they fit together: each
-    runner has each method the table names, each recipe is for its model's key. Raises
-    ValueError naming the entry and the part that is wrong (tests call this; serving imports
-    the same parts anyway)."""
-    from despliegue.families.base import Recipe
+def recipes() -> dict[str, Recipe]:
+    """Every model's recipe by model key, in table order (what `save_models.py` walks)."""
+    return {model.key: model.part("recipe") for model in models()}
 
+
+def model(key: str) -> Model:
+    """The model of a configuration key; `antibiotics.AMK` is a member of the `antibiotics`
+    panel."""
+    name = key.partition(".")[0]
+    for entry in models():
+        if entry.key == name:
+            return entry
+    raise KeyError(f"no model {key!r}; models: {', '.join(model_keys())}")
+
+
+def check(families: tuple[Family, ...] | None = None) -> None:
+    """Import every part the table names and check they fit together: each runner has each
+    method the table names, each recipe is for its model's key, each comparison, summary and
+    import answer is a function. Raises ValueError naming the entry and the part that is
+    missing or wrong (tests call this; serving imports the same parts anyway)."""
+    families = FAMILIES if families is None else families
     names = [entry.name for entry in families]
     keys = [model.key for entry in families for model in entry.models]
     for kind, values in (("family name", names), ("model key", keys)):
@@ -217,6 +289,7 @@ def check(families: tuple[Family, ...] = FAMILIES) -> None:
                 raise ValueError(
                     f"model {model.key!r}: {model.recipe} is not the Recipe of family {model.key!r}"
                 )
+            _check_functions(entry, model)
         if "describe" not in apis:
             raise ValueError(
                 f"family {entry.name!r}: {entry.service_name} needs a `describe` API method "
@@ -224,8 +297,27 @@ def check(families: tuple[Family, ...] = FAMILIES) -> None:
             )
 
 
+def _check_functions(entry: Family, model: Model) -> None:
+    """The comparison, the drift summary and (if named) the import answers: functions."""
+    for part in Model.PARTS[1:]:
+        path = getattr(model, part)
+        where = f"family {entry.name!r}: model {model.key!r}"
+        if not path:
+            if part in Model.REQUIRED_PARTS:
+                raise ValueError(f"{where} names no {part} ('module:function')")
+            continue
+        try:
+            function = imported(path)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"{where}: {part} {path!r}: {exc}") from exc
+        if not callable(function):
+            raise ValueError(f"{where}: {part} {path!r} is not a function")
+
+
 def family_of(key: str) -> Family:
-    """The family whose runner serves the model of configuration key `key`."""
+    """The family whose runner serves the model of configuration key `key` (a panel member,
+    `antibiotics.AMK`, is served by its panel's runner)."""
+    key = key.partition(".")[0]
     for entry in FAMILIES:
         if any(model.key == key for model in entry.models):
             return entry

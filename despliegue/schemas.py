@@ -21,8 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import CODE_PATTERN, settings
+from despliegue.contracts import ModelCard
 from despliegue.images import encoded_size_bound
 
 LIMITS = settings().limits
@@ -213,7 +213,7 @@ class CanaryState(BaseModel):
 
 
 class FamilyLifecycle(BaseModel):
-    """What one family serves and could serve (despliegue/lifecycle.py)."""
+    """What one family serves and could serve (despliegue/lifecycle/)."""
 
     served: str = Field(description="The tag answering requests.", examples=["heatflow_svr:v2"])
     source: str = Field(

@@ -17,7 +17,7 @@ what `bentoml serve` does not:
 - BentoML's usage telemetry is off unless BENTOML_DO_NOT_TRACK=false says otherwise.
 - The public port refuses connections until the API process can answer them. BentoML's
   supervisor opens the port before it starts any worker, and a connection made then waited,
-  unanswered, for the seconds the API worker takes to import and start (despliegue/probes.py
+  unanswered, for the seconds the API worker takes to import and start (despliegue/http/probes.py
   answers every probe once it listens).
 - A runner process that dies is started again inside a container too (BentoML leaves that to
   the orchestrator there, which never sees a runner die while the API process lives).

@@ -11,16 +11,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from despliegue.config import settings
+from despliegue.contracts import ModelCard
 from despliegue.images import resize
 from despliegue.preprocessing import ImagePreprocessing
-
-if TYPE_CHECKING:
-    from despliegue.artifacts import ModelCard
 
 
 def configure_tensorflow(onednn: bool = True) -> Any:

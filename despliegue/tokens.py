@@ -13,7 +13,7 @@ Hashing the whole token binds the line to its id.
 
 Lines made by earlier versions, `<id> pbkdf2_sha256$<iterations>$<salt>$<hash> <allow>`, are
 still accepted, but each check costs a PBKDF2 derivation: the server runs those off its event
-loop under a per-client failure budget (despliegue/auth.py) and logs at start-up which ids to
+loop under a per-client failure budget (despliegue/http/auth.py) and logs at start-up which ids to
 re-issue.
 
 `allow` lists what the token may call: an endpoint family (the first path segment: `heatflow`,

@@ -1,7 +1,7 @@
 """Antibiotic panel runner (seed 003): one model per antibiotic, `modelo_<CODE>_NM`.
 
 The panel is every stored `modelo_<CODE>_NM` configuration selects plus every antibiotic the
-lifecycle state file promotes (despliegue/lifecycle.py): a new antibiotic is an import and a
+lifecycle state file promotes (despliegue/lifecycle/): a new antibiotic is an import and a
 `save_models.py promote antibiotics.<CODE> TAG`, picked up by the running service. Each served
 model is a BentoModel class attribute (`packs_served_models`), which is how `bentoml build`
 packs exactly the served panel. Input length, class labels and preprocessing come from each
@@ -22,11 +22,11 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import settings
-from despliegue.contracts import PanelRow
+from despliegue.contracts import Answered, ModelCard, PanelRow, RunnerModels
 from despliegue.heap import settle_worker_heap
-from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
+from despliegue.lifecycle.plans import packs_served_models
+from despliegue.lifecycle.swap import ServedModels
 from despliegue.startup import serve_until_callers_stop
 
 PANEL = settings().panel("antibiotics")

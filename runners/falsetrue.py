@@ -2,7 +2,7 @@
 
 The model gets the input shape it was fitted on (a named DataFrame column or a list of
 strings; despliegue/sklearn_input.py). Which stored model answers follows the lifecycle state
-(despliegue/lifecycle.py)."""
+(despliegue/lifecycle/)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import settings
+from despliegue.contracts import Answered, ModelCard, RunnerModels
 from despliegue.heap import settle_worker_heap
-from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
+from despliegue.lifecycle.plans import packs_served_models
+from despliegue.lifecycle.swap import ServedModels
 from despliegue.sklearn_input import OneColumnInput, text_column
 from despliegue.startup import serve_until_callers_stop
 

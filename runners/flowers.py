@@ -13,10 +13,11 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import settings
+from despliegue.contracts import Answered, ModelCard, RunnerModels
 from despliegue.heap import settle_worker_heap
-from despliegue.lifecycle import Answered, RunnerModels, ServedModels, packs_served_models
+from despliegue.lifecycle.plans import packs_served_models
+from despliegue.lifecycle.swap import ServedModels
 from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("flowers")

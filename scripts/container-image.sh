@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Bento -> OCI image -> OCI archive, with no Docker daemon and no registry:
 #   1. the base image (built offline once, see container-base.sh),
-#   2. `bentoml build` (code, configuration.yaml, model tags, locked requirements),
+#   2. `bentoml build` (code, configuration.yaml, model tags, the home's lifecycle state, locked
+#      requirements),
 #   3. `bentoml containerize --backend buildah` (the Bento's generated Dockerfile),
 #   4. `buildah push oci-archive:` + `skopeo inspect`, size printed.
-# Environment: BENTOML (the bentoml CLI), IMAGE (repository name, default despliegue),
-# BUILD_BASE_IMAGE (build stage's base, see container-base.sh),
-# CA_BUNDLE (a PEM file bind-mounted read-only during RUN steps only, for networks whose TLS
-# is intercepted; never copied into the image; empty disables), DIST (archive folder).
+# Environment: BENTOML (the bentoml CLI), PYTHON (the venv's Python, which runs the build),
+# IMAGE (repository name, default despliegue), BUILD_BASE_IMAGE (build stage's base, see
+# container-base.sh), CA_BUNDLE (a PEM file bind-mounted read-only during RUN steps only, for
+# networks whose TLS is intercepted; never copied into the image; empty disables), DIST
+# (archive folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENTOML=${BENTOML:-bentoml}
+PYTHON=${PYTHON:-python}
 IMAGE=${IMAGE:-despliegue}
 DIST=${DIST:-dist}
 CA_BUNDLE=${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
@@ -18,7 +21,9 @@ CA_BUNDLE=${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
 BUILD_BASE_IMAGE=${BUILD_BASE_IMAGE:-localhost/despliegue-build-base:bookworm}
 
 scripts/container-base.sh docker.io/library/python:3.11-slim "$BUILD_BASE_IMAGE"
-tag=$("$BENTOML" build --output tag | tail -n 1)
+# With the home's lifecycle state packed (despliegue/lifecycle/pack.py): the image serves what
+# was promoted.
+tag=$("$PYTHON" -m despliegue.lifecycle.pack "$BENTOML" build --output tag | tail -n 1)
 tag=${tag#__tag__:}
 version=${tag#*:}
 echo "bento $tag"

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from despliegue.probes import ANSWER_WITHIN_S
+from despliegue.http.probes import ANSWER_WITHIN_S
 from despliegue.registry import FAMILIES as REGISTERED
 from tests.conftest import LiveServer
 

@@ -12,9 +12,8 @@ from http import HTTPStatus
 
 import numpy as np
 
-from despliegue.artifacts import ModelCard
 from despliegue.config import PanelConfig
-from despliegue.contracts import PanelRow
+from despliegue.contracts import ModelCard, PanelRow
 from despliegue.errors import ClientError
 from despliegue.schemas import (
     AntibioticPanelListing,

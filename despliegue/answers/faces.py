@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from despliegue.artifacts import ModelCard
-from despliegue.contracts import LANDMARKS, DetectionRow
+from despliegue.contracts import LANDMARKS, DetectionRow, ModelCard
 from despliegue.images import resize
 from despliegue.schemas import (
     Box,

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from despliegue.artifacts import ModelCard
-from despliegue.contracts import TextVerdictRow
+from despliegue.contracts import ModelCard, TextVerdictRow
 from despliegue.schemas import FalseTrueResponse
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from despliegue.artifacts import ModelCard
+from despliegue.contracts import ModelCard
 from despliegue.schemas import FlowerAnswer, FlowerClass, FlowersResponse
 
 UNIDENTIFIED_FLOWER = "Flor no identificada"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from despliegue.artifacts import ModelCard
+from despliegue.contracts import ModelCard
 from despliegue.schemas import HeatFlowResponse
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from despliegue.baselines import Summary, build_baseline
 from despliegue.config import config_path, settings
+from despliegue.drift.baselines import Summary, build_baseline
 from despliegue.families.base import Recipe, ReferenceModel
 
 REFERENCE_CODES = ("AMK", "AMP", "ATM", "CAS", "CAZ")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from despliegue.artifacts import Framework
+from despliegue.contracts import Framework
 
 
 @dataclass(frozen=True)

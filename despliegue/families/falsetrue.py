@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from despliegue.baselines import build_baseline, text_summary
+from despliegue.drift.baselines import build_baseline, text_summary
 from despliegue.families.base import Recipe, ReferenceModel
 from despliegue.sklearn_input import OneColumnInput, text_column
 

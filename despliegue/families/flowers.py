@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from despliegue.baselines import build_baseline, images_summary
+from despliegue.drift.baselines import build_baseline, images_summary
 from despliegue.families.base import Recipe, ReferenceModel
 from despliegue.families.image_models import decide_preprocessing, flat_output_warnings
 from despliegue.preprocessing import PRESETS

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from despliegue.baselines import Summary, build_baseline
+from despliegue.drift.baselines import Summary, build_baseline
 from despliegue.families.base import Recipe, ReferenceModel
 from despliegue.sklearn_input import OneColumnInput, numeric_column
 

@@ -1,39 +1,64 @@
-"""`bentoml build` makes one Bento holding the service code, configuration.yaml and every model."""
+"""`bentoml build` makes one Bento holding the service code, configuration.yaml, every model and
+what the home it was built from serves (its lifecycle state)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+import joblib
 import pytest
 import yaml
+from sklearn.dummy import DummyRegressor
 
-from tests.conftest import BIN, ROOT
+from tests.conftest import BIN, LIFECYCLE_STATE_ENV, ROOT, private_home
 
 pytestmark = pytest.mark.build
 
 
+def run(command: list[str], home: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """A command as a user runs it: on `home`, with the state where it lives by default."""
+    env = {k: v for k, v in os.environ.items() if k != LIFECYCLE_STATE_ENV}
+    env.update(BENTOML_HOME=home, DESPLIEGUE_OPERATOR="build-test")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
 def bentoml_cli(*args: str, home: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BENTOML_HOME": home}
-    return subprocess.run(
-        [str(BIN / "bentoml"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run([str(BIN / "bentoml"), *args], home)
 
 
 @pytest.fixture(scope="module")
-def built_bento(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    result = bentoml_cli("build", "--output", "tag", home=reference_store)
+def promoted(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A home of its own where heatflow serves a promoted import: (home, promoted tag)."""
+    folder = tmp_path_factory.mktemp("build-home")
+    home = private_home(reference_store, folder)
+    artifact = folder / "constant_7.joblib"
+    joblib.dump(DummyRegressor(strategy="constant", constant=7.0).fit([[0.0]], [7.0]), artifact)
+    save_models = [sys.executable, "save_models.py"]
+    imported = run([*save_models, "import", "heatflow_svr", str(artifact)], home)
+    assert imported.returncode == 0, imported.stderr
+    tag = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stderr.split()))[1]
+    done = run([*save_models, "promote", "heatflow", tag, "--why", "packed into the Bento"], home)
+    assert done.returncode == 0, done.stderr
+    return home, tag
+
+
+@pytest.fixture(scope="module")
+def built_bento(promoted: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home, _ = promoted
+    # As `make build` runs it: the home's state in the build context for the build only.
+    build = [sys.executable, "-m", "despliegue.lifecycle.pack", str(BIN / "bentoml"), "build"]
+    result = run([*build, "--output", "tag"], home)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(ROOT.glob("served*")), "the packed state was left in the checkout"
     tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     exported = tmp_path_factory.mktemp("bento") / "despliegue.bento"
-    export = bentoml_cli("export", tag, str(exported), home=reference_store)
+    export = bentoml_cli("export", tag, str(exported), home=home)
     assert export.returncode == 0, export.stderr[-3000:]
     return exported
 
@@ -80,3 +105,36 @@ def test_bento_locks_the_installed_bentoml(built_bento: Path) -> None:
     assert "bentoml==1.4.39" in requirements
     assert "tensorflow-cpu==" in requirements and "scikit-learn==" in requirements
     assert "mtcnn==1.0.0" in requirements
+
+
+SERVED_FROM_THE_BENTO = """
+import json
+from despliegue.lifecycle import plans, state
+heatflow = plans.plans()["heatflow"]
+print(json.dumps([str(state.state_path()), heatflow.served, heatflow.source]))
+"""
+
+
+def test_the_bento_serves_what_was_promoted(
+    built_bento: Path, promoted: tuple[str, str], tmp_path: Path
+) -> None:
+    home, tag = promoted
+    with tarfile.open(built_bento) as archive:
+        names = {name.removeprefix("./") for name in archive.getnames()}
+        archive.extractall(tmp_path / "bento", filter="data")
+    bento = tmp_path / "bento"
+    packed = json.loads((bento / "src" / "served.json").read_text())
+    assert packed == json.loads((Path(home) / "served.json").read_text())
+    assert packed["families"]["heatflow"]["served"] == tag
+    assert "src/served-history.jsonl" in names
+    name, version = tag.split(":")
+    assert f"models/{name}/{version}/model.yaml" in names
+
+    # Read as a server started from the Bento reads it, on a home holding no state of its own.
+    other_home = str(tmp_path / "another-home")
+    script = [sys.executable, "-c", SERVED_FROM_THE_BENTO]
+    result = run(script, other_home, cwd=bento / "src")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state_file, served, source = json.loads(result.stdout.splitlines()[-1])
+    assert state_file == str(bento / "src" / "served.json")
+    assert (served, source) == (tag, "state file")

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import tests.conftest as shared
-from despliegue.probes import ANSWER_WITHIN_S
+from despliegue.http.probes import ANSWER_WITHIN_S
 from tests.conftest import ROOT, LiveServer, free_port, served_requests
 from tests.probing import (
     ProbeAnswer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from despliegue.artifacts import sha256_of
 from despliegue.config import DEFAULT_CONFIG_PATH
-from tests.conftest import start_server, stop_server
+from tests.conftest import LIFECYCLE_STATE_ENV, start_server, stop_server
 
 
 def serve_until_exit(home: str, log_path: Path, extra_env: dict[str, str]) -> tuple[int, str]:
@@ -41,6 +42,22 @@ def test_a_model_missing_from_the_store_stops_the_service(tmp_path: Path) -> Non
     assert code != 0
     assert "heatflow_svr:latest" in log and "falsetrue_classifier:latest" in log
     assert "python save_models.py" in log
+
+
+def test_a_state_naming_a_tag_its_store_lacks_stops_the_service(
+    reference_store: str, tmp_path: Path
+) -> None:
+    """The state beside a home (its default place) names a tag that home never stored, as one
+    promoted in another home would: refused at start-up, naming the tag and the store."""
+    home = copy_of_store(reference_store, tmp_path)
+    missing = "heatflow_svr:fromanotherhome"
+    state = {"families": {"heatflow": {"served": missing}}}
+    (home / "served.json").write_text(json.dumps(state))
+    # Empty: no override, the state is found where it lives by default.
+    extra_env = {LIFECYCLE_STATE_ENV: ""}
+    code, log = serve_until_exit(str(home), tmp_path / "serve.log", extra_env)
+    assert code != 0
+    assert f"model(s) {missing} not in the BentoML model store ({home})" in log, log[-3000:]
 
 
 # --- models verified at load, and start-up failures that stop the server at once ------------

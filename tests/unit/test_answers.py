@@ -29,8 +29,8 @@ from despliegue.answers.faces import (
 from despliegue.answers.falsetrue import falsetrue_response
 from despliegue.answers.flowers import UNIDENTIFIED_FLOWER, flowers_response
 from despliegue.answers.heatflow import heat_flow_response
-from despliegue.artifacts import ModelCard
 from despliegue.config import settings
+from despliegue.contracts import ModelCard
 from despliegue.errors import ClientError
 
 PANEL = settings().panel("antibiotics")

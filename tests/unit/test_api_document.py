@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from despliegue import registry
-from despliegue.docs_ui import ERRORS, error_schemas
+from despliegue.http.docs import ERRORS, error_schemas
 from despliegue.tokens import TOKENS_ENV
 from tests.conftest import SESSION_TOKEN_LINES
 

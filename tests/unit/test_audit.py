@@ -12,8 +12,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from despliegue.audit import AuditLog, model_tags
 from despliegue.config import AuditSettings
+from despliegue.http.audit import AuditLog, model_tags
 
 
 async def predict(request: Request) -> JSONResponse:

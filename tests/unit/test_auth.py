@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from despliegue.auth import FailureBudget, ReloadingTokenBook
 from despliegue.config import AuthSettings
+from despliegue.http.auth import FailureBudget, ReloadingTokenBook
 from despliegue.tokens import TOKENS_ENV, TOKENS_FILE_ENV, TokenBook, load_records, new_token
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from despliegue.artifacts import ModelCard
+from despliegue.contracts import ModelCard
 from despliegue.images import resize
 from despliegue.tensorflow_runtime import CompiledImageModel, configure_tensorflow
 

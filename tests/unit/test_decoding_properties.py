@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from despliegue.auth import bearer_token
 from despliegue.config import settings as despliegue_settings
+from despliegue.http.auth import bearer_token
 from despliegue.schemas import FalseTrueRequest, HeatFlowRequest
 from despliegue.tokens import TokenBook, TokenLineError, new_token, parse_line
 

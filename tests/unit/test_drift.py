@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from despliegue.baselines import (
+from despliegue.config import ConfigurationError, DriftSettings, load_settings
+from despliegue.drift.baselines import (
     Summary,
     bin_counts,
     build_baseline,
@@ -16,17 +17,10 @@ from despliegue.baselines import (
     images_summary,
     text_summary,
 )
-from despliegue.config import ConfigurationError, DriftSettings, load_settings
-from despliegue.drift import (
-    Recorder,
-    add_to_window,
-    binned_ks,
-    chi_square,
-    empty_window,
-    judge_window,
-    psi,
-)
-from despliegue.drift_report import render
+from despliegue.drift.recorder import Recorder
+from despliegue.drift.report import render
+from despliegue.drift.statistics import binned_ks, chi_square, psi
+from despliegue.drift.windows import add_to_window, empty_window, judge_window
 
 SETTINGS = DriftSettings(window_items=200, min_items=50, baseline_items=300)
 

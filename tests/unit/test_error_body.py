@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from despliegue.docs_ui import error_schemas
 from despliegue.errors import (
     ClientError,
     ErrorBody,
@@ -18,7 +17,8 @@ from despliegue.errors import (
     in_our_words,
     reworded,
 )
-from despliegue.http import ControlCharacterPaths, MethodNotAllowed, send_client_error
+from despliegue.http.docs import error_schemas
+from despliegue.http.guards import ControlCharacterPaths, MethodNotAllowed, send_client_error
 
 
 def validator() -> Draft202012Validator:

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
-from despliegue.http import (
+from despliegue.http.guards import (
     JSON,
     MULTIPART,
     VALUE_PART_MAX_BYTES,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from despliegue.http_server import OTHER_PATHS, HeadDeadlineProtocol, RouteLabelledMetrics
+from despliegue.http.server import OTHER_PATHS, HeadDeadlineProtocol, RouteLabelledMetrics
 from tests.conftest import free_port
 
 DEADLINE_S = 0.5

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from despliegue.config import load_settings
-from despliegue.probes import ANSWER_WITHIN_S
+from despliegue.http.probes import ANSWER_WITHIN_S
 from despliegue.serving import REMOTE_ENV, SERVICE_ENV, remote_services
 from tests.conftest import ROOT
 
@@ -213,7 +213,7 @@ def test_split_layout_reaches_each_remote_runner_through_its_own_service() -> No
 
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_probes_fit_what_the_server_promises(name: str) -> None:
-    """/readyz and /livez answer within ANSWER_WITHIN_S (despliegue/probes.py); every probe
+    """/readyz and /livez answer within ANSWER_WITHIN_S (despliegue/http/probes.py); every probe
     waits longer than that, and start-up is allowed as long as the tests allow it."""
     for deployment, container in containers(layout(name)):
         where = f"{name}/{deployment['metadata']['name']}"

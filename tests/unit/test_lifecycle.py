@@ -4,6 +4,8 @@ the real command line, on a model store and a lifecycle state file of the test's
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import yaml
 from sklearn.dummy import DummyRegressor
 
 from despliegue.config import DEFAULT_CONFIG_PATH, ConfigurationError, load_settings
-from tests.conftest import ROOT, run_save_models
+from tests.conftest import LIFECYCLE_STATE_ENV, ROOT, private_home, run_save_models
 
 OPERATOR = "test-operator@lifecycle"
 
@@ -135,12 +137,12 @@ def state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_refusals_name_the_problem_and_change_nothing(
     state_file: Path, change: tuple, message: str
 ) -> None:
-    from despliegue import lifecycle
+    from despliegue.lifecycle import commands, state
 
     command, *args = change
-    with pytest.raises(lifecycle.LifecycleRefused, match=message):
-        getattr(lifecycle, command)(*args, why="test")
-    assert not state_file.exists() and not lifecycle.history_path().exists()
+    with pytest.raises(state.LifecycleRefused, match=message):
+        getattr(commands, command)(*args, why="test")
+    assert not state_file.exists() and not state.history_path().exists()
 
 
 def test_every_change_needs_a_reason() -> None:
@@ -173,11 +175,127 @@ def test_a_bad_canary_in_configuration_is_refused_naming_the_key(
 
 
 def test_shadow_comparisons_per_family() -> None:
-    from despliegue.lifecycle import FAMILIES
+    from despliegue.lifecycle.comparisons import comparisons
 
-    assert FAMILIES["heatflow"].compare(100.0, 102.0) == (True, 2.0)
-    assert FAMILIES["heatflow"].compare(100.0, 150.0)[0] is False
-    same, difference = FAMILIES["falsetrue"].compare(np.array([1.0, 0.9]), np.array([1.0, 0.7]))
+    compare = comparisons()
+    assert compare["heatflow"](100.0, 102.0) == (True, 2.0)
+    assert compare["heatflow"](100.0, 150.0)[0] is False
+    same, difference = compare["falsetrue"](np.array([1.0, 0.9]), np.array([1.0, 0.7]))
     assert same and difference == pytest.approx(0.2)
-    assert FAMILIES["flowers"].compare(np.array([0.7, 0.3]), np.array([0.2, 0.8]))[0] is False
-    assert FAMILIES["face_detector"].compare(np.zeros((2, 15)), np.zeros((1, 15))) == (False, 1.0)
+    assert compare["flowers"](np.array([0.7, 0.3]), np.array([0.2, 0.8]))[0] is False
+    assert compare["face_detector"](np.zeros((2, 15)), np.zeros((1, 15))) == (False, 1.0)
+
+
+# --- where the state lives: beside the store it names -------------------------------------
+
+
+def test_the_state_defaults_to_the_home_and_inside_a_bento_to_the_packed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from despliegue.lifecycle import state
+
+    monkeypatch.delenv(state.STATE_ENV)
+    home = Path(os.environ["BENTOML_HOME"])
+    assert state.state_path() == home / "served.json"
+    assert state.history_path() == home / "served-history.jsonl"
+    assert state.bento_source() is None  # a checkout
+
+    bento = tmp_path / "bento"
+    (bento / "src").mkdir(parents=True)
+    monkeypatch.setattr(state, "PROJECT_ROOT", bento / "src")
+    assert state.state_path() == home / "served.json", "a src folder alone is not a Bento"
+    (bento / "bento.yaml").write_text("service: service:Despliegue\n")
+    assert state.state_path() == bento / "src" / "served.json"
+
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "elsewhere.json"))
+    assert state.state_path() == tmp_path / "elsewhere.json"
+    assert state.history_path() == tmp_path / "elsewhere-history.jsonl"
+
+
+def test_packing_copies_the_state_for_the_build_only(state_file: Path, tmp_path: Path) -> None:
+    from despliegue.lifecycle import state
+
+    context = tmp_path / "context"
+    context.mkdir()
+    with state.pack_for_build(context) as packed:
+        assert packed == []  # nothing promoted: the Bento serves what configuration names
+    state_file.write_text('{"families": {"heatflow": {"served": "heatflow_svr:v2"}}}\n')
+    state.history_path().write_text('{"action": "promote"}\n')
+
+    failing = pytest.raises(RuntimeError, match="the build failed")
+    with failing, state.pack_for_build(context) as packed:
+        assert (context / "served.json").read_text() == state_file.read_text()
+        assert (context / "served-history.jsonl").read_text() == '{"action": "promote"}\n'
+        raise RuntimeError("the build failed")
+    assert sorted(p.name for p in context.iterdir()) == []
+
+    # A file the old default left in the project folder is neither packed nor overwritten.
+    (context / "served.json").write_text("{}")
+    refused = pytest.raises(state.LifecycleRefused, match="no longer read outside a Bento")
+    with refused, state.pack_for_build(context):
+        pytest.fail("built with a stale state")
+    assert (context / "served.json").read_text() == "{}"
+
+
+def save_models_on(home: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """save_models.py as a user runs it: BENTOML_HOME set, no DESPLIEGUE_LIFECYCLE_STATE."""
+    env = {k: v for k, v in os.environ.items() if k != LIFECYCLE_STATE_ENV}
+    env.update(BENTOML_HOME=home, COLUMNS="300", DESPLIEGUE_OPERATOR=OPERATOR)
+    return subprocess.run(
+        [sys.executable, "save_models.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def state_files_in_checkout() -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in ROOT.glob("*served*")}
+
+
+def test_two_homes_from_one_checkout_never_mix_their_states(
+    reference_store: str, tmp_path: Path
+) -> None:
+    checkout_before = state_files_in_checkout()
+    homes = {value: private_home(reference_store, tmp_path / f"{value:g}") for value in (1.0, 2.0)}
+    promoted = {}
+    for value, home in homes.items():
+        artifact = tmp_path / f"constant_{value:g}.joblib"
+        joblib.dump(
+            DummyRegressor(strategy="constant", constant=value).fit([[0.0]], [value]), artifact
+        )
+        imported = save_models_on(home, "import", "heatflow_svr", str(artifact))
+        assert imported.returncode == 0, imported.stderr
+        tag = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stderr.split()))[1]
+        done = save_models_on(home, "promote", "heatflow", tag, "--why", f"home {value:g}")
+        assert done.returncode == 0, done.stderr
+        promoted[home] = tag
+
+    for home, tag in promoted.items():
+        state_file = Path(home) / "served.json"
+        families = json.loads(state_file.read_text())["families"]
+        assert families["heatflow"]["served"] == tag
+        named = {
+            t
+            for entry in families.values()
+            for t in (entry.get("served"), entry.get("previous"), entry.get("shadow"))
+            if t
+        }
+        for name, version in (t.split(":") for t in named):
+            assert (Path(home) / "models" / name / version / "model.yaml").is_file(), (home, named)
+        other = next(t for h, t in promoted.items() if h != home)
+        assert other not in state_file.read_text()
+        assert (Path(home) / "served-history.jsonl").is_file()
+
+        listed = save_models_on(home, "list")
+        assert listed.returncode == 0, listed.stderr
+        rows = {
+            cells[0]: cells[2]
+            for line in listed.stderr.splitlines()
+            if len(cells := [c.strip() for c in line.split("│")[1:-1]]) > 2
+        }
+        assert rows[tag] == "heatflow" and other not in rows, listed.stderr
+        assert str(state_file) in listed.stderr, listed.stderr
+    assert state_files_in_checkout() == checkout_before, "the checkout's state was written"

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, run_save_models
 pytestmark = pytest.mark.processes
 
 LOAD = """
-from despliegue.lifecycle import ServedModels
+from despliegue.lifecycle.swap import ServedModels
 served = ServedModels("heatflow").model("heatflow").served
 print("loaded", served.tag, served.model.predict([[1000.0]])[0])
 """

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from despliegue.drift import service_metrics
+from despliegue.drift.metrics import service_metrics
+from despliegue.http.rejections import rejections
 from tests.conftest import ROOT
 
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -51,10 +52,11 @@ def test_alerts_fire_on_made_series_and_not_on_healthy_ones() -> None:
 
 
 def exported_names() -> set[str]:
-    """Names of the series the service's own metrics expose (counters end in _total)."""
+    """Names of the series the service's own metrics expose (counters end in _total): the
+    models' answers and drift, and the refused inputs (despliegue/http/rejections.py)."""
     metrics = service_metrics()
     names = set()
-    for metric in vars(metrics).values():
+    for metric in [*vars(metrics).values(), rejections()]:
         if not hasattr(metric, "collect"):
             continue
         for family in metric.collect():

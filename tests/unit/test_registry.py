@@ -7,18 +7,21 @@ ones it does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from despliegue import registry
 from despliegue.config import ConfigurationError, load_settings
-from despliegue.families import RECIPES
+from despliegue.families.base import Recipe
 from despliegue.registry import FAMILIES, Family
 from tests.unit.test_config import write_config
 
 HEATFLOW = FAMILIES[0].models[0]
+RECIPES = registry.recipes()
 
 
 def test_every_entry_names_parts_that_exist_and_fit() -> None:
@@ -180,3 +183,131 @@ def test_merged_items_reach_each_runner_method_as_it_declares_them() -> None:
         "FaceAnalyzer.validate": list,
         "AntibioticPanel.susceptibility": list,
     }
+
+
+# --- A sixth family, added by its registry entry alone -----------------------------------------
+
+
+def tiny_compare(served: Any, other: Any) -> tuple[bool, float]:
+    return served == other, abs(served - other)
+
+
+def tiny_summary(values: Any, answers: Any, cards: Any) -> list:
+    return []
+
+
+def tiny_import_answers(model: Any, metadata: Any, path: Path) -> tuple[list, Any]:
+    return [], []
+
+
+TINY_RECIPE = Recipe(
+    family="tiny",
+    model_name="tiny_model",
+    framework="sklearn",
+    description="a family that exists only in this test",
+    build_reference=lambda: None,
+    probe=lambda model: None,
+)
+
+
+def tiny_family(**parts: str) -> Family:
+    """The tiny family's entry: every part named in this module, `parts` changed."""
+    named = {
+        "compare": f"{__name__}:tiny_compare",
+        "summarise": f"{__name__}:tiny_summary",
+        "import_answers": f"{__name__}:tiny_import_answers",
+        **parts,
+    }
+    model = registry.Model("tiny", f"{__name__}:TINY_RECIPE", method="score", **named)
+    return Family(
+        name="tiny",
+        runner=f"{__name__}:TinyRunner",
+        models=(model,),
+        paths=("tiny",),
+        summary="A tiny family, defined in the test.",
+    )
+
+
+@pytest.fixture
+def with_tiny_family(monkeypatch: pytest.MonkeyPatch) -> Iterator[Family]:
+    """A copy of the registry with the tiny family added (its runner defined here)."""
+    import sys
+
+    import bentoml
+
+    @bentoml.service
+    class TinyRunner:
+        @bentoml.api(batchable=True)
+        def score(self, values: list[float]) -> list[float]:
+            return values
+
+        @bentoml.api
+        def describe(self) -> dict:
+            return {}
+
+    monkeypatch.setattr(sys.modules[__name__], "TinyRunner", TinyRunner, raising=False)
+    tiny = tiny_family()
+    monkeypatch.setattr(registry, "FAMILIES", (*FAMILIES, tiny))
+    yield tiny
+    monkeypatch.undo()
+    clear_derived_tables()
+
+
+def clear_derived_tables() -> None:
+    from despliegue.drift import baselines, capture
+    from despliegue.lifecycle import comparisons
+
+    for cached in (comparisons.comparisons, capture.monitored_methods, baselines.import_answers):
+        cached.cache_clear()
+
+
+def test_every_table_derived_from_the_registry_includes_a_new_family(
+    with_tiny_family: Family, tmp_path: Path
+) -> None:
+    from despliegue.drift import baselines, capture
+    from despliegue.http import docs
+    from despliegue.lifecycle import comparisons
+
+    clear_derived_tables()
+    registry.check()
+    assert registry.model_keys()[-1] == "tiny"
+    assert registry.service_names()[-1] == "TinyRunner"
+    assert registry.recipes()["tiny"] is TINY_RECIPE
+    assert registry.family_of("tiny") is with_tiny_family
+    # The runner's shadow lane (lifecycle) and the API worker's drift capture.
+    assert comparisons.comparison("tiny") is tiny_compare
+    assert capture.families()[-1] == "tiny"
+    assert capture.runners_of("tiny") == ["tiny"]
+    assert capture.monitored_methods()["tiny"].summarise is tiny_summary
+    assert baselines.import_answers()["tiny"] is tiny_import_answers
+    # The Swagger UI's grouping, and the configuration that must now hold the family.
+    assert docs.family_tag("/tiny") == "tiny"
+    assert docs.tag_descriptions()["tiny"] == with_tiny_family.summary
+    with pytest.raises(ConfigurationError, match="missing families: \\['tiny'\\]"):
+        load_settings(write_config(tmp_path, lambda raw: None))
+    # The API service: one runner attribute per family.
+    import service
+
+    assert hasattr(service.with_runners(type("Api", (), {})), "tiny")
+
+
+@pytest.mark.parametrize("part", ["compare", "summarise"])
+def test_a_family_leaving_out_a_part_fails_the_check_naming_it(
+    with_tiny_family: Family, part: str
+) -> None:
+    with pytest.raises(ValueError, match=f"family 'tiny': model 'tiny' names no {part}"):
+        registry.check((tiny_family(**{part: ""}),))
+
+
+@pytest.mark.parametrize("part", ["compare", "summarise", "import_answers"])
+def test_a_part_that_is_not_there_fails_the_check_naming_it(
+    with_tiny_family: Family, part: str
+) -> None:
+    with pytest.raises(ValueError, match=f"model 'tiny': {part} '{__name__}:nothing'"):
+        registry.check((tiny_family(**{part: f"{__name__}:nothing"}),))
+    with pytest.raises(ValueError, match=f"{part} '{__name__}:TINY_RECIPE' is not a function"):
+        registry.check((tiny_family(**{part: f"{__name__}:TINY_RECIPE"}),))
+
+
+def test_a_family_may_take_no_baseline_data_at_import(with_tiny_family: Family) -> None:
+    registry.check((tiny_family(import_answers=""),))

@@ -264,7 +264,7 @@ def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
     older, newer = (f"heatflow_svr:{model['version']}" for model in versions)
     falsetrue = f"falsetrue_classifier:{stored(home, 'falsetrue_classifier')[0]['version']}"
     # Whole tags in a 40-column terminal; the import is a candidate: the reference model keeps
-    # serving until it is promoted (despliegue/lifecycle.py).
+    # serving until it is promoted (despliegue/lifecycle/).
     assert serves[older] == "heatflow" and serves[newer] == "-", listed.stderr
     assert serves[falsetrue] == "falsetrue"
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from despliegue.auth import required_scope
 from despliegue.config import AuthSettings
+from despliegue.http.auth import required_scope
 from despliegue.tokens import (
     TokenBook,
     TokenLineError,

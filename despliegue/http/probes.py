@@ -33,6 +33,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from despliegue.bentoml_compat import service_urls
+
 # Every WATCH_INTERVAL_S all runners are asked at once, each given RUNNER_TIMEOUT_S; /readyz
 # answers from the last check, so it costs no more than /livez. A check older than
 # STALE_AFTER_S is not trusted. Both probes answer within ANSWER_WITHIN_S (deploy/ allows 2 s).
@@ -119,8 +121,6 @@ class Readiness:
 def readiness_of(service: Any, auth_on: bool) -> Readiness:
     """The Readiness of the running instance of `service` (a BentoML service class)."""
     import bentoml
-
-    from despliegue.bentoml_compat import service_urls
 
     instance = bentoml.get_current_service()
     runners = {

@@ -23,7 +23,7 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from despliegue.config import AuthSettings, ConfigurationError
-from despliegue.http import send_client_error
+from despliegue.http.guards import send_client_error
 from despliegue.tokens import (
     TokenBook,
     TokenLineError,

@@ -24,8 +24,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from despliegue.auth import PROBES
 from despliegue.config import AuditSettings
+from despliegue.http.auth import PROBES
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 NOT_AUDITED_PREFIXES = ("/static_content/", "/ui/")

@@ -21,9 +21,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from despliegue import __version__, registry
-from despliegue.auth import PROBES, auth_enabled, required_scope
+from despliegue.bentoml_compat import api_routes
 from despliegue.config import AuthSettings
 from despliegue.errors import ErrorBody
+from despliegue.http.auth import PROBES, auth_enabled, required_scope
 
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -120,8 +121,7 @@ FAMILY_LOOKUPS = frozenset({"/drift", "/drift/{family}", "/models/{family}/compa
 # Operations grouped in the UI: by model family (the first path segment names it; the registry
 # says which segments each family serves), then the catalog and the probes. A path not listed
 # here is grouped under its own segment.
-FAMILY_TAGS: dict[str, str] = {
-    **{segment: family.tag for family in registry.FAMILIES for segment in family.paths},
+OTHER_TAGS: dict[str, str] = {
     "models": "catalog",
     "drift": "monitoring",
     "livez": "infrastructure",
@@ -129,19 +129,31 @@ FAMILY_TAGS: dict[str, str] = {
     "healthz": "infrastructure",
     "metrics": "infrastructure",
 }
-TAG_DESCRIPTIONS: dict[str, str] = {
-    **{family.tag: family.summary for family in registry.FAMILIES},
+OTHER_TAG_DESCRIPTIONS: dict[str, str] = {
     "catalog": "What is being served: model tags, families, origin and metadata.",
     "monitoring": "Drift of each family's served models against their baselines.",
     "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
 }
+
+
+def family_tags() -> dict[str, str]:
+    """First path segment -> the UI tag its operations are grouped under."""
+    families = {segment: f.tag for f in registry.FAMILIES for segment in f.paths}
+    return {**families, **OTHER_TAGS}
+
+
+def tag_descriptions() -> dict[str, str]:
+    """Every UI tag and what it says, in the UI's order: the families first."""
+    return {**{f.tag: f.summary for f in registry.FAMILIES}, **OTHER_TAG_DESCRIPTIONS}
+
+
 # A multipart file field as OpenAPI 3.1 writes it (BentoML writes the non-standard type "file").
 FILE_SCHEMA = {"type": "string", "format": "binary", "contentMediaType": "image/*"}
 
 
 def family_tag(path: str) -> str:
     segment = path.strip("/").split("/")[0]
-    return FAMILY_TAGS.get(segment, segment)
+    return family_tags().get(segment, segment)
 
 
 def publishable_openapi(
@@ -193,9 +205,10 @@ def publishable_openapi(
             for code in codes:
                 responses[code] = {"description": ERRORS[code], "content": error_ref}
             operation["responses"] = responses
+    descriptions = tag_descriptions()
     doc["tags"] = [
-        {"name": tag, "description": TAG_DESCRIPTIONS.get(tag, f"/{tag}")}
-        for tag in [*TAG_DESCRIPTIONS, *sorted(used_tags - TAG_DESCRIPTIONS.keys())]
+        {"name": tag, "description": descriptions.get(tag, f"/{tag}")}
+        for tag in [*descriptions, *sorted(used_tags - descriptions.keys())]
         if tag in used_tags
     ]
     return _standard_schemas(doc, frozenset(components["schemas"]))
@@ -236,8 +249,6 @@ def _standard_schemas(node: Any, components: frozenset[str]) -> Any:
 
 def api_operations(service: Any) -> dict[str, dict[str, Any]]:
     """The OpenAPI operations of a service's own API routes, as BentoML generates them."""
-    from despliegue.bentoml_compat import api_routes
-
     return api_routes(service)
 
 

@@ -12,27 +12,49 @@ summaries of data, whatever the family:
 
 Summaries come from `image_statistics` and `text_summary` (and the numbers themselves for
 numeric inputs); despliegue/drift.py says which a family uses.
+
+Baselines from data passed at import (`save_models.py import ... --baseline PATH`): per model,
+how the data is read and how the model answers it, as its runner would (`import_answers`, named
+by its registry entry); the answers then go through the same summary function as live calls,
+so the baseline and the live windows measure the same things. Runs in the importing process
+(save_models.py) and in the recipes that build reference models.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from despliegue import registry
+from despliegue.contracts import ModelCard
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
 # Decile edges: ten bins of equal baseline mass, plus two open ends for values beyond the
 # baseline's range (a PSI computed on equal-mass bins is the usual reading of its thresholds).
 EDGE_QUANTILES = tuple(i / 10 for i in range(1, 10))
+
+
 MAX_VOCABULARY = 20_000
+
+
 # Images are measured on a view of at most this many pixels a side (a stride, no resampling):
 # the statistics barely move and a 4000x3000 photo costs what a small one does.
 STATISTICS_SIDE = 128
+
+
 WORD = re.compile(r"\w+")
 
 
@@ -171,3 +193,115 @@ def build_baseline(
         [len(v) for v in summary.numeric.values()] + [len(v) for v in outputs.values()] + [0]
     )
     return baseline
+
+
+# --- Baselines from data passed at import ----------------------------------------------
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def read_numbers(path: Path) -> np.ndarray:
+    """Rows of numbers from a CSV file (a header line of names is skipped)."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    try:
+        float(rows[0][0])
+    except (ValueError, IndexError):
+        rows = rows[1:]
+    try:
+        data = np.asarray(rows, dtype=float)
+    except ValueError as exc:
+        raise ValueError(f"{path}: every row must hold the same count of numbers ({exc})") from None
+    return data.reshape(len(rows), -1)
+
+
+def read_texts(path: Path) -> list[str]:
+    """One text per non-empty line."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_images(path: Path) -> list[np.ndarray]:
+    """Every image file of a folder, as RGB arrays."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    return images
+
+
+def heatflow_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    values = read_numbers(path)[:, 0]
+    return values.tolist(), np.asarray(model.predict(values.reshape(-1, 1)), dtype=float)
+
+
+def falsetrue_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    texts = read_texts(path)
+    labels = np.asarray(model.predict(texts), dtype=float)
+    if hasattr(model, "predict_proba"):
+        p_real = np.asarray(model.predict_proba(texts))[:, list(model.classes_).index(1)]
+    else:
+        p_real = np.full(len(texts), np.nan)
+    return texts, np.stack([labels, p_real], axis=1)
+
+
+def flowers_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    from despliegue.tensorflow_runtime import CompiledImageModel  # TensorFlow: only here
+
+    images = read_images(path)
+    card = ModelCard(
+        tag="import:baseline", family="flowers", framework="keras", reference=False,
+        created=datetime.now(UTC), metadata=dict(meta),
+    )  # fmt: skip
+    return images, list(CompiledImageModel(model, card)(images))
+
+
+def antibiotics_import_answers(model: Any, meta: Mapping[str, Any], path: Path) -> tuple[list, Any]:
+    features = read_numbers(path).astype(np.float32)
+    if features.shape[1] != int(meta["input_length"]):
+        raise ValueError(
+            f"{path}: {features.shape[1]} columns; the model takes {meta['input_length']}"
+        )
+    preprocessing = meta.get("preprocessing") or {"kind": "none"}
+    scaled = features
+    if preprocessing.get("kind") == "standardize":
+        scaled = (features - np.asarray(preprocessing["mean"])) / np.asarray(preprocessing["std"])
+    answers = np.asarray(model(scaled.astype(np.float32), training=False), dtype=float)
+    rows = [SimpleNamespace(code=meta["code"], features=row) for row in features.tolist()]
+    return rows, answers
+
+
+ImportAnswers = Callable[[Any, Mapping[str, Any], Path], tuple[list, Any]]
+
+
+@functools.cache
+def import_answers() -> dict[str, ImportAnswers]:
+    """Per model key that takes data at import, how that data is answered (from the registry)."""
+    return {
+        model.key: model.part("import_answers")
+        for model in registry.models()
+        if model.import_answers
+    }
+
+
+def import_baseline(family: str, model: Any, metadata: Mapping[str, Any], path: Path) -> dict:
+    """The baseline of an imported model from the data given with it (CSV of values or
+    vectors, a text file of one text per line, a folder of images); ValueError if unusable."""
+    answering = import_answers()
+    if family not in answering:
+        raise ValueError(
+            f"no baseline from data for {family} models: leave --baseline out, and the first "
+            "served requests make one"
+        )
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    items, answers = answering[family](model, metadata, path)
+    if len(items) < 10:
+        raise ValueError(f"{path}: {len(items)} items; a baseline needs at least 10")
+    card = SimpleNamespace(tag="import", family=family, metadata=dict(metadata))
+    observations = registry.model(family).part("summarise")(items, answers, [card])
+    _, _, summary, outputs = observations[0]
+    return build_baseline(summary, outputs, source="import")
