@@ -144,6 +144,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("despliegue"))))
 """
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("family", registry.FAMILIES, ids=lambda family: family.name)
 def test_a_runner_process_imports_only_what_runs_in_a_runner(
     family: registry.Family, reference_store: str

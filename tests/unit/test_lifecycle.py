@@ -255,6 +255,7 @@ def state_files_in_checkout() -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in ROOT.glob("*served*")}
 
 
+@pytest.mark.processes
 def test_two_homes_from_one_checkout_never_mix_their_states(
     reference_store: str, tmp_path: Path
 ) -> None:
