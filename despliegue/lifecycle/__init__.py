@@ -9,7 +9,7 @@ choice recorded in the state file. The modules follow the processes they run in:
 - `comparisons`: how a shadow's answers are compared (named per model by the registry);
 - `metrics`: the Prometheus series (answers per tag in the API; batches and shadows in runners);
 - `commands`: promote, rollback, canary, shadow (the operator's process);
-- `mlflow_sync`: families that follow an MLflow alias (the operator's process).
+- `mlflow_sync`: families that follow an MLflow alias (the operator's process);
 - `pack`: `bentoml build` with the home's state in the build context (the operator's).
 
 Nothing is imported here: a runner imports `swap` and `plans`, never the commands.

@@ -1,9 +1,9 @@
 """Fixtures of the integration tier that more than one module uses.
 
 The live MLflow tracking server (on PostgreSQL, as seed 003 runs MLflow) is started once per
-session: the panel's import tests and `save_models.py sync` both talk to it, each with model
-stores of their own, so sharing the registry changes nothing they assert (versions are read
-from what each test registers, never assumed).
+session: the panel's import tests and `save_models.py sync` both talk to it, each module with a
+model store of its own and starting on an empty model registry, so sharing the server changes
+nothing they assert.
 """
 
 from __future__ import annotations
@@ -86,13 +86,18 @@ def registry(
 ) -> Iterator[Registry]:
     """The session's MLflow server as the tracking URI while one module runs (the variable is
     put back afterwards, so no other test's subprocess reaches it), with a model store of the
-    module's own."""
+    module's own. The module starts on an empty model registry, as it would on a server of its
+    own: `save_models.py sync` follows every `modelo_<CODE>_NM` registered, so another module's
+    models would change its answer. (The modules share one xdist group, so never run at once.)"""
     import mlflow
 
     url = mlflow_tracking_server.url
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = url
     mlflow.set_tracking_uri(url)
+    client = mlflow.MlflowClient()
+    for model in client.search_registered_models():
+        client.delete_registered_model(model.name)
     try:
         home = store_without_panel(reference_store, tmp_path_factory.mktemp("store") / "bentoml")
         yield Registry(
