@@ -225,24 +225,6 @@ def serve(home: str | Path, log_path: Path, extra_env: dict[str, str] | None = N
     return LiveServer(url=url, log_path=log_path, process=process)
 
 
-# `make test` runs with pytest-xdist's `--dist loadgroup`: each module is one group, so a server
-# a module starts is started once, on one worker. Modules that share a session resource form one
-# group instead, or each worker would start its own: here the live MLflow tracking server
-# (tests/integration/conftest.py). The session's shared server (`session_server`) is used by too
-# many modules to keep on one worker: each worker starts one.
-SHARED_ACROSS_MODULES = {"mlflow_tracking_server": "mlflow-tracking-server"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        group = next(
-            (name for fixture, name in SHARED_ACROSS_MODULES.items() if fixture in fixtures),
-            item.module.__name__ if item.module else item.nodeid,
-        )
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 # What `python save_models.py` printed while building the session's reference store.
 REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.stderr"
 # A model store `make models` built before the tests (CI builds it once, for the tests and the

@@ -1,9 +1,8 @@
 """Fixtures of the integration tier that more than one module uses.
 
 The live MLflow tracking server (on PostgreSQL, as seed 003 runs MLflow) is started once per
-session: the panel's import tests and `save_models.py sync` both talk to it, each module with a
-model store of its own and starting on an empty model registry, so sharing the server changes
-nothing they assert.
+session (per xdist worker); each module that uses it gets a model store of its own and starts on
+an empty model registry, so sharing the server changes nothing a module asserts.
 """
 
 from __future__ import annotations
@@ -87,17 +86,14 @@ def registry(
     """The session's MLflow server as the tracking URI while one module runs (the variable is
     put back afterwards, so no other test's subprocess reaches it), with a model store of the
     module's own. The module starts on an empty model registry, as it would on a server of its
-    own: `save_models.py sync` follows every `modelo_<CODE>_NM` registered, so another module's
-    models would change its answer. (The modules share one xdist group, so never run at once.)"""
+    own."""
     import mlflow
 
     url = mlflow_tracking_server.url
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = url
     mlflow.set_tracking_uri(url)
-    client = mlflow.MlflowClient()
-    for model in client.search_registered_models():
-        client.delete_registered_model(model.name)
+    empty_registry()
     try:
         home = store_without_panel(reference_store, tmp_path_factory.mktemp("store") / "bentoml")
         yield Registry(
@@ -108,6 +104,16 @@ def registry(
         )
     finally:
         _restore_tracking_uri(previous)
+
+
+def empty_registry() -> None:
+    """Delete every registered model of the current tracking server: `save_models.py sync`
+    follows every `modelo_<CODE>_NM` registered, so models other tests left change its answer."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for model in client.search_registered_models():
+        client.delete_registered_model(model.name)
 
 
 def _restore_tracking_uri(previous: str | None) -> None:

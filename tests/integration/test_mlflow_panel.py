@@ -7,7 +7,8 @@ imported through save_models.py, and served; then version 2 is registered and im
 candidate, served once promoted (a version pin in configuration applies while no promotion is
 recorded). Every URI form MLflow resolves is imported (version, alias, stage, latest, model id,
 run, folder), and both TensorFlow flavours (`mlflow.tensorflow.log_model` of a Keras model and
-of a tf.Module SavedModel) are converted, served, and answer as the logged models do.
+of a tf.Module SavedModel) are converted, served, and answer as the logged models do. Last,
+`save_models.py sync` follows an alias: each version it names imported once, then promoted.
 
 PostgreSQL comes from Debian's package (scripts/postgresql.sh, run by `make test`); where it
 cannot be installed the module runs on SQLite, says so, and skips the PostgreSQL check.
@@ -15,6 +16,7 @@ cannot be installed the module runs on SQLite, says so, and skips the PostgreSQL
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import warnings
@@ -27,7 +29,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, LiveServer, run_save_models, serve, stop_server
-from tests.integration.conftest import Registry, store_without_panel
+from tests.integration.conftest import Registry, empty_registry, store_without_panel
 
 pytestmark = pytest.mark.integration
 mlflow = pytest.importorskip(
@@ -377,3 +379,47 @@ def _answer_or_none(server: LiveServer) -> dict | None:
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     return result
+
+
+# `save_models.py sync`: the panel follows `models:/modelo_<CODE>_NM@champion`, importing each
+# version once and promoting it.
+
+
+def following_config(folder: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "configuration.yaml").read_text())
+    raw["families"]["antibiotics"]["mlflow_alias"] = "champion"
+    path = folder / "configuration.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_sync_imports_and_promotes_what_the_alias_names(registry: Registry, tmp_path: Path) -> None:
+    home = str(tmp_path / "bentoml")
+    env = {"DESPLIEGUE_CONFIG": str(following_config(tmp_path)), "DESPLIEGUE_OPERATOR": "cron"}
+
+    def sync() -> str:
+        result = run_save_models("sync", home=home, extra_env=env)
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stderr.split())
+
+    def served() -> dict:
+        return json.loads((tmp_path / "served.json").read_text())["families"]["antibiotics.CIP"]
+
+    empty_registry()  # sync follows every panel model registered: only this test's
+    first = register_version(bias=2, alias="champion")
+    assert "promoted" in sync()
+    v1 = served()["served"]
+    (stored,) = (Path(home) / "models" / "modelo_cip_nm").glob("*/model.yaml")
+    labels = yaml.safe_load(stored.read_text())["labels"]
+    assert labels["mlflow_version"] == first and f"modelo_cip_nm:{stored.parent.name}" == v1
+
+    assert "already served" in sync()  # nothing new: no second import, no history line
+    assert len(list((Path(home) / "models" / "modelo_cip_nm").glob("*/model.yaml"))) == 1
+
+    second = register_version(bias=0, alias="champion")
+    assert "promoted" in sync()
+    assert served()["previous"] == v1 and served()["served"] != v1
+    lines = (tmp_path / "served-history.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["why"] == f"sync: models:/{NAME}@champion is version {second}"
+    assert (last["who"], last["from"], last["to"]) == ("cron", v1, served()["served"])
