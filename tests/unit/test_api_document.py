@@ -65,3 +65,21 @@ def test_operations_are_grouped_by_the_registry_families(document: dict) -> None
             assert document["paths"][f"/{segment}"]["post"]["tags"] == [family.tag]
     described = {tag["name"]: tag["description"] for tag in document["tags"]}
     assert all(described[family.tag] == family.summary for family in registry.FAMILIES)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/heatflow", "sediment_thickness_m"),
+        ("/falsetrue", "texts"),
+        ("/flowers", "images"),
+        ("/face", "input_data"),
+        ("/antibiotics", "features"),
+    ],
+)
+def test_a_one_or_many_field_is_documented_as_both(document: dict, path: str, field: str) -> None:
+    """BentoML inlines each request schema keeping an `anyOf`'s first branch only; the document
+    shows both, as the Swagger UI and client generators need them."""
+    body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    one, many = body["schema"]["properties"][field]["anyOf"]
+    assert many["type"] == "array" and many["items"] == one
