@@ -35,6 +35,28 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def answering_model(example: str, what: str = "The tag") -> Any:
+    """`model`: the one name of the answering model in every response."""
+    return Field(
+        description=(
+            f"{what} (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models); two tags, "
+            "comma-separated, when a request was split across both."
+        ),
+        examples=[example],
+    )
+
+
+def deprecated_model_tag(example: str) -> Any:
+    """`model_tag`: the same value as `model`, kept for one release for clients that read it."""
+    return Field(
+        deprecated=True,
+        description="Deprecated: the same value as `model`, which replaces it; removed in the "
+        "next release.",
+        examples=[example],
+    )
+
+
 SedimentThickness = Annotated[
     float,
     Field(
@@ -93,14 +115,8 @@ class HeatFlowResponse(BaseModel):
         examples=[[94.1, 71.3, 47.8]],
     )
     unit: str = Field(default="mW/m²", examples=["mW/m²"])
-    model: str = Field(description="Tag of the model that answered.", examples=["heatflow_svr:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["heatflow_svr:v1"],
-    )
+    model: str = answering_model("heatflow_svr:v1")
+    model_tag: str = deprecated_model_tag("heatflow_svr:v1")
 
 
 NewsText = Annotated[
@@ -133,16 +149,8 @@ class FalseTrueResponse(BaseModel):
         description="Per text: the model's probability of Real, null if it gives none.",
         examples=[[0.91, 0.07]],
     )
-    model: str = Field(
-        description="Tag of the model that answered.", examples=["falsetrue_classifier:v1"]
-    )
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["falsetrue_classifier:v1"],
-    )
+    model: str = answering_model("falsetrue_classifier:v1")
+    model_tag: str = deprecated_model_tag("falsetrue_classifier:v1")
 
 
 AntibioticCode = Annotated[
@@ -195,14 +203,8 @@ class Prediction(BaseModel):
 
 class AntibioticResult(BaseModel):
     code: str = Field(examples=["AMK"])
-    model: str = Field(description="Tag of the model that answered.", examples=["modelo_AMK_NM:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["modelo_AMK_NM:v1"],
-    )
+    model: str = answering_model("modelo_AMK_NM:v1")
+    model_tag: str = deprecated_model_tag("modelo_AMK_NM:v1")
     version: str = Field(description="BentoML model version.", examples=["v1"])
     registered_version: str | None = Field(
         default=None, description="MLflow registered version, if imported from MLflow."
@@ -373,16 +375,8 @@ class FlowerAnswer(BaseModel):
 class FlowersResponse(BaseModel):
     predictions: list[FlowerAnswer] = Field(description="One answer per image, in order.")
     threshold: float = Field(examples=[0.5])
-    model: str = Field(
-        description="Tag of the model that answered.", examples=["flower_classifier:v1"]
-    )
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["flower_classifier:v1"],
-    )
+    model: str = answering_model("flower_classifier:v1")
+    model_tag: str = deprecated_model_tag("flower_classifier:v1")
 
 
 class FaceRequest(Request):
@@ -420,14 +414,8 @@ class ImageFaces(BaseModel):
 
 class FaceResponse(BaseModel):
     images: list[ImageFaces] = Field(description="One entry per input image, in order.")
-    model: str = Field(description="Tag of the detector.", examples=["face_detector:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["face_detector:v1"],
-    )
+    model: str = answering_model("face_detector:v1", "The detector's tag")
+    model_tag: str = deprecated_model_tag("face_detector:v1")
 
 
 class ValidatedFace(Face):
@@ -450,11 +438,5 @@ class SuperResponse(BaseModel):
     images: list[ImageVerdict] = Field(description="One verdict per input image, in order.")
     threshold: float = Field(examples=[0.5])
     detector: str = Field(examples=["face_detector:v1"])
-    model: str = Field(description="Tag of the validation CNN.", examples=["face_validator:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["face_validator:v1"],
-    )
+    model: str = answering_model("face_validator:v1", "The validation CNN's tag")
+    model_tag: str = deprecated_model_tag("face_validator:v1")
