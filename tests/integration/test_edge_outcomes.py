@@ -76,3 +76,78 @@ def test_a_request_cut_by_the_timeout_is_audited_as_504(short_timeout_server: Li
     )
     assert quick.status_code == 200, quick.text
     assert audit_line(short_timeout_server, "in-time")["status"] == 200
+
+
+IN_FLIGHT = 8
+FLOODERS = 16
+
+
+@pytest.fixture(scope="module")
+def small_worker_server(
+    reference_store: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """An API worker with few places (`limits.max_requests_in_flight`), so a flood fills them."""
+    folder = tmp_path_factory.mktemp("admission")
+    config = configured(
+        folder, "  max_requests_in_flight: 128 ", f"  max_requests_in_flight: {IN_FLIGHT} "
+    )
+    server = serve(
+        private_home(reference_store, folder),
+        folder / "serve.log",
+        {"DESPLIEGUE_CONFIG": str(config)},
+    )
+    try:
+        yield server
+    finally:
+        stop_server(server.process)
+
+
+def test_a_flood_of_large_photos_leaves_heatflow_its_places(
+    small_worker_server: LiveServer,
+) -> None:
+    """16 clients keep /face busy with large photos (seconds each, more than the worker's 8
+    places); meanwhile /heatflow answers 200, within the SLO's p99, every time."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from despliegue.config import settings
+
+    server = small_worker_server
+    body = json.dumps({"input_data": [large_photo(2500)] * 2}).encode()
+    heat = json.dumps({"sediment_thickness_m": [1500.0]}).encode()
+    headers = {**server.headers, "content-type": "application/json"}
+    face_statuses: list[int] = []
+    heat_answers: list[tuple[int, float]] = []
+
+    async def flood(client: httpx.AsyncClient, until: float) -> None:
+        while time.monotonic() < until:
+            answer = await client.post("/face", content=body, headers=headers)
+            face_statuses.append(answer.status_code)
+            if answer.status_code == 503:
+                await asyncio.sleep(0.05)
+
+    async def light(client: httpx.AsyncClient, until: float) -> None:
+        await asyncio.sleep(3)  # the flood holds the worker's places by then
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            answer = await client.post("/heatflow", content=heat, headers=headers)
+            heat_answers.append((answer.status_code, time.perf_counter() - started))
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        until = time.monotonic() + 20
+        limits = httpx.Limits(max_connections=FLOODERS + 4)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            await asyncio.gather(
+                *(flood(client, until) for _ in range(FLOODERS)), light(client, until)
+            )
+
+    asyncio.run(scenario())
+    assert 503 in face_statuses, "the flood never filled the image places"
+    statuses = [status for status, _ in heat_answers]
+    assert len(statuses) >= 20 and set(statuses) == {200}, statuses
+    latencies = sorted(seconds for _, seconds in heat_answers)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    assert p99 * 1000 <= settings().slo.p99_ms, latencies
