@@ -53,7 +53,7 @@ class Deployment:
     def save_models(self, *args: str) -> str:
         result = run_save_models(*args, home=self.home, extra_env=self.env)
         assert result.returncode == 0, result.stderr
-        return result.stderr
+        return result.stdout
 
     def start(self) -> None:
         log_path = self.folder / f"serve-{time.monotonic_ns()}.log"
