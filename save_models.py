@@ -6,8 +6,10 @@
     python save_models.py import NAME SAVEDMODEL_FOLDER    a TensorFlow SavedModel, stored as .keras
     python save_models.py import NAME models:/NAME/VERSION | models:/NAME@ALIAS | models:/NAME/STAGE
                           | models:/NAME/latest | runs:/RUN_ID/PATH | MLFLOW_FOLDER
-                                                  import a Keras/TensorFlow model from MLflow (the
-                                                  registry at $MLFLOW_TRACKING_URI, or a folder)
+                                                  import a model from MLflow (the registry at
+                                                  $MLFLOW_TRACKING_URI, or a folder): flavour
+                                                  sklearn for heatflow_svr and falsetrue_classifier,
+                                                  keras or tensorflow for the others
     python save_models.py list [--json]           show what the store holds
     python save_models.py promote FAMILY TAG --why TEXT    serve TAG (a running service follows)
     python save_models.py rollback FAMILY --why TEXT       serve the previously served tag again
