@@ -6,18 +6,23 @@
     python save_models.py import NAME SAVEDMODEL_FOLDER    a TensorFlow SavedModel, stored as .keras
     python save_models.py import NAME models:/NAME/VERSION | models:/NAME@ALIAS | models:/NAME/STAGE
                           | models:/NAME/latest | runs:/RUN_ID/PATH | MLFLOW_FOLDER
-                                                  import a Keras/TensorFlow model from MLflow (the
-                                                  registry at $MLFLOW_TRACKING_URI, or a folder)
-    python save_models.py list                    show what the store holds
+                                                  import a model from MLflow (the registry at
+                                                  $MLFLOW_TRACKING_URI, or a folder): flavour
+                                                  sklearn for heatflow_svr and falsetrue_classifier,
+                                                  keras or tensorflow for the others
+    python save_models.py list [--json]           show what the store holds
     python save_models.py promote FAMILY TAG --why TEXT    serve TAG (a running service follows)
     python save_models.py rollback FAMILY --why TEXT       serve the previously served tag again
     python save_models.py canary FAMILY TAG PERCENT --why TEXT
                                                   send PERCENT % of requests to TAG (0: no canary)
     python save_models.py shadow FAMILY [TAG] --why TEXT   give TAG a copy of every request
-    python save_models.py history [FAMILY]        who changed what each family serves, and why
+    python save_models.py history [FAMILY] [--json]   who changed what each family serves, and why
     python save_models.py sync                    import and serve what followed MLflow aliases name
     python save_models.py backup DIR              export the served models + sha256 manifest
     python save_models.py restore DIR             verify a backup, then import it
+
+Answers (tables, summaries, the tag an import stored) are printed on stdout, and with --json
+(list, history) as one JSON document for scripts; progress, warnings and refusals on stderr.
 
 An import is a candidate: the family keeps serving what it served until `promote`. FAMILY is a
 configuration key (heatflow, falsetrue, flowers, face_detector, face_validator) or one
@@ -39,6 +44,7 @@ input (Rescaling/Normalization layers), else pixels / 255; --preprocessing (a pr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,14 +73,22 @@ from despliegue.quiet import import_tensorflow
 # Every model's recipe by model key, in the registry's order.
 RECIPES = registry.recipes()
 
-console = Console(stderr=True)
+# The command's answers (tables, summaries, the tag an import stored) go to stdout, so they can
+# be piped and read by scripts; progress, warnings and refusals go to stderr.
+out = Console()
+err = Console(stderr=True)
 
 
 def show(table: Table) -> None:
-    """Print a table at its full width, even wider than the terminal: a tag cut to
+    """Print a table on stdout at its full width, even wider than the terminal: a tag cut to
     `flower_classifier:6l…` cannot be copied into a command."""
-    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    (console if needed <= console.width else Console(stderr=True, width=needed)).print(table)
+    needed = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    (out if needed <= out.width else Console(width=needed)).print(table)
+
+
+def show_json(value: Any) -> None:
+    """An answer for scripts (`--json`): one JSON document on stdout, nothing else there."""
+    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def prepare_tensorflow(recipes: list[Recipe]) -> None:
@@ -117,7 +131,7 @@ def build_missing_references(selection: list[str] | None = None) -> list[Outcome
     targets = reference_targets(selection or [])
     prepare_tensorflow([recipe for recipe, name in targets if not stored_models(name)])
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=err, transient=True) as progress:
         for recipe, name in targets:
             task = progress.add_task(f"{name}: {recipe.description}", total=None)
             outcomes.append(ensure_reference(recipe, name))
@@ -133,10 +147,10 @@ def print_outcomes(outcomes: list[Outcome]) -> None:
         table.add_row(outcome.model_name, outcome.tag, outcome.action, outcome.detail)
     show(table)
     if all(outcome.action == "kept" for outcome in outcomes):
-        console.print("Nothing to do: every model is already in the store.")
+        out.print("Nothing to do: every model is already in the store.")
     for outcome in outcomes:
         for warning in outcome.warnings:
-            console.print(f"[bold yellow]warning:[/] {outcome.model_name}: {warning}")
+            err.print(f"[bold yellow]warning:[/] {outcome.model_name}: {warning}")
 
 
 def serving_keys() -> dict[str, str]:
@@ -151,35 +165,48 @@ def serving_keys() -> dict[str, str]:
     return keys
 
 
-def print_store() -> None:
+def stored_rows() -> list[dict[str, str]]:
+    """Every stored model of every family: what `list` shows, one dict per tag."""
     names = sorted({model.tag.name for model in bentoml.models.list()})
-    if not names:
-        console.print(
+    serving = serving_keys() if names else {}
+    rows = []
+    for recipe in RECIPES.values():
+        for model in (m for name in names if recipe.matches(name) for m in stored_models(name)):
+            meta = model.info.metadata
+            tag = str(model.tag)
+            rows.append(
+                {
+                    "tag": tag,
+                    "family": recipe.family,
+                    "serves": serving.get(tag, "-"),
+                    "reference": str(meta.get("reference")),
+                    "preprocessing": preprocessing_summary(meta) or "-",
+                    "created": model.info.creation_time.isoformat(timespec="seconds"),
+                }
+            )
+    return rows
+
+
+def print_store(as_json: bool = False) -> None:
+    rows = stored_rows()
+    if as_json:
+        show_json(rows)
+        return
+    if not rows:
+        out.print(
             f"The model store ({bentoml_home()}) is empty.\n"
             "Build the reference models with `python save_models.py`, or import your own with "
             "`python save_models.py import NAME FILE`."
         )
         return
-    serving = serving_keys()
     table = Table(
         title=f"Models in the store ({bentoml_home()})",
         caption=f"serves: the family it answers for now ({lifecycle_state.state_path()})",
     )
-    for column in ("tag", "family", "serves", "reference", "preprocessing", "created"):
+    for column in rows[0]:
         table.add_column(column, no_wrap=True)
-    for recipe in RECIPES.values():
-        for model in (m for name in names if recipe.matches(name) for m in stored_models(name)):
-            meta = model.info.metadata
-            created = model.info.creation_time.isoformat(timespec="seconds")
-            tag = str(model.tag)
-            table.add_row(
-                tag,
-                recipe.family,
-                serving.get(tag, "-"),
-                str(meta.get("reference")),
-                preprocessing_summary(meta) or "-",
-                created,
-            )
+    for row in rows:
+        table.add_row(*row.values())
     show(table)
 
 
@@ -280,7 +307,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--signature",
         help="serving signature of a TensorFlow SavedModel (default: serving_default)",
     )
-    commands.add_parser("list", help="list the models in the store")
+    lists = commands.add_parser("list", help="list the models in the store")
+    lists.add_argument("--json", action="store_true", help="as JSON, for scripts")
     promotes = commands.add_parser("promote", help="serve a stored tag for a family")
     promotes.add_argument("family", help="e.g. heatflow, face_validator or antibiotics.AMK")
     promotes.add_argument("tag", help="a stored tag, name:version (save_models.py list)")
@@ -297,6 +325,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         changing.add_argument("--why", required=True, help="the reason, kept in the history")
     histories = commands.add_parser("history", help="the history of lifecycle changes")
     histories.add_argument("family", nargs="?", help="only this family")
+    histories.add_argument("--json", action="store_true", help="as JSON, for scripts")
     syncs = commands.add_parser(
         "sync", help="import and serve what MLflow aliases name (families with mlflow_alias)"
     )
@@ -312,12 +341,12 @@ def run_backup_command(command: str, folder: Path) -> int:
     try:
         done = backup(folder) if command == "backup" else restore(folder)
     except BackupRefused as exc:
-        console.print(f"[bold red]{command} refused:[/] {exc}")
+        err.print(f"[bold red]{command} refused:[/] {exc}")
         if command == "restore" and exc.left_in_store:
             left = ", ".join(exc.left_in_store)
-            console.print(f"The model store still holds {left}: `bentoml models delete` them.")
+            err.print(f"The model store still holds {left}: `bentoml models delete` them.")
         elif command == "restore":
-            console.print("The model store is unchanged.")
+            err.print("The model store is unchanged.")
         return 1
     table = Table(title=f"{command}: {folder}")
     for column in ("tag", "file", "action"):
@@ -338,9 +367,12 @@ def change_lifecycle(args: argparse.Namespace) -> dict:
     return commands.set_shadow(args.family, args.tag, args.why)
 
 
-def print_history(entries: list[dict]) -> None:
+def print_history(entries: list[dict], as_json: bool = False) -> None:
+    if as_json:
+        show_json(entries)
+        return
     if not entries:
-        console.print(f"No lifecycle changes recorded in {lifecycle_state.history_path()}.")
+        out.print(f"No lifecycle changes recorded in {lifecycle_state.history_path()}.")
         return
     table = Table(title=f"Lifecycle history ({lifecycle_state.history_path()})")
     keys = ("at", "who", "family", "action", "from", "to", "why")
@@ -355,13 +387,13 @@ def run_sync(why: str) -> int:
     try:
         done = mlflow_sync.sync(why)
     except ImportError:
-        console.print(
+        err.print(
             "[bold red]sync needs MLflow:[/] "
             "pip install -r requirements-mlflow.txt -c constraints.txt"
         )
         return 1
     if not done:
-        console.print("No family follows an MLflow alias (families.<name>.mlflow_alias).")
+        out.print("No family follows an MLflow alias (families.<name>.mlflow_alias).")
         return 0
     table = Table(title="MLflow alias sync")
     for column in ("family", "alias", "version", "tag", "action"):
@@ -378,20 +410,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             line = change_lifecycle(args)
         except lifecycle_state.LifecycleRefused as exc:
-            console.print(f"[bold red]{args.command} refused:[/] {exc}")
+            err.print(f"[bold red]{args.command} refused:[/] {exc}")
             return 1
         print_history([line])
-        console.print(f"Recorded in {lifecycle_state.state_path()}; a running service follows it.")
+        out.print(f"Recorded in {lifecycle_state.state_path()}; a running service follows it.")
         return 0
     if args.command == "history":
-        print_history(lifecycle_state.history(args.family))
+        print_history(lifecycle_state.history(args.family), args.json)
         return 0
     if args.command == "sync":
         return run_sync(args.why)
     if args.command in {"backup", "restore"}:
         return run_backup_command(args.command, args.folder)
     if args.command == "list":
-        print_store()
+        print_store(args.json)
         return 0
     if args.command == "import":
         prepare_tensorflow([r for r in RECIPES.values() if r.matches(args.model_name)])
@@ -401,18 +433,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.model_name, args.source, declared_serving(args), args.signature, args.baseline
             )
         except ImportRefused as exc:
-            console.print(f"[bold red]import refused:[/] {exc}")
-            console.print("The model store is unchanged.")
+            err.print(f"[bold red]import refused:[/] {exc}")
+            err.print("The model store is unchanged.")
             return 1
         print_outcomes([outcome])
         first = commands.serve_if_first(args.model_name, outcome.tag)
         if first is not None:
-            console.print(f"{first['family']} had no model: it now serves {outcome.tag}.")
+            out.print(f"{first['family']} had no model: it now serves {outcome.tag}.")
         else:
             family = lifecycle_plans.family_of_model(args.model_name)
             served_now = lifecycle_plans.served_tags().get(family or "", "?")
             served = pinned["to"] if pinned else served_now
-            console.print(
+            out.print(
                 f"{outcome.tag} is a candidate; still served: {served}. Serve it with "
                 f"`python save_models.py promote {family} {outcome.tag} --why ...`."
             )
@@ -420,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcomes = build_missing_references(getattr(args, "selection", None))
     except ValueError as exc:
-        console.print(f"[bold red]{exc}[/]")
+        err.print(f"[bold red]{exc}[/]")
         return 2
     print_outcomes(outcomes)
     return 0

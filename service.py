@@ -140,9 +140,10 @@ def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
 
 def tagged(response: Any, tags: list[str]) -> Any:
     """A response naming every tag that answered: a request split across two runner batches
-    while a canary runs or a swap happens may have two (despliegue/lifecycle/)."""
+    while a canary runs or a swap happens may have two (despliegue/lifecycle/). `model_tag` is
+    `model` under its deprecated name, for one release."""
     if len(tags) > 1:
-        response.model_tag = ",".join(tags)
+        response.model = response.model_tag = ",".join(tags)
     return response
 
 

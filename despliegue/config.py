@@ -205,10 +205,35 @@ class Limits(StrictModel):
     # API requests one API worker answers at once; past it: 503 with Retry-After, at once
     # (despliegue/http/guards.py: InFlightLimit).
     max_requests_in_flight: int = Field(default=128, ge=1, le=100_000)
+    # The share of those places the requests of one admission class may hold at most (the
+    # registry gives each family its class); a class not listed may take any place.
+    in_flight_share: dict[str, float] = Field(default_factory=dict)
     heatflow: HeatFlowLimits
     falsetrue: FalseTrueLimits
     images: ImageLimits
     antibiotics: AntibioticLimits
+
+    @field_validator("in_flight_share")
+    @classmethod
+    def _known_classes_and_shares(cls, shares: dict[str, float]) -> dict[str, float]:
+        classes = registry.admission_classes()
+        unknown = sorted(shares.keys() - set(classes))
+        if unknown:
+            raise ValueError(
+                f"unknown admission classes {unknown}; the families' classes are: "
+                f"{', '.join(classes)}"
+            )
+        wrong = {name: share for name, share in shares.items() if not 0 < share <= 1}
+        if wrong:
+            raise ValueError(f"shares must be in (0, 1]: {wrong}")
+        return shares
+
+    def places_by_class(self) -> dict[str, int]:
+        """The places of `max_requests_in_flight` each limited class may hold (at least one)."""
+        return {
+            name: max(1, int(share * self.max_requests_in_flight))
+            for name, share in self.in_flight_share.items()
+        }
 
 
 class TensorFlowSettings(StrictModel):

@@ -1,7 +1,9 @@
 """Bring models into the store: build missing reference models, or import a user's artifact.
 
 Import is probe-then-commit: the artifact is loaded and called on a known input first; only if
-that works is it copied (byte for byte) into the store, with its sha256 and provenance.
+that works is it copied (byte for byte) into the store, with its sha256 and provenance. A
+format the runner does not load (a SavedModel, an MLflow skops file) is stored converted, and
+the conversion is checked against the model as loaded from the user's file.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +73,8 @@ def import_artifact(
     labels: dict[str, str] | None = None,
     signature: str | None = None,
     baseline_data: Path | None = None,
+    input_column: str | None = None,
+    loader: Callable[[Path, Path], LoadedArtifact] | None = None,
 ) -> Outcome:
     """Probe a user's artifact and, if it answers, store it under `model_name`.
 
@@ -77,6 +82,9 @@ def import_artifact(
     `provenance` and `labels` record where it came from (e.g. an MLflow run and version);
     `signature` picks a SavedModel's serving signature. `baseline_data` (data like the
     model's training data) makes its drift baseline; without it the first served requests do.
+    `input_column` is the name an MLflow signature gives a one-column model's input (kept
+    when the model needs it); `loader` (artifact, work folder) loads a format the recipe's
+    framework does not read by itself (an MLflow skops file).
     """
     recipe = recipe_for(model_name)
     if declared and recipe.serving_metadata is None:
@@ -88,12 +96,17 @@ def import_artifact(
     if path.is_file() and path.stat().st_size == 0:
         raise ImportRefused(f"{path}: the file is empty (0 bytes)")
     with tempfile.TemporaryDirectory(prefix="despliegue-import-") as work:
-        loaded = _load_user_artifact(recipe, path, Path(work), signature)
+        if loader is not None:
+            loaded = loader(path, Path(work))
+        else:
+            loaded = _load_user_artifact(recipe, path, Path(work), signature)
         try:
-            recipe.probe(loaded.model)
+            column = _probe(recipe, loaded.model, input_column)
         except Exception as exc:  # any failure of user code is a refusal, reported as such
             raise ImportRefused(f"{path}: probe call failed: {_reason(exc)}") from exc
-        serving: dict[str, Any] = {}
+        if loaded.file != path:
+            _same_answers_once_stored(recipe, loaded, column, path)
+        serving: dict[str, Any] = {"input_column": column} if column else {}
         if recipe.serving_metadata is not None:
             try:
                 serving = recipe.serving_metadata(model_name, loaded.model, declared or {})
@@ -132,6 +145,47 @@ def import_artifact(
     if summary:
         detail += f"; input: {summary}"
     return Outcome(model_name, str(stored.tag), "imported", detail, tuple(warnings_found))
+
+
+def _probe(recipe: Recipe, model: Any, column: str | None) -> str | None:
+    """Call the model on the probe input; the column name it needs from its signature, if any.
+
+    A model that records its own column names (`feature_names_in_`) is called with them, and a
+    signature naming another column is refused; a model that takes plain values is called so
+    (a named DataFrame would make it warn on every call); only a model that fails on plain
+    values is called, and served, with the signature's column name."""
+    if column is None:
+        recipe.probe(model)
+        return None
+    if getattr(model, "feature_names_in_", None) is not None:
+        recipe.probe(model, column=column)
+        return None
+    try:
+        recipe.probe(model)
+        return None
+    except Exception:
+        recipe.probe(model, column=column)
+        return column
+
+
+def _same_answers_once_stored(
+    recipe: Recipe, loaded: LoadedArtifact, column: str | None, path: Path
+) -> None:
+    """A model stored in another format than it came in answers the probe input exactly as
+    the model loaded from the user's file did."""
+    if recipe.probe_input is None or recipe.framework != "sklearn":
+        return
+    import joblib
+    import numpy as np
+
+    stored = joblib.load(loaded.file)
+    before = np.asarray(loaded.model.predict(recipe.probe_input(loaded.model, column)))
+    after = np.asarray(stored.predict(recipe.probe_input(stored, column)))
+    if before.shape != after.shape or not np.array_equal(before, after):
+        raise ImportRefused(
+            f"{path}: stored as {loaded.file.name}, the model answers the probe input "
+            f"differently ({after.tolist()} instead of {before.tolist()})"
+        )
 
 
 @dataclass(frozen=True)

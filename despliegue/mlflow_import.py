@@ -1,4 +1,4 @@
-"""Import a Keras or TensorFlow model from MLflow: any model URI MLflow resolves, or a folder.
+"""Import a model from MLflow: any model URI MLflow resolves, or a folder.
 
     models:/<name>/<version>   models:/<name>@<alias>   models:/<name>/<stage>
     models:/<name>/latest      models:/<model_id>       runs:/<run_id>/<path>   ./folder
@@ -7,37 +7,65 @@ A registry URI is resolved to one registered version first (as MLflow resolves i
 `latest` means the newest version in that stage, or of all), and that version is what gets
 downloaded and recorded, so an alias moving meanwhile cannot mix two versions.
 
-Flavours: `keras` (`mlflow.keras.log_model`), and `tensorflow` (`mlflow.tensorflow.log_model`)
-holding a Keras model (`model_type: keras`: data/model.keras, .h5 or a SavedModel folder) or a
-TensorFlow module (`model_type: tf2-module`, a SavedModel). Whatever the flavour, a plain
-`.keras` file enters the store (SavedModels are converted and checked; see
-despliegue/keras_conversion.py): serving needs only Keras, not MLflow, and calling the Keras
-model directly is ~10-40x faster per call than MLflow's pyfunc wrapper (measured; see
-docs/models.md). The run id, registered name, version, stage and aliases are kept as labels
-and metadata, so `GET /models` tells where each served model came from. The MLmodel file's
-`metadata` (classes, features, preprocessing) tells the runner how to serve the model.
+Flavours, by the family the store name belongs to (a `python_function`-only model is arbitrary
+code, and is refused naming these):
+
+- scikit-learn families (`heatflow_svr`, `falsetrue_classifier`): `sklearn`
+  (`mlflow.sklearn.log_model`) in the `pickle`, `cloudpickle` or `skops` serialisation. A
+  pickle is kept byte for byte and loaded as joblib imports are (same version check). A skops
+  file is loaded trusting only the types it declares, and only if each is of scikit-learn,
+  numpy or scipy (a type of any other module is refused, named); it is stored as joblib, and
+  must answer the probe input exactly as the skops file did. The signature, when there is one,
+  must take the one column the endpoint sends, of the family's type; its column name is kept
+  for a pipeline that needs a named DataFrame column without recording it.
+- Keras families: `keras` (`mlflow.keras.log_model`), and `tensorflow`
+  (`mlflow.tensorflow.log_model`) holding a Keras model (`model_type: keras`: data/model.keras,
+  .h5 or a SavedModel folder) or a TensorFlow module (`model_type: tf2-module`, a SavedModel).
+  Whatever the flavour, a plain `.keras` file enters the store (SavedModels are converted and
+  checked; see despliegue/keras_conversion.py): serving needs only Keras, not MLflow, and
+  calling the Keras model directly is ~10-40x faster per call than MLflow's pyfunc wrapper
+  (measured; see docs/models.md).
+
+The run id, registered name, version, stage and aliases are kept as labels and metadata, so
+`GET /models` tells where each served model came from. The MLmodel file's `metadata` (classes,
+features, preprocessing) tells a Keras family's runner how to serve the model.
 
 MLflow is an optional extra: `pip install -r requirements-mlflow.txt -c constraints.txt`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from despliegue.importing import ImportRefused, Outcome, import_artifact
+from despliegue.importing import (
+    ImportRefused,
+    LoadedArtifact,
+    Outcome,
+    import_artifact,
+    recipe_for,
+)
+
+if TYPE_CHECKING:
+    from despliegue.families.base import Recipe
 
 # The forms of a models:/ URI, as MLflow parses them (mlflow.store.artifact.utils.models).
 MODELS_URI = re.compile(
     r"^models:/(?:(?P<name>[^/@]+)(?:/(?P<suffix>[^/@]+)|@(?P<alias>[^/@]+))|(?P<model_id>[^/@]+))$"
 )
 LATEST = "latest"
+# The flavours a family's store name takes, by the framework of its recipe.
+ACCEPTED_FLAVOURS = {"sklearn": ("sklearn",), "keras": ("keras", "tensorflow")}
+SKLEARN_FORMATS = ("pickle", "cloudpickle", "skops")
+# The only modules whose types a skops file may ask to be trusted with.
+SKOPS_TRUSTED_MODULES = frozenset({"sklearn", "numpy", "scipy"})
 
 
 @dataclass
@@ -128,12 +156,15 @@ def _import_folder(
     if not mlmodel_path.is_file():
         raise ImportRefused(f"{folder}: not an MLflow model folder (no MLmodel file)")
     mlmodel = yaml.safe_load(mlmodel_path.read_text(encoding="utf-8")) or {}
-    artifact, source.flavor, flavour_signature = flavour_artifact(folder, mlmodel)
-    source.run_id = source.run_id or str(mlmodel.get("run_id") or "")
-    source.model_id = source.model_id or str(mlmodel.get("model_id") or "")
     name = model_name or source.registered_model
     if not name:
         raise ImportRefused(f"{folder}: give the store name (e.g. modelo_CIP_NM)")
+    recipe = recipe_for(name)
+    source.run_id = source.run_id or str(mlmodel.get("run_id") or "")
+    source.model_id = source.model_id or str(mlmodel.get("model_id") or "")
+    if recipe.framework == "sklearn":
+        return _import_sklearn(folder, mlmodel, source, name, recipe, declared)
+    artifact, source.flavor, flavour_signature = flavour_artifact(folder, mlmodel, name)
     return import_artifact(
         name,
         artifact,
@@ -144,7 +175,9 @@ def _import_folder(
     )
 
 
-def flavour_artifact(folder: Path, mlmodel: dict[str, Any]) -> tuple[Path, str, str | None]:
+def flavour_artifact(
+    folder: Path, mlmodel: dict[str, Any], model_name: str = "a Keras family's model"
+) -> tuple[Path, str, str | None]:
     """(the Keras file or SavedModel folder inside an MLflow model, the flavour, signature)."""
     flavors = mlmodel.get("flavors") or {}
     if "keras" in flavors:
@@ -171,7 +204,125 @@ def flavour_artifact(folder: Path, mlmodel: dict[str, Any]) -> tuple[Path, str, 
     raise ImportRefused(
         f"{folder}: no keras or tensorflow flavour in MLmodel (flavours: {sorted(flavors)}); "
         "log the model with mlflow.keras.log_model or mlflow.tensorflow.log_model"
+        f"{_accepted(model_name, 'keras', flavors)}"
     )
+
+
+def _accepted(model_name: str, framework: str, flavors: dict[str, Any]) -> str:
+    """The flavours a store name takes, said when a model has none of them."""
+    pyfunc = " (a python_function model is arbitrary code, not served)" if flavors else ""
+    return f"; {model_name} takes the flavours: {', '.join(ACCEPTED_FLAVOURS[framework])}{pyfunc}"
+
+
+def _import_sklearn(
+    folder: Path,
+    mlmodel: dict[str, Any],
+    source: MlflowSource,
+    name: str,
+    recipe: Recipe,
+    declared: dict[str, Any],
+) -> Outcome:
+    """An `sklearn` flavour model of a scikit-learn family (module docstring)."""
+    flavors = mlmodel.get("flavors") or {}
+    conf = flavors.get("sklearn")
+    if conf is None:
+        raise ImportRefused(
+            f"{folder}: no sklearn flavour in MLmodel (flavours: {sorted(flavors)}); log the "
+            f"model with mlflow.sklearn.log_model{_accepted(name, 'sklearn', flavors)}"
+        )
+    serialization = str(conf.get("serialization_format") or "cloudpickle")
+    if serialization not in SKLEARN_FORMATS:
+        raise ImportRefused(
+            f"{folder}: sklearn serialization_format {serialization!r}; accepted: "
+            f"{', '.join(SKLEARN_FORMATS)}"
+        )
+    artifact = _existing(folder / str(conf.get("pickled_model") or "model.pkl"), folder)
+    column = signature_column(mlmodel.get("signature"), recipe, folder)
+    source.flavor = f"sklearn ({serialization})"
+    loader = (
+        _skops_loader(str(conf.get("sklearn_version") or "")) if serialization == "skops" else None
+    )
+    return import_artifact(
+        name,
+        artifact,
+        declared=declared,
+        provenance=source.provenance(),
+        labels=source.labels(),
+        input_column=column,
+        loader=loader,
+    )
+
+
+def signature_column(signature: Any, recipe: Recipe, folder: Path) -> str | None:
+    """The column name a model's MLflow signature gives its input, once the signature is found
+    to take what the family's endpoint sends: one column of one of `recipe.input_types`."""
+    if not signature or not signature.get("inputs"):
+        return None
+    inputs = signature["inputs"]
+    specs = json.loads(inputs) if isinstance(inputs, str) else inputs
+    sent = f"{recipe.model_name} is sent one column of {' or '.join(recipe.input_types)} values"
+    if len(specs) != 1:
+        names = ", ".join(str(spec.get("name", spec.get("type"))) for spec in specs)
+        raise ImportRefused(
+            f"{folder}: the MLflow signature takes {len(specs)} inputs ({names}); {sent}"
+        )
+    (spec,) = specs
+    if spec.get("type") == "tensor":
+        tensor = spec.get("tensor-spec") or {}
+        dtype, shape = str(tensor.get("dtype")), list(tensor.get("shape") or [-1])
+        numeric = "double" in recipe.input_types
+        fits = dtype.startswith(("float", "int")) if numeric else dtype in {"str", "object"}
+        if not fits or shape not in ([-1], [-1, 1]):
+            raise ImportRefused(
+                f"{folder}: the MLflow signature takes a {dtype} tensor of shape {shape}; {sent}"
+            )
+        return spec.get("name")
+    if spec.get("type") not in recipe.input_types:
+        raise ImportRefused(
+            f"{folder}: the MLflow signature takes column {spec.get('name')!r} of type "
+            f"{spec.get('type')}; {sent}"
+        )
+    return spec.get("name")
+
+
+def _skops_loader(sklearn_version: str) -> Any:
+    """Load a skops file trusting only the types it declares, each of scikit-learn, numpy or
+    scipy; the model is stored as joblib (the format the runner loads)."""
+
+    def load(path: Path, work: Path) -> LoadedArtifact:
+        import joblib
+        import sklearn
+        import skops.io
+
+        declared = skops.io.get_untrusted_types(file=path)
+        outside = [name for name in declared if name.split(".")[0] not in SKOPS_TRUSTED_MODULES]
+        if outside:
+            raise ImportRefused(
+                f"{path}: the skops file holds types outside scikit-learn, numpy and scipy, "
+                f"which are never trusted: {', '.join(outside)}"
+            )
+        try:
+            model = skops.io.load(path, trusted=declared)
+        except Exception as exc:
+            raise ImportRefused(f"{path}: cannot be loaded with skops: {exc}") from exc
+        stored = work / "model.joblib"
+        joblib.dump(model, stored)
+        installed = sklearn.__version__
+        saved_with = sklearn_version or installed
+        found: tuple[str, ...] = ()
+        if saved_with != installed:
+            found = (
+                f"{path.name} was saved with scikit-learn {saved_with}, but {installed} is "
+                "installed: predictions may differ or fail",
+            )
+        provenance = {
+            "sklearn_version_pickled": saved_with,
+            "sklearn_version_installed": installed,
+            "skops_trusted_types": declared,
+        }
+        return LoadedArtifact(model, stored, provenance, found)
+
+    return load
 
 
 def _existing(path: Path, folder: Path) -> Path:

@@ -8,7 +8,8 @@ one's (the runner's shadow lane), how a call's traffic is summarised for drift (
 and, if it takes any, how data given at import becomes its drift baseline. From this table come:
 the runner attributes of the API service and the coalescer of each runner method (service.py),
 `GET /models` and /readyz, the families configuration must hold and which of them need a
-threshold, and the service names allowed under `bentoml.services` (despliegue/config.py), the
+threshold, the service names allowed under `bentoml.services` and the admission classes allowed
+under `limits.in_flight_share` (despliegue/config.py), the
 recipes `save_models.py` walks, the runner each lifecycle key belongs to and its comparison
 (despliegue/lifecycle/), and the drift families, summaries and import baselines
 (despliegue/drift/). No other module lists the families.
@@ -87,6 +88,11 @@ class Family:
     # What the Swagger UI says of its endpoints, grouped under `tag` (default: the name).
     summary: str
     ui_tag: str = ""
+    # The class of its requests in each API worker's admission: a class given a share in
+    # `limits.in_flight_share` holds at most that share of `limits.max_requests_in_flight`
+    # (despliegue/http/guards.py: InFlightLimit), so a burst of slow requests leaves the others
+    # places of their own.
+    admission: str = "light"
 
     @property
     def tag(self) -> str:
@@ -100,6 +106,8 @@ class Family:
             raise ValueError(f"family {self.name!r} serves no model")
         if not self.paths or not self.summary:
             raise ValueError(f"family {self.name!r} needs its paths and a summary")
+        if not self.admission.isidentifier():
+            raise ValueError(f"family {self.name!r}: admission {self.admission!r} is not a name")
         named = [("runner", self.runner)]
         for m in self.models:
             named += [(m.key, m.recipe)]
@@ -172,6 +180,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("flowers",),
         summary="Seed 002: 18 Oxford-102 flower classes from a photo (Keras CNN).",
+        admission="images",
     ),
     Family(
         name="faces",
@@ -197,6 +206,7 @@ FAMILIES: tuple[Family, ...] = (
         paths=("face", "super"),
         summary="Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
         ui_tag="img_super",
+        admission="images",
     ),
     Family(
         name="antibiotics",
@@ -231,6 +241,18 @@ def model_keys() -> tuple[str, ...]:
 def service_names() -> tuple[str, ...]:
     """Every BentoML service of the product: the API first, then each runner."""
     return (API_SERVICE, *(family.service_name for family in FAMILIES))
+
+
+def admission_classes() -> tuple[str, ...]:
+    """The admission classes the families name, in table order."""
+    return tuple(dict.fromkeys(family.admission for family in FAMILIES))
+
+
+def admission_of(path: str) -> str | None:
+    """The admission class of a request path: its family's (the first segment names it), or
+    None for a path no family serves (the catalog, drift)."""
+    segment = path.strip("/").split("/")[0]
+    return next((f.admission for f in FAMILIES if segment in f.paths), None)
 
 
 def family(name: str) -> Family:

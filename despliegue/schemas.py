@@ -7,8 +7,9 @@ same bounds the service enforces. Every model has examples, so "Try it out" work
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -34,6 +35,28 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def answering_model(example: str, what: str = "The tag") -> Any:
+    """`model`: the one name of the answering model in every response."""
+    return Field(
+        description=(
+            f"{what} (name:version) of the model that produced this answer: the served model, or "
+            "the canary for the share of requests it answers (GET /models); two tags, "
+            "comma-separated, when a request was split across both."
+        ),
+        examples=[example],
+    )
+
+
+def deprecated_model_tag(example: str) -> Any:
+    """`model_tag`: the same value as `model`, kept for one release for clients that read it."""
+    return Field(
+        deprecated=True,
+        description="Deprecated: the same value as `model`, which replaces it; removed in the "
+        "next release.",
+        examples=[example],
+    )
+
+
 SedimentThickness = Annotated[
     float,
     Field(
@@ -45,19 +68,41 @@ SedimentThickness = Annotated[
 ]
 
 
-def _one_or_many(value: object) -> object:
-    """Accept a bare number where a list is expected, as the seed's clients send one value."""
-    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+def one_or_many(item: Any, many: Any, is_one: Callable[[object], bool]) -> Any:
+    """`many` (a list type carrying its own limits) that also takes one `item` alone, wrapped in a
+    list before validation, so errors still name `field` or `field.N`. The schema says "one or
+    a list" (`anyOf`, the one item first): bentoml.SyncHTTPClient builds the body from the
+    schema's first branch, and would iterate a lone value of a field typed as a list (a string
+    into its characters, a number into a TypeError)."""
+    return Annotated[
+        many,
+        BeforeValidator(lambda value: [value] if is_one(value) else value),
+        WithJsonSchema(
+            {"anyOf": [TypeAdapter(item).json_schema(), TypeAdapter(many).json_schema()]}
+        ),
+    ]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+Thicknesses = Annotated[
+    list[SedimentThickness], Field(min_length=1, max_length=LIMITS.heatflow.max_values)
+]
+OneOrManyThicknesses = one_or_many(SedimentThickness, Thicknesses, _is_number)
 
 
 class HeatFlowRequest(Request):
-    sediment_thickness_m: Annotated[list[SedimentThickness], BeforeValidator(_one_or_many)] = Field(
-        min_length=1,
-        max_length=LIMITS.heatflow.max_values,
+    sediment_thickness_m: OneOrManyThicknesses = Field(
         description=(
-            "A list of thicknesses in metres (a single number is accepted too), each in "
+            "One thickness in metres, or a list of them, each in "
             f"[0, {LIMITS.heatflow.max_thickness_m:g}]; at most "
-            f"{LIMITS.heatflow.max_values} values."
+            f"{LIMITS.heatflow.max_values} values. The answer has one heat flow per value."
         ),
         examples=[[250.0, 1500.0, 6000.0]],
     )
@@ -70,14 +115,8 @@ class HeatFlowResponse(BaseModel):
         examples=[[94.1, 71.3, 47.8]],
     )
     unit: str = Field(default="mW/m²", examples=["mW/m²"])
-    model: str = Field(description="Tag of the model that answered.", examples=["heatflow_svr:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["heatflow_svr:v1"],
-    )
+    model: str = answering_model("heatflow_svr:v1")
+    model_tag: str = deprecated_model_tag("heatflow_svr:v1")
 
 
 NewsText = Annotated[
@@ -85,14 +124,15 @@ NewsText = Annotated[
     StringConstraints(min_length=1, max_length=LIMITS.falsetrue.max_text_chars),
 ]
 
+NewsTexts = Annotated[list[NewsText], Field(min_length=1, max_length=LIMITS.falsetrue.max_texts)]
+OneOrManyTexts = one_or_many(NewsText, NewsTexts, _is_text)
+
 
 class FalseTrueRequest(Request):
-    texts: list[NewsText] = Field(
-        min_length=1,
-        max_length=LIMITS.falsetrue.max_texts,
+    texts: OneOrManyTexts = Field(
         description=(
-            f"Texts to classify: 1 to {LIMITS.falsetrue.max_texts} strings of 1 to "
-            f"{LIMITS.falsetrue.max_text_chars} characters."
+            f"One text, or a list of 1 to {LIMITS.falsetrue.max_texts}, each of 1 to "
+            f"{LIMITS.falsetrue.max_text_chars} characters. The answer has one entry per text."
         ),
         examples=[
             [
@@ -109,16 +149,8 @@ class FalseTrueResponse(BaseModel):
         description="Per text: the model's probability of Real, null if it gives none.",
         examples=[[0.91, 0.07]],
     )
-    model: str = Field(
-        description="Tag of the model that answered.", examples=["falsetrue_classifier:v1"]
-    )
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["falsetrue_classifier:v1"],
-    )
+    model: str = answering_model("falsetrue_classifier:v1")
+    model_tag: str = deprecated_model_tag("falsetrue_classifier:v1")
 
 
 AntibioticCode = Annotated[
@@ -132,17 +164,20 @@ FeatureVector = Annotated[
 ]
 
 
-def _one_vector_or_many(value: object) -> object:
-    """Accept one flat vector where a list of vectors is expected."""
-    if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
-        return [value]
-    return value
+def _is_one_vector(value: object) -> bool:
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(v, int | float) for v in value)
+    )
+
+
+FeatureVectors = Annotated[
+    list[FeatureVector], Field(min_length=1, max_length=LIMITS.antibiotics.max_vectors)
+]
+OneOrManyVectors = one_or_many(FeatureVector, FeatureVectors, _is_one_vector)
 
 
 class AntibioticsRequest(Request):
-    features: Annotated[list[FeatureVector], BeforeValidator(_one_vector_or_many)] = Field(
-        min_length=1,
-        max_length=LIMITS.antibiotics.max_vectors,
+    features: OneOrManyVectors = Field(
         description=(
             "One feature vector of an isolate, or a list of up to "
             f"{LIMITS.antibiotics.max_vectors} vectors; finite numbers, as many per vector as "
@@ -168,14 +203,8 @@ class Prediction(BaseModel):
 
 class AntibioticResult(BaseModel):
     code: str = Field(examples=["AMK"])
-    model: str = Field(description="Tag of the model that answered.", examples=["modelo_AMK_NM:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["modelo_AMK_NM:v1"],
-    )
+    model: str = answering_model("modelo_AMK_NM:v1")
+    model_tag: str = deprecated_model_tag("modelo_AMK_NM:v1")
     version: str = Field(description="BentoML model version.", examples=["v1"])
     registered_version: str | None = Field(
         default=None, description="MLflow registered version, if imported from MLflow."
@@ -295,11 +324,30 @@ EXAMPLE_FACE = _example_image("face.jpg")
 EXAMPLE_FLOWER = _example_image("flower.jpg")
 
 
+def _one_or_many_images(value: object) -> object:
+    """The seed's clients send one Base64 string; a list is accepted too."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("image_or_list", "Input should be one image or a list of images")
+    return value
+
+
+ImageList = Annotated[list[Base64Image], Field(min_length=1, max_length=IMAGES.max_images)]
+# What the schema says of an image field: one image or a list. bentoml.SyncHTTPClient builds the
+# body from the schema, and sends a lone string for a field typed as a list as the list of its
+# characters. Validation stays the list's, so errors name `field` or `field.N`.
+ONE_OR_MANY_IMAGES = {
+    "anyOf": [TypeAdapter(Base64Image).json_schema(), TypeAdapter(ImageList).json_schema()]
+}
+OneOrManyImages = Annotated[
+    ImageList, BeforeValidator(_one_or_many_images), WithJsonSchema(ONE_OR_MANY_IMAGES)
+]
+
+
 class FlowersRequest(Request):
-    images: list[Base64Image] = Field(
-        min_length=1,
-        max_length=IMAGES.max_images,
-        description=f"1 to {IMAGES.max_images} images, each {_IMAGE_RULES}.",
+    images: OneOrManyImages = Field(
+        description=f"One image, or a list of 1 to {IMAGES.max_images}; each {_IMAGE_RULES}.",
         examples=[[EXAMPLE_FLOWER]],
     )
     top_k: int = Field(default=3, ge=1, le=18, description="How many classes to list per image.")
@@ -327,40 +375,12 @@ class FlowerAnswer(BaseModel):
 class FlowersResponse(BaseModel):
     predictions: list[FlowerAnswer] = Field(description="One answer per image, in order.")
     threshold: float = Field(examples=[0.5])
-    model: str = Field(
-        description="Tag of the model that answered.", examples=["flower_classifier:v1"]
-    )
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["flower_classifier:v1"],
-    )
-
-
-def _one_or_many_images(value: object) -> object:
-    """The seed's clients send one Base64 string; a list is accepted too."""
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise PydanticCustomError("image_or_list", "Input should be one image or a list of images")
-    return value
-
-
-ImageList = Annotated[list[Base64Image], Field(min_length=1, max_length=IMAGES.max_images)]
-# What the schema says of `input_data`: one image or a list. bentoml.SyncHTTPClient builds the
-# body from the schema, and sends a lone string for a field typed as a list as the list of its
-# characters. Validation stays the list's, so errors name `input_data` or `input_data.N`.
-ONE_OR_MANY_IMAGES = {
-    "anyOf": [TypeAdapter(Base64Image).json_schema(), TypeAdapter(ImageList).json_schema()]
-}
+    model: str = answering_model("flower_classifier:v1")
+    model_tag: str = deprecated_model_tag("flower_classifier:v1")
 
 
 class FaceRequest(Request):
-    input_data: Annotated[
-        ImageList, BeforeValidator(_one_or_many_images), WithJsonSchema(ONE_OR_MANY_IMAGES)
-    ] = Field(
+    input_data: OneOrManyImages = Field(
         description=f"One image, or a list of 1 to {IMAGES.max_images}; each {_IMAGE_RULES}.",
         examples=[EXAMPLE_FACE],
     )
@@ -394,14 +414,8 @@ class ImageFaces(BaseModel):
 
 class FaceResponse(BaseModel):
     images: list[ImageFaces] = Field(description="One entry per input image, in order.")
-    model: str = Field(description="Tag of the detector.", examples=["face_detector:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["face_detector:v1"],
-    )
+    model: str = answering_model("face_detector:v1", "The detector's tag")
+    model_tag: str = deprecated_model_tag("face_detector:v1")
 
 
 class ValidatedFace(Face):
@@ -424,11 +438,5 @@ class SuperResponse(BaseModel):
     images: list[ImageVerdict] = Field(description="One verdict per input image, in order.")
     threshold: float = Field(examples=[0.5])
     detector: str = Field(examples=["face_detector:v1"])
-    model: str = Field(description="Tag of the validation CNN.", examples=["face_validator:v1"])
-    model_tag: str = Field(
-        description=(
-            "The tag (name:version) of the model that produced this answer: the served model, or "
-            "the canary for the share of requests it answers (GET /models)."
-        ),
-        examples=["face_validator:v1"],
-    )
+    model: str = answering_model("face_validator:v1", "The validation CNN's tag")
+    model_tag: str = deprecated_model_tag("face_validator:v1")

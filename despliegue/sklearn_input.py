@@ -3,8 +3,10 @@
 The heat-flow and falsetrue families send one column of values (thicknesses, texts). A model
 fitted on a pandas DataFrame remembers its column names (`feature_names_in_`) and warns
 ("X does not have valid feature names") on every call with a plain array, which floods the log
-under load; so it gets a DataFrame with that column name, exactly as it was fitted. A model
-fitted on plain arrays or lists gets those. The import probe calls models the same way.
+under load; so it gets a DataFrame with that column name, exactly as it was fitted. A pipeline
+that needs a named column without recording it (a custom first step) gets the name its MLflow
+signature gives (`input_column` in its metadata). A model fitted on plain arrays or lists gets
+those. The import probe calls models the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import numpy as np
 class OneColumnInput:
     """Builds a model's input from one column of values, decided once per model."""
 
-    def __init__(self, model: Any, plain: Callable[[Sequence[Any]], Any]) -> None:
+    def __init__(
+        self, model: Any, plain: Callable[[Sequence[Any]], Any], column: str | None = None
+    ) -> None:
         names = getattr(model, "feature_names_in_", None)
         if names is not None and len(names) != 1:
             shown = ", ".join(str(name) for name in list(names)[:5])
@@ -26,7 +30,11 @@ class OneColumnInput:
                 f"the model was fitted on {len(names)} named columns ({shown}"
                 f"{', …' if len(names) > 5 else ''}); this endpoint sends one column"
             )
-        self.column = None if names is None else str(names[0])
+        if names is not None and column is not None and str(names[0]) != column:
+            raise ValueError(
+                f"the model was fitted on column {names[0]!r}, but its signature names {column!r}"
+            )
+        self.column = column if names is None else str(names[0])
         self._plain = plain
 
     def __call__(self, values: Sequence[Any]) -> Any:

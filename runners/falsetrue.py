@@ -23,7 +23,7 @@ FAMILY = settings().family("falsetrue")
 
 
 def with_input(model: Any, card: ModelCard) -> tuple[Any, OneColumnInput]:
-    return model, OneColumnInput(model, text_column)
+    return model, OneColumnInput(model, text_column, card.metadata.get("input_column"))
 
 
 def label_and_probability(prepared: tuple[Any, OneColumnInput], texts: list[str]) -> np.ndarray:

@@ -23,7 +23,7 @@ FAMILY = settings().family("heatflow")
 
 
 def with_input(model: Any, card: ModelCard) -> tuple[Any, OneColumnInput]:
-    return model, OneColumnInput(model, numeric_column)
+    return model, OneColumnInput(model, numeric_column, card.metadata.get("input_column"))
 
 
 def heat_flow(prepared: tuple[Any, OneColumnInput], sediment_thickness_m: np.ndarray) -> np.ndarray:

@@ -226,7 +226,7 @@ def serve(home: str | Path, log_path: Path, extra_env: dict[str, str] | None = N
 
 
 # What `python save_models.py` printed while building the session's reference store.
-REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.stderr"
+REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.log"
 # A model store `make models` built before the tests (CI builds it once, for the tests and the
 # image), and what that build printed. The session starts from a copy of it.
 PREBUILT_MODELS = os.environ.get("DESPLIEGUE_TEST_MODELS")
@@ -246,7 +246,7 @@ def reference_store() -> str:
         shutil.copytree(PREBUILT_MODELS, store, dirs_exist_ok=True)
         print(f"reference store: starting from a copy of {PREBUILT_MODELS}")
     result = run_save_models()
-    REFERENCE_BUILD_LOG.write_text(result.stderr)
+    REFERENCE_BUILD_LOG.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr
     return os.environ["BENTOML_HOME"]
 

@@ -31,7 +31,9 @@ class Recipe:
     # Single-model families: build_reference(); pattern families: build_reference(model_name).
     build_reference: Callable[..., ReferenceModel]
     # Calls a loaded artifact on a small known input; raises ValueError saying what is wrong.
-    probe: Callable[[Any], None]
+    # Families sending one column (scikit-learn) also take `column`: the name the model's MLflow
+    # signature gives that column.
+    probe: Callable[..., None]
     # Pattern families (one model per code, e.g. modelo_<CODE>_NM): a regex every store name
     # of the family fully matches, and the names the reference set is built for.
     name_pattern: str | None = None
@@ -45,6 +47,10 @@ class Recipe:
     # Checks that do not refuse an import but belong in its summary (e.g. outputs that hardly
     # change over varied inputs): warnings, from the probed model and its serving metadata.
     review: Callable[[Any, dict[str, Any]], list[str]] | None = None
+    # Families sending one column (scikit-learn): the probe's input shaped for a model (and a
+    # column name), and the MLflow column types an imported model's signature may give it.
+    probe_input: Callable[[Any, str | None], Any] | None = None
+    input_types: tuple[str, ...] = ()
 
     def matches(self, model_name: str) -> bool:
         if self.name_pattern is None:

@@ -77,11 +77,18 @@ def build_reference() -> ReferenceModel:
     return ReferenceModel(model=model, metadata=metadata)
 
 
-def probe(model: Any) -> None:
+PROBE_TEXTS = ["El banco central publicó su informe anual.", "¡Cura!"]
+
+
+def probe_input(model: Any, column: str | None = None) -> Any:
+    """The probe's texts, shaped as the model takes them."""
+    return OneColumnInput(model, text_column, column)(PROBE_TEXTS)
+
+
+def probe(model: Any, column: str | None = None) -> None:
     if not hasattr(model, "predict"):
         raise ValueError(f"a {type(model).__name__} has no predict() method")
-    texts = ["El banco central publicó su informe anual.", "¡Cura!"]
-    output = np.asarray(model.predict(OneColumnInput(model, text_column)(texts)))
+    output = np.asarray(model.predict(probe_input(model, column)))
     if output.shape != (2,):
         raise ValueError(f"predict() on 2 texts returned shape {output.shape}")
     if not set(output.tolist()) <= {0, 1}:
@@ -95,4 +102,6 @@ RECIPE = Recipe(
     description="text pipeline: texts -> 0 (False) / 1 (Real)",
     build_reference=build_reference,
     probe=probe,
+    probe_input=probe_input,
+    input_types=("string",),
 )

@@ -22,6 +22,7 @@ from despliegue.sklearn_input import OneColumnInput, numeric_column
 
 MAX_TRAINING_THICKNESS_M = 12_000.0
 SEED = 2026
+PROBE_THICKNESSES_M = [0.0, 1000.0, 5000.0]
 
 
 def reference_heat_flow(thickness_m: np.ndarray) -> np.ndarray:
@@ -68,11 +69,15 @@ def build_reference() -> ReferenceModel:
     return ReferenceModel(model=model, metadata=metadata)
 
 
-def probe(model: Any) -> None:
+def probe_input(model: Any, column: str | None = None) -> Any:
+    """The probe's thicknesses, shaped as the model takes them."""
+    return OneColumnInput(model, numeric_column, column)(PROBE_THICKNESSES_M)
+
+
+def probe(model: Any, column: str | None = None) -> None:
     if not hasattr(model, "predict"):
         raise ValueError(f"a {type(model).__name__} has no predict() method")
-    probe_input = OneColumnInput(model, numeric_column)([0.0, 1000.0, 5000.0])
-    output = np.asarray(model.predict(probe_input), dtype=float)
+    output = np.asarray(model.predict(probe_input(model, column)), dtype=float)
     if output.shape not in {(3,), (3, 1)}:
         raise ValueError(f"predict() on 3 thickness values returned shape {output.shape}")
     if not np.all(np.isfinite(output)):
@@ -86,4 +91,6 @@ RECIPE = Recipe(
     description="SVR: sediment thickness (m) -> surface heat flow (mW/m²)",
     build_reference=build_reference,
     probe=probe,
+    probe_input=probe_input,
+    input_types=("double", "float", "long", "integer"),
 )

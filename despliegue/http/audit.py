@@ -5,12 +5,14 @@ and echoed in the response), token id (never the token), method, endpoint, model
 from the JSON response's `model` / `models[].tag`), status and latency. The request body is
 left out unless `security.audit.include_input` is set. It is the outermost middleware, so
 refusals (401, 403, 413) are audited too, and so are WebSocket handshakes (method
-`WEBSOCKET`; status 101 when accepted). `client` is the peer's address, or the address a
-trusted proxy forwarded (`security.trusted_proxies`).
+`WEBSOCKET`; status 101 when accepted). The status is what the client got: 504 for a
+request BentoML cut at its timeout, 500 for one that failed before answering. `client` is
+the peer's address, or the address a trusted proxy forwarded (`security.trusted_proxies`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -30,6 +32,7 @@ from despliegue.http.auth import PROBES
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 NOT_AUDITED_PREFIXES = ("/static_content/", "/ui/")
 MAX_SNIFFED_BODY = 1 << 20  # responses larger than this are not parsed for model tags
+TIMED_OUT = 504  # what BentoML answers a request it cuts at `traffic.timeout`
 
 
 def audit_logger(audit: AuditSettings) -> logging.Logger:
@@ -109,6 +112,7 @@ class AuditLog:
         input_cap = self.audit.max_input_chars
 
         written = False
+        answering = False
 
         def write_line() -> None:
             nonlocal written
@@ -146,6 +150,8 @@ class AuditLog:
                 record["status"] = 101 if accepted else 403
                 write_line()
             elif message["type"] in {"http.response.start", "websocket.http.response.start"}:
+                nonlocal answering
+                answering = True
                 record["status"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -164,6 +170,12 @@ class AuditLog:
 
         try:
             await self.app(scope, receive_and_keep if keep_input else receive, send_and_watch)
+        except asyncio.CancelledError:
+            if not answering:
+                # Cancelled before any answer: BentoML's TimeoutMiddleware, outside every
+                # middleware of the service, cut it at `traffic.timeout` and answers 504 itself.
+                record["status"] = TIMED_OUT
+            raise
         finally:
             write_line()  # the app failed or sent no final body: still one line
 

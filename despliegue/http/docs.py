@@ -205,6 +205,7 @@ def publishable_openapi(
             for code in codes:
                 responses[code] = {"description": ERRORS[code], "content": error_ref}
             operation["responses"] = responses
+    _restore_unions(doc)
     descriptions = tag_descriptions()
     doc["tags"] = [
         {"name": tag, "description": descriptions.get(tag, f"/{tag}")}
@@ -212,6 +213,22 @@ def publishable_openapi(
         if tag in used_tags
     ]
     return _standard_schemas(doc, frozenset(components["schemas"]))
+
+
+def _restore_unions(doc: dict[str, Any]) -> None:
+    """Put back the "one or a list" fields of each JSON request body (despliegue/schemas.py):
+    BentoML inlines the request schema in the operation keeping only an `anyOf`'s first branch
+    (one item), while the schema in the components keeps both."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            inline = content.get("application/json", {}).get("schema", {})
+            title = inline.get("title")
+            full = schemas.get(f"{title}IODescriptor") or schemas.get(title) or {}
+            for name, field in full.get("properties", {}).items():
+                if "anyOf" in field and name in inline.get("properties", {}):
+                    inline["properties"][name] = field
 
 
 def _version(doc: dict[str, Any]) -> str:

@@ -80,42 +80,74 @@ class BodySizeLimit:
 
 
 class InFlightLimit:
-    """At most `max_in_flight` API requests in this worker at once; past that, 503 with
-    Retry-After at once, before the body is read.
+    """At most `max_in_flight` API requests in this worker at once, and at most
+    `class_limits[c]` of them of admission class `c` (`classes` maps each path to its class);
+    past either, 503 with Retry-After at once, before the body is read.
 
     Without a bound, requests arriving faster than the models answer queue in the API worker:
     their latency grows without end and the worker holds every queued body (a 30-minute soak
     above capacity: p99 past 300 s and the API worker from 457 MiB to 4.6 GiB). Shedding
     early keeps the answered requests fast and the memory bounded; a client retries later.
+    The class limits keep a burst of slow requests (large photos, seconds each) from taking
+    every place while fast paths (milliseconds) would still answer.
     """
 
     RETRY_AFTER_S = 1
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_in_flight: int,
+        paths: frozenset[str],
+        classes: dict[str, str] | None = None,
+        class_limits: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.paths = paths
+        self.classes = classes or {}
+        self.class_limits = class_limits or {}
         self.in_flight = 0
+        self.in_flight_by_class: dict[str, int] = dict.fromkeys(self.class_limits, 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
+        kind = self.classes.get(scope["path"], "")
+        places = self.class_limits.get(kind)
+        message = None
         if self.in_flight >= self.max_in_flight:
             message = (
                 f"this worker is answering {self.in_flight} requests, its limit "
-                f"(limits.max_requests_in_flight); retry after {self.RETRY_AFTER_S} s"
+                "(limits.max_requests_in_flight)"
             )
+        elif places is not None and self.in_flight_by_class[kind] >= places:
+            message = (
+                f"this worker is answering {places} {kind} requests, their limit "
+                f"(limits.in_flight_share.{kind})"
+            )
+        if message is not None:
             retry = (b"retry-after", str(self.RETRY_AFTER_S).encode())
             await send_client_error(
-                scope, send, 503, ["request"], message, "overloaded", headers=[retry]
+                scope,
+                send,
+                503,
+                ["request"],
+                f"{message}; retry after {self.RETRY_AFTER_S} s",
+                "overloaded",
+                headers=[retry],
             )
             return
         self.in_flight += 1
+        if places is not None:
+            self.in_flight_by_class[kind] += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            if places is not None:
+                self.in_flight_by_class[kind] -= 1
 
 
 class ControlCharacterPaths:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from despliegue import registry
 from despliegue.config import Settings
 from despliegue.errors import ClientErrorWording
 from despliegue.http.audit import AuditLog
@@ -40,8 +41,9 @@ def install_edge(service: Any, catalog: FastAPI, settings: Settings) -> None:
     5. `BearerAuth`: no valid token for the path, no further work.
     6. `PrivateDocs`: the UI and /docs.json, written for this service (after auth: with auth
        on, the document is not public).
-    7. `InFlightLimit`: 503 with Retry-After past the worker's requests in flight, before the
-       body is read.
+    7. `InFlightLimit`: 503 with Retry-After past the worker's requests in flight, or past the
+       places of the request's admission class (the registry's, e.g. images), before the body
+       is read.
     8. `BodySizeLimit`: 413 before a large body is parsed.
     9. `ContentTypeGuard`: 415 for a media type the endpoint does not take.
     10. `UploadFieldGuard`: upload forms checked field by field before BentoML reads them.
@@ -60,7 +62,13 @@ def install_edge(service: Any, catalog: FastAPI, settings: Settings) -> None:
     service.add_asgi_middleware(BearerAuth, auth=auth)
     service.add_asgi_middleware(PrivateDocs, auth=auth, api_paths=api_operations(service))
     service.add_asgi_middleware(
-        InFlightLimit, max_in_flight=limits.max_requests_in_flight, paths=routes
+        InFlightLimit,
+        max_in_flight=limits.max_requests_in_flight,
+        paths=routes,
+        classes={
+            route: kind for route in routes if (kind := registry.admission_of(route)) is not None
+        },
+        class_limits=limits.places_by_class(),
     )
     service.add_asgi_middleware(BodySizeLimit, max_body_bytes=limits.max_body_bytes)
     service.add_asgi_middleware(

@@ -42,7 +42,7 @@ def promoted(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> 
     save_models = [sys.executable, "save_models.py"]
     imported = run([*save_models, "import", "heatflow_svr", str(artifact)], home)
     assert imported.returncode == 0, imported.stderr
-    tag = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stderr.split()))[1]
+    tag = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stdout.split()))[1]
     done = run([*save_models, "promote", "heatflow", tag, "--why", "packed into the Bento"], home)
     assert done.returncode == 0, done.stderr
     return home, tag

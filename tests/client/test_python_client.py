@@ -117,6 +117,31 @@ print("ok")
     assert output.strip() == "ok"
 
 
+def test_one_value_where_a_list_is_taken(
+    client_python: Path, live_server: LiveServer, workdir: Path
+) -> None:
+    output = run(
+        client_python,
+        live_server,
+        workdir,
+        f"""
+import bentoml
+with {SERVER_CLIENT} as client:
+    one = client.heatflow_predict(sediment_thickness_m=1000)
+    assert one["sediment_thickness_m"] == [1000.0] and len(one["heat_flow_mw_m2"]) == 1, one
+    many = client.heatflow_predict(sediment_thickness_m=[1000, 2000])
+    assert many["heat_flow_mw_m2"][0] == one["heat_flow_mw_m2"][0], (one, many)
+    text = client.falsetrue_classify(texts="El banco central publicó su informe anual.")
+    assert len(text["is_falsetrue"]) == 1, text
+    vector = [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0]
+    panel = client.antibiotics_predict(features=vector)
+    assert all(len(result["predictions"]) == 1 for result in panel["results"]), panel
+print("ok")
+""",
+    )
+    assert output.strip() == "ok"
+
+
 def test_images_as_files(client_python: Path, live_server: LiveServer, workdir: Path) -> None:
     run(
         client_python,

@@ -77,6 +77,24 @@ def test_every_json_request_has_an_example_inside_the_schema(document: dict[str,
             Draft202012Validator(field_schema).validate(examples[0])
 
 
+def test_every_answer_names_its_model_once_and_model_tag_is_deprecated(
+    document: dict[str, Any], live_server: LiveServer
+) -> None:
+    """`model` is the answering model's one name; `model_tag` stays one release, deprecated."""
+    schemas = document["components"]["schemas"]
+    answers = {
+        name: schema["properties"]
+        for name, schema in schemas.items()
+        if "model_tag" in schema.get("properties", {})
+    }
+    assert len(answers) >= 6, sorted(answers)
+    for name, properties in answers.items():
+        assert properties["model_tag"].get("deprecated") is True, name
+        assert not properties["model"].get("deprecated"), name
+    answer = live_server.post("/heatflow", {"sediment_thickness_m": 1000}).json()
+    assert answer["model"] == answer["model_tag"] and answer["model"].startswith("heatflow_svr:")
+
+
 def test_file_fields_are_standard_and_nothing_names_internal_classes(
     document: dict[str, Any],
 ) -> None:

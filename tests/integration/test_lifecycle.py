@@ -53,7 +53,7 @@ class Deployment:
     def save_models(self, *args: str) -> str:
         result = run_save_models(*args, home=self.home, extra_env=self.env)
         assert result.returncode == 0, result.stderr
-        return result.stderr
+        return result.stdout
 
     def start(self) -> None:
         log_path = self.folder / f"serve-{time.monotonic_ns()}.log"
@@ -77,7 +77,8 @@ class Deployment:
     def heatflow_tag(self) -> str:
         answer = self.server.post("/heatflow", HEATFLOW_BODY)
         assert answer.status_code == 200, answer.text
-        return answer.json()["model_tag"]
+        assert answer.json()["model_tag"] == answer.json()["model"], "deprecated, same value"
+        return answer.json()["model"]
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
         text = self.server.get("/metrics").text
@@ -135,7 +136,7 @@ class BoundedLoad:
             started = time.perf_counter()
             try:
                 answer = await http.post("/heatflow", json=HEATFLOW_BODY)
-                tag = answer.json().get("model_tag") if answer.status_code == 200 else None
+                tag = answer.json().get("model") if answer.status_code == 200 else None
                 outcome = Outcome(answer.status_code, tag, time.perf_counter() - started)
             except httpx.HTTPError:
                 outcome = Outcome(None, None, time.perf_counter() - started)
@@ -222,7 +223,7 @@ def test_canary_answers_its_share_of_requests(deployment: Deployment) -> None:
         for _ in range(1000):
             answer = http.post("/heatflow", json=HEATFLOW_BODY, timeout=60)
             assert answer.status_code == 200, answer.text
-            tags.append(answer.json()["model_tag"])
+            tags.append(answer.json()["model"])
     assert set(tags) == {v1, v2}
     share = tags.count(v2) / len(tags)
     assert 0.15 <= share <= 0.25, f"canary answered {share:.1%} of 1000 requests"
@@ -247,7 +248,7 @@ def test_shadow_gets_a_copy_and_is_compared(deployment: Deployment) -> None:
     deployment.wait_loaded("heatflow", served=v1, shadow=shadow)
     for thickness in range(100, 6100, 200):
         answer = deployment.server.post("/heatflow", {"sediment_thickness_m": [float(thickness)]})
-        assert answer.json()["model_tag"] == v1, "a shadow never answers"
+        assert answer.json()["model"] == v1, "a shadow never answers"
 
     deadline = time.monotonic() + FOLLOWS_WITHIN_S
     while (compare := deployment.server.get("/models/heatflow/compare").json())["compared"] < 30:
@@ -286,7 +287,7 @@ def test_a_new_antibiotic_joins_the_running_panel(deployment: Deployment) -> Non
     features = [[0.0] * zzz["input_length"]]
     answer = deployment.server.post("/antibiotics", {"features": features, "codes": ["ZZZ"]})
     assert answer.status_code == 200, answer.text
-    assert answer.json()["results"][0]["model_tag"] == zzz["model"]
+    assert answer.json()["results"][0]["model"] == zzz["model"]
 
 
 def test_a_restart_serves_the_promoted_tag(deployment: Deployment) -> None:

@@ -149,12 +149,12 @@ def import_into(home: Path, name: str, artifact: Path, *flags: str) -> str:
     antibiotic serves its first import at once)."""
     result = run_save_models("import", name, str(artifact), *flags, home=str(home))
     assert result.returncode == 0, result.stderr
-    candidate = re.search(r"(\S+:\w+) is a candidate", " ".join(result.stderr.split()))
+    candidate = re.search(r"(\S+:\w+) is a candidate", " ".join(result.stdout.split()))
     if candidate:
         why = ("--why", "the notebook's model")
         promoted = run_save_models("promote", FAMILY_OF[name], candidate[1], *why, home=str(home))
         assert promoted.returncode == 0, promoted.stderr
-    return result.stderr
+    return result.stdout
 
 
 @pytest.fixture(scope="module")

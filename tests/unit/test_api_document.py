@@ -65,3 +65,60 @@ def test_operations_are_grouped_by_the_registry_families(document: dict) -> None
             assert document["paths"][f"/{segment}"]["post"]["tags"] == [family.tag]
     described = {tag["name"]: tag["description"] for tag in document["tags"]}
     assert all(described[family.tag] == family.summary for family in registry.FAMILIES)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/heatflow", "sediment_thickness_m"),
+        ("/falsetrue", "texts"),
+        ("/flowers", "images"),
+        ("/face", "input_data"),
+        ("/antibiotics", "features"),
+    ],
+)
+def test_a_one_or_many_field_is_documented_as_both(document: dict, path: str, field: str) -> None:
+    """BentoML inlines each request schema keeping an `anyOf`'s first branch only; the document
+    shows both, as the Swagger UI and client generators need them."""
+    body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    one, many = body["schema"]["properties"][field]["anyOf"]
+    assert many["type"] == "array" and many["items"] == one
+
+
+def answer_schemas(document: dict) -> dict[str, dict]:
+    """The response schemas that name the answering model, by title."""
+    return {
+        name.removesuffix("IODescriptor"): schema
+        for name, schema in document["components"]["schemas"].items()
+        if "model_tag" in schema.get("properties", {})
+    }
+
+
+def test_model_tag_is_deprecated_in_favour_of_model(document: dict) -> None:
+    answers = answer_schemas(document)
+    assert set(answers) == {
+        "HeatFlowResponse",
+        "FalseTrueResponse",
+        "FlowersResponse",
+        "FaceResponse",
+        "SuperResponse",
+        "AntibioticResult",
+    }
+    for name, schema in answers.items():
+        assert schema["properties"]["model_tag"]["deprecated"] is True, name
+        assert "deprecated" not in schema["properties"]["model"], name
+        assert "`model`" in schema["properties"]["model_tag"]["description"], name
+
+
+def test_a_split_request_names_both_tags_under_both_names() -> None:
+    import service
+    from despliegue.schemas import HeatFlowResponse
+
+    answer = HeatFlowResponse(
+        sediment_thickness_m=[1.0, 2.0],
+        heat_flow_mw_m2=[50.0, 51.0],
+        model="heatflow_svr:a",
+        model_tag="heatflow_svr:a",
+    )
+    named = service.tagged(answer, ["heatflow_svr:a", "heatflow_svr:b"]).model_dump()
+    assert named["model"] == named["model_tag"] == "heatflow_svr:a,heatflow_svr:b"

@@ -108,3 +108,23 @@ def test_an_app_that_fails_before_answering_is_audited_as_500(tmp_path: Path) ->
     assert response.status_code == 500
     [line] = lines(path)
     assert line["status"] == 500 and line["endpoint"] == "/heatflow"
+
+
+def test_a_request_cut_by_bentomls_timeout_is_audited_as_the_504_it_got(tmp_path: Path) -> None:
+    """BentoML's TimeoutMiddleware sits outside every middleware of the service: past
+    `traffic.timeout` it cancels the request and answers 504 itself."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    path = tmp_path / "audit.jsonl"
+
+    async def slow(request: Request) -> JSONResponse:
+        await asyncio.sleep(5)
+        return JSONResponse({"model": "heatflow_svr:abc"})
+
+    app = Starlette(routes=[Route("/heatflow", slow, methods=["POST"])])
+    app.add_middleware(AuditLog, audit=AuditSettings(stdout=False, file=str(path)))
+    app.add_middleware(TimeoutMiddleware, timeout=0.2)  # added last: the outermost
+    response = TestClient(app).post("/heatflow", content=b"{}")
+    assert response.status_code == 504
+    [line] = lines(path)
+    assert line["status"] == 504 and line["endpoint"] == "/heatflow"

@@ -48,7 +48,7 @@ def test_restore_into_an_empty_store_brings_every_model_back(
     assert result.returncode == 0, result.stderr
     assert model_dirs(fresh) == model_dirs(home)
     again = run_save_models("restore", str(folder), home=str(fresh))
-    assert again.returncode == 0 and "kept" in again.stderr
+    assert again.returncode == 0 and "kept" in again.stdout
 
 
 def test_a_damaged_backup_is_refused_naming_the_file(

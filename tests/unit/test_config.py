@@ -82,6 +82,14 @@ def test_service_options_merge_defaults_with_the_service_entry() -> None:
             lambda raw: raw["limits"].update(request_head_timeout_s=0),
             "limits.request_head_timeout_s",
         ),
+        (
+            lambda raw: raw["limits"].update(in_flight_share={"images": 1.5}),
+            "limits.in_flight_share",
+        ),
+        (
+            lambda raw: raw["limits"].update(in_flight_share={"image": 0.5}),
+            "unknown admission classes \\['image'\\]; the families' classes are: light, images",
+        ),
     ],
 )
 def test_bad_value_is_refused_with_the_key_named(tmp_path: Path, mutate, named_key: str) -> None:
@@ -113,3 +121,10 @@ def test_batching_can_be_switched_off_per_family(tmp_path: Path) -> None:
     on = settings.family("falsetrue").batching
     assert on.api_options() == {"batchable": True, **on.model_dump()}
     assert "enabled" not in on.model_dump()
+
+
+def test_image_requests_hold_a_share_of_the_worker_places() -> None:
+    limits = load_settings(DEFAULT_CONFIG_PATH).limits
+    assert limits.places_by_class() == {"images": limits.max_requests_in_flight // 4}
+    small = limits.model_copy(update={"max_requests_in_flight": 2})
+    assert small.places_by_class() == {"images": 1}, "at least one place"

@@ -340,3 +340,52 @@ def _in_flight(app: Starlette) -> int:
     while layer is not None and not isinstance(layer, InFlightLimit):
         layer = getattr(layer, "app", None)
     return layer.in_flight if layer is not None else 0
+
+
+def test_a_class_of_slow_requests_holds_only_its_share_of_the_places() -> None:
+    """Image requests may hold 2 of the worker's 4 places: a third image request is refused
+    (503 naming the class's setting) while heat-flow requests still get the other places."""
+    import httpx
+
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> JSONResponse:
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[Route("/face", slow, methods=["POST"]), Route("/heatflow", slow, methods=["POST"])]
+    )
+    app.add_middleware(
+        InFlightLimit,
+        max_in_flight=4,
+        paths=frozenset({"/face", "/heatflow"}),
+        classes={"/face": "images", "/heatflow": "light"},
+        class_limits={"images": 2},
+    )
+
+    async def until_in_flight(count: int) -> None:
+        for _ in range(500):
+            if _in_flight(app) == count:
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            images = [asyncio.create_task(client.post("/face")) for _ in range(2)]
+            await until_in_flight(2)
+            refused = await asyncio.wait_for(client.post("/face"), timeout=5)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "limits.in_flight_share.images" in refused.json()["error"]
+            light = [asyncio.create_task(client.post("/heatflow")) for _ in range(2)]
+            await until_in_flight(4)
+            full = await asyncio.wait_for(client.post("/heatflow"), timeout=5)
+            assert full.status_code == 503
+            assert "limits.max_requests_in_flight" in full.json()["error"]
+            release.set()
+            answers = await asyncio.gather(*images, *light)
+            assert [answer.status_code for answer in answers] == [200] * 4
+            assert (await client.post("/face")).status_code == 200
+
+    asyncio.run(scenario())

@@ -166,7 +166,7 @@ def test_import_warns_when_outputs_hardly_change_and_names_the_fix(tmp_path: Pat
     detected = run_save_models("import", "flower_classifier", str(artifact), home=str(home))
     assert detected.returncode == 0, detected.stderr
     assert "warning" not in detected.stderr
-    assert "raw 0–255 (detected" in " ".join(detected.stderr.split())
+    assert "raw 0–255 (detected" in " ".join(detected.stdout.split())
 
 
 @pytest.mark.processes

@@ -77,6 +77,7 @@ def test_import_promote_rollback_canary_shadow_history(store: Store, tmp_path: P
 
     promoted = store.run("promote", "heatflow", v2, "--why", "lower error on the 2026 survey")
     assert promoted.returncode == 0, promoted.stderr
+    assert v2 in promoted.stdout and "Recorded in" in promoted.stdout
     assert store.families()["heatflow"] == {"served": v2, "previous": v1}
     line = store.history()[-1]
     assert line["action"] == "promote" and (line["from"], line["to"]) == (v1, v2)
@@ -113,7 +114,11 @@ def test_import_promote_rollback_canary_shadow_history(store: Store, tmp_path: P
     assert listed.stdout.strip() == str(sorted([v1, v2]))
 
     shown = store.run("history", "heatflow")
-    assert shown.returncode == 0 and "complaints" in shown.stderr and "compare" in shown.stderr
+    assert shown.returncode == 0 and "complaints" in shown.stdout and "compare" in shown.stdout
+    assert "complaints" not in shown.stderr, "the answer is on stdout (`| grep` finds it)"
+    as_json = store.run("history", "heatflow", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == [e for e in store.history() if e["family"] == "heatflow"]
 
 
 @pytest.fixture
@@ -269,7 +274,7 @@ def test_two_homes_from_one_checkout_never_mix_their_states(
         )
         imported = save_models_on(home, "import", "heatflow_svr", str(artifact))
         assert imported.returncode == 0, imported.stderr
-        tag = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stderr.split()))[1]
+        tag = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stdout.split()))[1]
         done = save_models_on(home, "promote", "heatflow", tag, "--why", f"home {value:g}")
         assert done.returncode == 0, done.stderr
         promoted[home] = tag
@@ -294,9 +299,9 @@ def test_two_homes_from_one_checkout_never_mix_their_states(
         assert listed.returncode == 0, listed.stderr
         rows = {
             cells[0]: cells[2]
-            for line in listed.stderr.splitlines()
+            for line in listed.stdout.splitlines()
             if len(cells := [c.strip() for c in line.split("│")[1:-1]]) > 2
         }
-        assert rows[tag] == "heatflow" and other not in rows, listed.stderr
-        assert str(state_file) in listed.stderr, listed.stderr
+        assert rows[tag] == "heatflow" and other not in rows, listed.stdout
+        assert str(state_file) in listed.stdout, listed.stdout
     assert state_files_in_checkout() == checkout_before, "the checkout's state was written"

@@ -33,6 +33,17 @@ def test_recipes_are_the_registry_models() -> None:
     assert all(RECIPES[key].family == key for key in RECIPES)
 
 
+def test_the_image_families_are_admitted_as_images_and_the_rest_as_light() -> None:
+    admitted = {
+        path: registry.admission_of(path) for path in ("/face", "/super/upload", "/flowers")
+    }
+    assert set(admitted.values()) == {"images"}, admitted
+    assert {registry.admission_of(p) for p in ("/heatflow", "/falsetrue", "/antibiotics")} == {
+        "light"
+    }
+    assert registry.admission_of("/models") is None
+
+
 def test_service_names_are_the_runner_classes() -> None:
     assert registry.service_names() == (
         "Despliegue",
@@ -280,6 +291,8 @@ def test_every_table_derived_from_the_registry_includes_a_new_family(
     assert capture.runners_of("tiny") == ["tiny"]
     assert capture.monitored_methods()["tiny"].summarise is tiny_summary
     assert baselines.import_answers()["tiny"] is tiny_import_answers
+    # Its requests' admission class in the API worker (light unless the entry says otherwise).
+    assert registry.admission_of("/tiny") == "light" and "light" in registry.admission_classes()
     # The Swagger UI's grouping, and the configuration that must now hold the family.
     assert docs.family_tag("/tiny") == "tiny"
     assert docs.tag_descriptions()["tiny"] == with_tiny_family.summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -46,7 +47,7 @@ def fitted_heatflow_model() -> LinearRegression:
 def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     first = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert first.returncode == 0, first.stderr
-    assert "built" in first.stderr
+    assert "built" in first.stdout
     heatflow = stored(home, "heatflow_svr")
     assert len(heatflow) == 1 and len(stored(home, "falsetrue_classifier")) == 1
     metadata = heatflow[0]["metadata"]
@@ -62,7 +63,7 @@ def test_reference_models_are_built_once_then_kept(home: Path) -> None:
 
     second = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert second.returncode == 0, second.stderr
-    assert "Nothing to do" in second.stderr
+    assert "Nothing to do" in second.stdout
     assert stored(home, "heatflow_svr") == heatflow
 
 
@@ -255,25 +256,34 @@ def test_list_shows_whole_tags_and_what_serves_in_a_narrow_terminal(
     run_save_models(*SKLEARN_REFERENCES, home=str(home))
     artifact = tmp_path / "newer.joblib"
     joblib.dump(fitted_heatflow_model(), artifact)
-    assert run_save_models("import", "heatflow_svr", str(artifact), home=str(home)).returncode == 0
+    imported = run_save_models("import", "heatflow_svr", str(artifact), home=str(home))
+    assert imported.returncode == 0, imported.stderr
+    said = " ".join(imported.stdout.split())
+    assert re.search(r"heatflow_svr:\w+ is a candidate", said), "the stored tag is on stdout"
     listed = run_save_models("list", home=str(home), columns=40)
     assert listed.returncode == 0, listed.stderr
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in listed.stderr.splitlines()]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in listed.stdout.splitlines()]
     serves = {row[0]: row[2] for row in cells if len(row) == 6}  # tag -> the "serves" column
     versions = sorted(stored(home, "heatflow_svr"), key=lambda model: model["creation_time"])
     older, newer = (f"heatflow_svr:{model['version']}" for model in versions)
     falsetrue = f"falsetrue_classifier:{stored(home, 'falsetrue_classifier')[0]['version']}"
     # Whole tags in a 40-column terminal; the import is a candidate: the reference model keeps
     # serving until it is promoted (despliegue/lifecycle/).
-    assert serves[older] == "heatflow" and serves[newer] == "-", listed.stderr
+    assert serves[older] == "heatflow" and serves[newer] == "-", listed.stdout
     assert serves[falsetrue] == "falsetrue"
+    assert "│" not in listed.stderr, "the table is on stdout"
+    as_json = run_save_models("list", "--json", home=str(home))
+    assert as_json.returncode == 0, as_json.stderr
+    rows = {row["tag"]: row for row in json.loads(as_json.stdout)}
+    assert rows[older]["serves"] == "heatflow" and rows[newer]["serves"] == "-"
+    assert rows[falsetrue]["family"] == "falsetrue" and rows[falsetrue]["reference"] == "True"
 
 
 @pytest.mark.processes
 def test_list_on_an_empty_store_says_how_to_fill_it(home: Path) -> None:
     listed = run_save_models("list", home=str(home))
     assert listed.returncode == 0
-    text = " ".join(listed.stderr.split())
+    text = " ".join(listed.stdout.split())
     assert "is empty" in text and "python save_models.py" in text and "import NAME FILE" in text
 
 

@@ -6,10 +6,16 @@ import json
 import math
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from despliegue.config import settings
-from despliegue.schemas import FalseTrueRequest, HeatFlowRequest
+from despliegue.schemas import (
+    AntibioticsRequest,
+    FaceRequest,
+    FalseTrueRequest,
+    FlowersRequest,
+    HeatFlowRequest,
+)
 
 LIMITS = settings().limits
 
@@ -65,6 +71,26 @@ def test_falsetrue_accepts_the_seed_contract() -> None:
     assert request.texts == ["uno", "dos"]
 
 
+def test_falsetrue_takes_one_text_as_a_list_of_one() -> None:
+    assert FalseTrueRequest.model_validate_json('{"texts": "uno solo"}').texts == ["uno solo"]
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "expected"),
+    [
+        (AntibioticsRequest, {"features": [1, 0.5]}, [[1.0, 0.5]]),
+        (AntibioticsRequest, {"features": [[1, 0.5], [0, 1]]}, [[1.0, 0.5], [0.0, 1.0]]),
+        (FlowersRequest, {"images": "aGk="}, ["aGk="]),
+        (FaceRequest, {"input_data": "aGk="}, ["aGk="]),
+    ],
+)
+def test_one_item_or_a_list_where_a_list_is_taken(
+    model: type[BaseModel], body: dict, expected: list
+) -> None:
+    field = next(iter(body))
+    assert model.model_validate_json(json.dumps(body)).model_dump()[field] == expected
+
+
 @pytest.mark.parametrize(
     ("body", "loc", "rule"),
     [
@@ -73,7 +99,8 @@ def test_falsetrue_accepts_the_seed_contract() -> None:
         ({"texts": [""]}, ("texts", 0), "at least 1 character"),
         ({"texts": ["x" * (LIMITS.falsetrue.max_text_chars + 1)]}, ("texts", 0), "at most"),
         ({"texts": ["a"] * (LIMITS.falsetrue.max_texts + 1)}, ("texts",), "at most"),
-        ({"texts": "not a list"}, ("texts",), "valid array"),
+        ({"texts": 3}, ("texts",), "valid array"),
+        ({"texts": ""}, ("texts", 0), "at least 1 character"),
         ({"text": ["typo"]}, ("texts",), "required"),
     ],
 )
@@ -85,7 +112,27 @@ def test_falsetrue_refuses_bad_values_naming_the_field(body: dict, loc: tuple, r
 
 
 def test_schema_shows_the_configured_limits() -> None:
-    schema = HeatFlowRequest.model_json_schema()["properties"]["sediment_thickness_m"]
+    one, schema = HeatFlowRequest.model_json_schema()["properties"]["sediment_thickness_m"]["anyOf"]
     assert schema["maxItems"] == LIMITS.heatflow.max_values
     assert schema["items"]["maximum"] == LIMITS.heatflow.max_thickness_m
     assert not math.isnan(schema["items"]["minimum"])
+    assert one == schema["items"], "one value has the rules of each value of the list"
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "one"),
+    [
+        (HeatFlowRequest, "sediment_thickness_m", "number"),
+        (FalseTrueRequest, "texts", "string"),
+        (FlowersRequest, "images", "string"),
+        (FaceRequest, "input_data", "string"),
+        (AntibioticsRequest, "features", "array"),
+    ],
+)
+def test_schema_says_one_or_a_list_with_the_one_first(
+    model: type[BaseModel], field: str, one: str
+) -> None:
+    """bentoml.SyncHTTPClient reads the first branch: a lone value must be sent as it is."""
+    branches = model.model_json_schema()["properties"][field]["anyOf"]
+    assert [branch["type"] for branch in branches] == [one, "array"]
+    assert branches[1]["items"] == branches[0]
