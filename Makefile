@@ -42,22 +42,21 @@ models: venv  ## build the reference models missing from the BentoML model store
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
 	DESPLIEGUE_AUTH=off $(BIN)/python -m despliegue.serving --host 127.0.0.1 --port $(PORT)
 
-# The test command. First every module on both cores: a module's tests stay on one worker
+# The test command: every module on both cores; a module's tests stay on one worker
 # (--dist loadscope), so a server a module starts is started once (the session's shared server
-# once per worker). Then the tests that measure the machine (cores
-# pinned, memory over time), alone. Each run ranks its 30 slowest tests; either one failing, or
-# collecting no test (pytest's exit 5), fails the target.
+# once per worker). The tests that measure the machine (marked serial: the soak pins cores and
+# judges memory over minutes) need it alone and run in `make soak-check`, a CI step of its own.
+# The run ranks its 30 slowest tests; a failure, or no test collected (exit 5), fails the target.
 PYTEST_WORKERS ?= 2
 test: venv client-venv postgresql  ## run the whole test suite (unit, live server, browser, client, build)
 	@# Without the browser the UI tests skip saying why (and fail when CI=true).
 	-@scripts/test-tools.sh
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not serial" --durations=30
-	$(BIN)/python -m pytest -m serial --durations=30
 
 unit: venv  ## the inner loop (< 1 min): tests/unit without the tests that start processes
 	$(BIN)/python -m pytest tests/unit -m "not processes" -q
 
-soak-check: venv  ## the 3-minute soak test (CI runs it after `make test`, which runs a 1.5-minute smoke)
+soak-check: venv  ## the 3-minute soak test, alone on the machine (CI runs it after `make test`)
 	DESPLIEGUE_SOAK_MINUTES=3 $(BIN)/python -m pytest tests/integration/test_soak.py -m serial \
 		--durations=5
 

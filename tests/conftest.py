@@ -275,6 +275,11 @@ def shipped_env(home: str, **extra: str) -> dict[str, str]:
     return {**env, "BENTOML_HOME": home, LIFECYCLE_STATE_ENV: lifecycle_state(home), **extra}
 
 
+def shipped_serve_command(port: int) -> list[str]:
+    """How the image and the Kubernetes manifests start the service, on a loopback port."""
+    return [sys.executable, "-m", "despliegue.serving", "--host", "127.0.0.1", "--port", str(port)]
+
+
 def launch(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a server command from the checkout in its own process group, logging to a file."""
     with log_path.open("wb") as log:
@@ -356,15 +361,7 @@ def session_server(
             TOKENS_FILE_ENV: str(SESSION_TOKENS_FILE),
         },
     )
-    command = [
-        sys.executable,
-        "-m",
-        "despliegue.serving",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = shipped_serve_command(port)
     launched = time.monotonic()
     process = launch(command, env, log_path)
     url = f"http://127.0.0.1:{port}"

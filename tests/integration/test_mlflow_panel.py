@@ -228,8 +228,8 @@ def test_sync_imports_and_promotes_what_the_alias_names(registry: Registry, tmp_
 
     def sync() -> str:
         result = run_save_models("sync", home=home, extra_env=env)
-        assert result.returncode == 0, result.stderr
-        return " ".join(result.stderr.split())
+        assert result.returncode == 0, result.stdout + result.stderr
+        return " ".join(result.stdout.split())
 
     def served() -> dict:
         return json.loads((tmp_path / "served.json").read_text())["families"]["antibiotics.CIP"]

@@ -14,7 +14,6 @@ Probing follows a Kubernetes probe, from the moment the server process is launch
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
 import httpx
@@ -34,6 +33,7 @@ from tests.conftest import (
     outbound_attempts,
     private_home,
     shipped_env,
+    shipped_serve_command,
     stop_with_workers,
 )
 from tests.probing import (
@@ -136,17 +136,8 @@ def test_the_guard_sees_telemetry_when_an_operator_turns_it_on(
         BENTOML_DO_NOT_TRACK="false",
         DESPLIEGUE_SERVICE="HeatFlowRegressor",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "despliegue.serving",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
     log_path = tmp_path / "tracked.log"
-    process = launch(command, env, log_path)
+    process = launch(shipped_serve_command(port), env, log_path)
     server = LiveServer(url=f"http://127.0.0.1:{port}", log_path=log_path, process=process)
     try:
         attempts = server.log_lines_with(OUTBOUND_MARKER, wait_s=60)
