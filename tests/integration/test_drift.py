@@ -48,6 +48,8 @@ class DriftServer:
     def start(self) -> LiveServer:
         self.starts += 1
         log_path = self.folder / f"serve-{self.starts}.log"
+        # A server of its own: drift windows and thresholds are configuration read at start,
+        # and a test restarts it (the window must survive).
         return serve(self.home, log_path, {"DESPLIEGUE_CONFIG": str(self.config)})
 
     def restart(self) -> None:

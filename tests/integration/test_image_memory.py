@@ -58,6 +58,8 @@ def memory_server(
     folder = tmp_path_factory.mktemp("memory")
     home = folder / "home"
     shutil.copytree(Path(reference_store) / "models", home / "models")
+    # A server of its own: these tests assert its processes' resident memory, which other
+    # tests' traffic on a shared server would move.
     server = serve(str(home), folder / "serve.log")
     try:
         yield server

@@ -57,6 +57,8 @@ class Deployment:
 
     def start(self) -> None:
         log_path = self.folder / f"serve-{time.monotonic_ns()}.log"
+        # A server of its own: promotions, canaries and shadows change what it serves, and a
+        # test restarts it.
         self.server = serve(self.home, log_path, self.env)
 
     def family(self, name: str) -> dict:

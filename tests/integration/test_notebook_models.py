@@ -204,6 +204,7 @@ def notebook(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> 
     import_into(home, "heatflow_svr", files["heatflow.joblib"])
     import_into(home, "falsetrue_classifier", files["falsetrue.joblib"])
     import_into(home, "modelo_MER_NM", files["spectra.keras"])
+    # A server of its own: it serves the notebook's imported models, not the reference ones.
     server = serve(home, folder / "serve.log")
     try:
         yield Notebook(folder=folder, files=files, server=server, home=str(home))

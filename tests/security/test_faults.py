@@ -213,6 +213,7 @@ def test_a_graceful_stop_under_load_answers_every_request_it_had_received(
     home = tmp_path / "home"
     shutil.copytree(Path(reference_store) / "models", home / "models")
     log_path = tmp_path / "serve.log"
+    # A server of its own: the test stops it.
     process = start_server(str(home), log_path)
     url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
     headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}

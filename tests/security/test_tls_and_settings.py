@@ -85,6 +85,7 @@ def tls_server(
     config.write_text(yaml.safe_dump(raw))
     log_path = folder / "serve.log"
     env = {"DESPLIEGUE_CONFIG": str(config), "DESPLIEGUE_AUTH": "off", "DESPLIEGUE_TOKENS": ""}
+    # A server of its own: TLS, auth off and the audit file are settings read at start.
     process = start_server(str(home), log_path, env)
     url = f"https://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
     context = ssl.create_default_context(cafile=str(cert))
