@@ -3,8 +3,10 @@
 A request goes: HTTP -> the edge (despliegue/http/: probes, audit, auth, limits, content checks)
 -> this service (pydantic validation, decoding) -> the family's runner service in `runners/`
 (adaptive batching, model call) -> a response schema that names the model tag that answered.
-No model is loaded here; each runner is its own process, reached through `bentoml.depends`, and
-concurrent requests share one call to it (despliegue/coalescing.py). What the runners have
+A CNN family's runner is its own process, reached through `bentoml.depends`; a small model's
+(scikit-learn: `placement` in despliegue/registry.py) is an instance of the same runner class
+inside this worker, since a hop costs more than the model. Either way concurrent requests
+share one call to it (despliegue/coalescing.py). What the runners have
 loaded, and the answers about it, are the catalog's (despliegue/catalog.py).
 
 Serve it with `bentoml serve` (see README.md); the Swagger UI is at `/`.
@@ -74,7 +76,7 @@ from despliegue.images import (
     encode_png,
 )
 from despliegue.lifecycle.metrics import unzip
-from despliegue.lifecycle.plans import served_tags
+from despliegue.lifecycle.plans import packs_served_models, served_tags
 from despliegue.schemas import (
     AntibioticPanelListing,
     AntibioticsRequest,
@@ -120,11 +122,24 @@ async def annotated_png(image: DecodedImage, faces: Sequence[Face]) -> str:
 
 
 def with_runners(service: type) -> type:
-    """One `bentoml.depends` attribute per family of the registry, named after the family (set
-    before `@bentoml.service` reads the class)."""
+    """One `bentoml.depends` attribute per family whose runner is a process of its own, named
+    after the family (set before `@bentoml.service` reads the class). A family answered inside
+    the API worker (`placement`, despliegue/registry.py) gets its runner instance in
+    `__init__` instead, and its models are declared here, so `bentoml build` still packs them."""
     for family in registry.FAMILIES:
-        setattr(service, family.name, bentoml.depends(family.runner_class()))
+        if settings().in_api(family):
+            packs_served_models(family.name)(service)
+        else:
+            setattr(service, family.name, bentoml.depends(family.runner_class()))
     return service
+
+
+def runner_in_this_process(family: registry.Family) -> Any:
+    """The family's runner service, instantiated here as BentoML does for a dependency it does
+    not start (`Service.__call__`): the same class, models, lifecycle watcher and `to_async`
+    methods as in a runner process, called without the hop. Concurrent requests still share
+    one call (the coalescer); a sync method runs in BentoML's thread pool, off the event loop."""
+    return family.runner_class()()
 
 
 def as_declared(runner: Any, method: str) -> typing.Callable[[list[Any]], Any]:
@@ -180,6 +195,9 @@ class Despliegue:
         )
 
     def __init__(self) -> None:
+        for family in registry.FAMILIES:
+            if settings().in_api(family):
+                setattr(self, family.name, runner_in_this_process(family))
         self.pixels_in_flight = PixelBudget(settings().limits.images.max_pixels_in_flight)
         drift = settings().drift
         self.recorder = Recorder(drift, storage_dir(drift), worker_name())

@@ -9,16 +9,21 @@ the real `bentoml serve`; errors, p99 per minute and the RSS of every process re
    and /super; each path draws from 256 bodies made in advance, which a background thread
    keeps replacing with new sizes, so sizes keep changing without the client's image work
    slowing the load).
-2. Load: all paths at once, open loop (Poisson arrivals), path p at
-   `load x capacity_p / number of paths` requests per second: each path gets an equal share
-   of the server's time and together they use `load` (70%) of it.
-3. Every minute: requests, errors, p99 per path, and how the server's cores were used (the
+2. Calibration: all paths at once for a short while at `load x capacity_p / number of paths`
+   requests per second (path p), reading how much of the server's cores the service used.
+   Paths measured alone add up to less than the same paths mixed (processes taking turns on
+   one core cost more than one at a time: runs at a nominal 70% used 85-97% of the core, and
+   /face's queue then grew without end). When the mix used more than `load`, every rate is
+   scaled down by the same factor, so the soak runs at `load` of the core as measured.
+3. Load: all paths at once, open loop (Poisson arrivals), at the calibrated rates: each path
+   gets an equal share of the server's time and together they use `load` (70%) of it.
+4. Every minute: requests, errors, p99 per path, and how the server's cores were used (the
    service's own work, anything else on them, time stolen by the hypervisor: a slow minute
    is then the service's or its neighbours'); every 5 s: the RSS of each process.
    Goal: 0 errors, < 10% RSS growth after the warm-up (the first 10% of the run, at least a
    minute).
 
-    python -m benchmarks.soak                 # 30 minutes (~33 with the capacity probe)
+    python -m benchmarks.soak                 # 30 minutes (~34 with capacity and calibration)
     python -m benchmarks.soak --minutes 3     # the short version (tests/integration/test_soak.py)
 
 Writes benchmarks/results/soak-<date>.json and soak-latest.md (with --minutes below 30:
@@ -57,6 +62,7 @@ from benchmarks.varied_images import varied_b64
 FULL_MINUTES = 30.0
 LOAD = 0.7
 CAPACITY_REQUESTS = 40
+CALIBRATION_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,34 @@ async def open_loop(
     await asyncio.gather(*tasks)
 
 
+async def calibrate(
+    client: Client,
+    paths: Sequence[SoakPath],
+    sources: dict[str, BodySource],
+    rates: dict[str, float],
+    load: float,
+    seconds: float,
+    arbiter_pid: int,
+    server_cpus: Sequence[int],
+) -> dict[str, float]:
+    """Every path at once at `rates` for `seconds`: the share of the server's cores the service
+    used, and the factor (at most 1) that brings the mix to `load` of them."""
+    first = len(client.records)
+    before, started = core_counters(arbiter_pid, server_cpus), time.monotonic()
+    await asyncio.gather(
+        *(
+            open_loop(client, path, sources[path.name], rates[path.name], seconds, 1000 + seed)
+            for seed, path in enumerate(paths)
+            if rates[path.name] > 0
+        )
+    )
+    after, elapsed = core_counters(arbiter_pid, server_cpus), time.monotonic() - started
+    del client.records[first:]  # the calibration is not part of the soak
+    share = (after["served_cpu_s"] - before["served_cpu_s"]) / (elapsed * len(server_cpus))
+    factor = min(1.0, load / share) if share > 0 else 1.0
+    return {"seconds": seconds, "served_share": round(share, 3), "factor": round(factor, 3)}
+
+
 def per_minute(
     records: Sequence[Record],
     minutes: int,
@@ -237,10 +271,12 @@ async def soak(
     load: float = LOAD,
     capacity_seconds: float = 10.0,
     capacity_requests: int = CAPACITY_REQUESTS,
+    calibration_seconds: float = CALIBRATION_SECONDS,
     headers: dict[str, str] | None = None,
     paths: Sequence[SoakPath] = PATHS,
 ) -> dict[str, Any]:
-    """Measure each path's capacity, then run them all at `load` of it for `minutes`."""
+    """Measure each path's capacity, calibrate the mix to `load` of the server's cores, then
+    run every path at once for `minutes`."""
     # Idle connections are dropped by the client before the server's keep-alive timeout (5 s,
     # uvicorn's default) can close them under a request being sent: that race is the
     # client's to avoid, as every well-configured client does.
@@ -255,12 +291,20 @@ async def soak(
                 client, path, sources[path.name], capacity_seconds, capacity_requests
             )
             print(f"  capacity {path.name:<12} {capacity[path.name]['rps']:8.1f} req/s", flush=True)
-        rates = {p.name: load * capacity[p.name]["rps"] / len(paths) for p in paths}
+        nominal = {p.name: load * capacity[p.name]["rps"] / len(paths) for p in paths}
+        server_cpus = sorted(psutil.Process(arbiter_pid).cpu_affinity())
+        calibration = await calibrate(
+            client, paths, sources, nominal, load, calibration_seconds, arbiter_pid, server_cpus
+        )
+        print(
+            f"  calibration: the nominal rates used {calibration['served_share']:.0%} of the "
+            f"server's cores; rates x {calibration['factor']:.2f}",
+            flush=True,
+        )
+        rates = {name: rate * calibration["factor"] for name, rate in nominal.items()}
         seconds = minutes * 60
         cpu_before = _cpu_seconds()
         client.origin = time.monotonic()
-
-        server_cpus = sorted(psutil.Process(arbiter_pid).cpu_affinity())
 
         def progress() -> dict[str, float]:  # read by the sampler thread
             return {"requests": len(client.records), **core_counters(arbiter_pid, server_cpus)}
@@ -285,6 +329,7 @@ async def soak(
         "minutes": minutes,
         "load": load,
         "capacity": capacity,
+        "calibration": calibration,
         "rates_rps": {name: round(rate, 2) for name, rate in rates.items()},
         "requests": len(records),
         "errors": sum(r.status != "200" for r in records),
@@ -318,6 +363,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{p} {result['capacity'][p]['rps']:.1f} -> {result['rates_rps'][p]:.2f}" for p in paths
         )
         + ".",
+        *_calibration_line(result.get("calibration")),
         "",
         "Server cores per minute: the service's own work, anything else on them, and time "
         "stolen by the hypervisor (% of the cores).",
@@ -354,6 +400,17 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _calibration_line(calibration: dict[str, float] | None) -> list[str]:
+    if not calibration:
+        return []
+    return [
+        "",
+        f"Calibration ({calibration['seconds']:g} s, every path at once): the rates from the "
+        f"capacities used {calibration['served_share']:.0%} of the server's cores; every rate "
+        f"was multiplied by {calibration['factor']:.2f}.",
+    ]
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
@@ -368,6 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=CAPACITY_REQUESTS,
         help="at least this many requests per path in the capacity probe",
+    )
+    parser.add_argument(
+        "--calibration-seconds",
+        type=float,
+        default=CALIBRATION_SECONDS,
+        help="every path at once for this long, to bring the mix to --load of the cores",
     )
     parser.add_argument("--home", help="BENTOML_HOME holding the models (default: built fresh)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -396,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.load,
                 args.capacity_seconds,
                 args.capacity_requests,
+                args.calibration_seconds,
             )
         )
     finally:

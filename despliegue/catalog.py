@@ -38,6 +38,9 @@ from despliegue.schemas import (
 # A runner's models are asked again at most this often while it has not yet applied the
 # latest lifecycle state (it loads new models in the background).
 DESCRIBE_AGAIN_S = 0.5
+# The state file's stamp is read at most this often (a stat per request cost ~2% of a small
+# request's CPU); the runners themselves look at the file every `lifecycle.poll_interval_s`.
+STAMP_AGAIN_S = 0.1
 
 # A runner's `describe` method, by family name, as the API service reaches it.
 Describe = Callable[[str], Awaitable[Any]]
@@ -58,12 +61,20 @@ class Catalog:
         self.drift_families = drift_families()
         self._described: dict[str, Described] = {}
         self._cards_by_tag: dict[str, ModelCard] = {}
+        self._stamp, self._stamp_at = "", -STAMP_AGAIN_S
+
+    def state_stamp(self) -> str:
+        """The lifecycle state file's stamp, read again after STAMP_AGAIN_S."""
+        now = time.monotonic()
+        if now - self._stamp_at >= STAMP_AGAIN_S:
+            self._stamp, self._stamp_at = state_stamp(), now
+        return self._stamp
 
     async def described(self, family: str, fresh: bool = False) -> RunnerModels:
         """What a family's runner has loaded: kept until the lifecycle state file changes, then
         asked again until the runner reports it has applied the change."""
         kept = self._described.get(family)
-        behind = kept is not None and kept.models.state_stamp != state_stamp()
+        behind = kept is not None and kept.models.state_stamp != self.state_stamp()
         if kept is None or fresh or (behind and time.monotonic() - kept.at > DESCRIBE_AGAIN_S):
             answer = await self.describe(family)
             models = RunnerModels.model_validate(answer, from_attributes=True)

@@ -366,6 +366,26 @@ class Settings(StrictModel):
     slo: ServiceLevelObjective = Field(default_factory=ServiceLevelObjective)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    # Family name -> "runner" or "api": where its runner runs, over the registry's default.
+    placement: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("placement")
+    @classmethod
+    def _known_placements(cls, placement: dict[str, str]) -> dict[str, str]:
+        names = [family.name for family in registry.FAMILIES]
+        for name, where in placement.items():
+            if name not in names:
+                raise ValueError(f"placement: unknown family {name!r}; the families are: {names}")
+            if where not in registry.PLACEMENTS:
+                raise ValueError(
+                    f"placement.{name}: {where!r} is not one of {', '.join(registry.PLACEMENTS)}"
+                )
+        return placement
+
+    def in_api(self, family: registry.Family) -> bool:
+        """Whether the family's runner is an instance inside each API worker (no process of
+        its own): `placement:` here, else the registry's default."""
+        return self.placement.get(family.name, family.placement) == "api"
 
     @field_validator("families")
     @classmethod

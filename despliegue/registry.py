@@ -1,7 +1,8 @@
 """The model families this service serves, in one table: every family-specific list is read here.
 
-A family is one runner service (its own process, reached from the API with `bentoml.depends`)
-and the stored model(s) it loads. Each model has a key under `families:` in configuration.yaml,
+A family is one runner service (its own process, reached from the API with `bentoml.depends`,
+or an instance inside each API worker where a hop buys nothing: `placement`) and the stored
+model(s) it loads. Each model has a key under `families:` in configuration.yaml,
 a recipe that builds its reference model and probes an imported one (despliegue/families/), the
 batchable runner method that calls it, how a shadow model's answer is compared with the served
 one's (the runner's shadow lane), how a call's traffic is summarised for drift (the API worker),
@@ -30,6 +31,8 @@ from despliegue.families.base import Recipe
 
 # The public API service; its options live under `bentoml.services` beside the runners'.
 API_SERVICE = "Despliegue"
+# Where a family's runner runs: its own process, or inside each API worker (Family.placement).
+PLACEMENTS = ("runner", "api")
 
 
 def imported(path: str) -> Any:
@@ -93,6 +96,11 @@ class Family:
     # (despliegue/http/guards.py: InFlightLimit), so a burst of slow requests leaves the others
     # places of their own.
     admission: str = "light"
+    # Where its runner runs by default: "runner", its own process (adaptive batching there, and
+    # a tier that scales apart: deploy/k8s/split); "api", an instance of the same runner class
+    # inside each API worker, called without a hop (a small model answers in less time than the
+    # hop takes). `placement:` in configuration.yaml overrides it per family.
+    placement: str = "runner"
 
     @property
     def tag(self) -> str:
@@ -106,6 +114,8 @@ class Family:
             raise ValueError(f"family {self.name!r} serves no model")
         if not self.paths or not self.summary:
             raise ValueError(f"family {self.name!r} needs its paths and a summary")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"family {self.name!r}: placement {self.placement!r} is unknown")
         if not self.admission.isidentifier():
             raise ValueError(f"family {self.name!r}: admission {self.admission!r} is not a name")
         named = [("runner", self.runner)]
@@ -147,6 +157,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("heatflow",),
         summary="Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
+        placement="api",
     ),
     Family(
         name="falsetrue",
@@ -163,6 +174,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("falsetrue",),
         summary="Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
+        placement="api",
     ),
     Family(
         name="flowers",

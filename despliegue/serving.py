@@ -5,7 +5,8 @@ from the API (Kubernetes: one Deployment per tier), BentoML's server takes two s
 its CLI does not expose; this entry point reads them from the environment:
 
 - DESPLIEGUE_SERVICE=<ServiceClass>: serve only that service (e.g. `FlowerClassifier`) on the
-  port, for a runner tier. Empty: the entry service, with its dependencies.
+  port, for a runner tier. Empty: the entry service, with its dependencies. A runner the
+  configuration places inside the API worker (`placement`) is no tier until placed "runner".
 - DESPLIEGUE_REMOTE_SERVICES='{"<ServiceClass>": "http://host:port", ...}': dependencies that
   already run elsewhere; `bentoml.depends` reaches them at that URL and they are not started
   here. Every other dependency starts locally, as with `bentoml serve`.
@@ -55,6 +56,21 @@ def remote_services(raw: str) -> dict[str, str]:
     return mapping
 
 
+def not_a_tier(service: str) -> str:
+    """Why a service cannot be served alone: a runner the configuration places inside the API
+    worker, or no service of this Bento at all."""
+    from despliegue import registry
+
+    for family in registry.FAMILIES:
+        if family.service_name == service:
+            return (
+                f"the {family.name} runner is answered inside the API worker (placement); to "
+                f"serve it as a tier of its own, set `placement: {{{family.name}: runner}}` in "
+                "the configuration of both tiers"
+            )
+    return "not a service of this Bento"
+
+
 def refuse_connections_until_the_api_listens() -> None:
     """Bind the public port in the supervisor but leave it closed for the API worker to open.
 
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.path.insert(0, working_dir)
     svc = bentoml_compat.load_service(args.bento, working_dir)
     if service and service not in svc.all_services():
-        raise SystemExit(f"{SERVICE_ENV}={service!r}: not a service of this Bento")
+        raise SystemExit(f"{SERVICE_ENV}={service!r}: {not_a_tier(service)}")
     svc.inject_config()
     bentoml_compat.serve_http()(
         args.bento,

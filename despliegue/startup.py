@@ -145,8 +145,12 @@ def stop_server_on_failure(what: str) -> Iterator[None]:
 def serve_until_callers_stop() -> None:
     """In a runner worker: on SIGTERM, keep serving until the API workers under the same
     arbiter have exited, then let the server stop (call once, from the service's __init__)."""
+    from despliegue.bentoml_compat import server_context
+
     entry = os.environ.get(ENTRY_SERVICE_ENV)
     if not in_worker() or not entry or threading.current_thread() is not threading.main_thread():
+        return
+    if server_context().service_name == entry:  # a runner inside the API worker: it drains itself
         return
     uvicorn_handler = signal.getsignal(signal.SIGTERM)
     if not callable(uvicorn_handler):

@@ -261,6 +261,18 @@ def private_home(reference_store: str, folder: Path) -> str:
     return str(home)
 
 
+def runner_apart_config(folder: Path, family: str) -> Path:
+    """configuration.yaml with `family`'s runner a process of its own (`placement`), as an
+    operator writes it to serve that runner as a tier of its own (deploy/k8s/split)."""
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "configuration.yaml").read_text(encoding="utf-8"))
+    settings["placement"] = {family: "runner"}
+    path = folder / "configuration.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
 # The network guard (tests/network_guard/sitecustomize.py), put on a server's PYTHONPATH: it
 # logs and refuses any connection to another host, each attempt a line holding this marker.
 NETWORK_GUARD = ROOT / "tests" / "network_guard"

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from despliegue.drift.summaries import Outputs
 
 # Outputs that are scores or probabilities in [0, 1]; every other numeric output is a value.
@@ -74,9 +76,7 @@ class ServiceMetrics:
             # A [0, 1] output is a score, anything else a value (a count of faces is a value
             # even when it happens to be 0 or 1).
             kind = self.scores if name in SCORE_OUTPUTS else self.values
-            histogram = self._child(kind, family, tag, name)
-            for value in values:
-                histogram.observe(value)
+            observe_all(self._child(kind, family, tag, name), values)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """The labelled series, looked up once (prometheus_client's labels() costs more than
@@ -101,3 +101,26 @@ def _tally(values: Sequence[str]) -> dict[str, int]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return counts
+
+
+def observe_all(histogram: Any, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for every value, as one increment per bucket that got any and
+    one of the sum (prometheus_client has no bulk observe; in multiprocess mode each increment
+    is a write to a shared file). Falls back to observing one by one if the client's
+    internals (`_upper_bounds`, `_buckets`, `_sum`) ever change."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    array = np.asarray(values, dtype=float)
+    array = array[~np.isnan(array)]  # observe(nan) lands in no bucket and poisons the sum
+    if not array.size:
+        return
+    # A value goes to the first bucket whose upper bound is >= it (as observe() does).
+    counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
+    for index in np.flatnonzero(counts):
+        buckets[index].inc(int(counts[index]))
+    total.inc(float(array.sum()))

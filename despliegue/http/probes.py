@@ -11,7 +11,8 @@ Here the service answers both probes itself, in front of every other middleware:
 - /livez (and BentoML's alias /healthz): 200 while this API process runs its event loop;
   nothing else is asked, so it answers in milliseconds whatever the runners do.
 - /readyz: 200 when every runner of the service (each `bentoml.depends`, a local process or a
-  remote tier) answered its own /readyz with 200 at the last check; otherwise 503 with a JSON
+  remote tier; a runner inside the API worker is ready once the worker serves) answered its own
+  /readyz with 200 at the last check; otherwise 503 with a JSON
   body naming each runner that did not and why.
 
 A watcher asks every runner, all at once, every WATCH_INTERVAL_S, each within RUNNER_TIMEOUT_S.
@@ -33,6 +34,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from despliegue import registry
 from despliegue.bentoml_compat import service_urls
 
 # Every WATCH_INTERVAL_S all runners are asked at once, each given RUNNER_TIMEOUT_S; /readyz
@@ -53,7 +55,7 @@ logger.setLevel(logging.INFO)
 async def runner_problem(runner: Any, timeout_s: float = RUNNER_TIMEOUT_S) -> str | None:
     """Why a runner is not ready, or None when its /readyz answers 200 within `timeout_s`."""
     is_ready = getattr(runner, "is_ready", None)
-    if is_ready is None:  # a dependency served inside this process (development mode)
+    if is_ready is None:  # a runner inside this process (placement "api", development mode)
         return None
     try:
         async with asyncio.timeout(timeout_s):
@@ -123,9 +125,11 @@ def readiness_of(service: Any, auth_on: bool) -> Readiness:
     import bentoml
 
     instance = bentoml.get_current_service()
+    # Every family: a runner process or tier (`bentoml.depends`), or an instance inside this
+    # worker (placement "api": ready once this worker serves, since it loads before listening).
     runners = {
-        name: (dependency.on.name if dependency.on is not None else name, getattr(instance, name))
-        for name, dependency in service.dependencies.items()
+        family.name: (family.service_name, getattr(instance, family.name))
+        for family in sorted(registry.FAMILIES, key=lambda family: family.name)
     }
     # BentoML hands every worker the URL of each service, its own included.
     url = service_urls().get(service.name, "this server's port")

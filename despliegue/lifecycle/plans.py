@@ -148,7 +148,8 @@ def packs_served_models(runner: str) -> Callable[[type], type]:
 
     def declare(cls: type) -> type:
         for index, tag in enumerate(packed_tags(runner)):
-            setattr(cls, f"model_{index}", bentoml.models.BentoModel(tag))
+            # Named by runner: the API service declares the models of the runners it holds.
+            setattr(cls, f"{runner}_model_{index}", bentoml.models.BentoModel(tag))
         return cls
 
     return declare

@@ -26,7 +26,7 @@ import yaml
 
 import tests.conftest as shared
 from despliegue.http.probes import ANSWER_WITHIN_S
-from tests.conftest import ROOT, LiveServer, free_port, served_requests
+from tests.conftest import ROOT, LiveServer, free_port, runner_apart_config, served_requests
 from tests.probing import (
     ProbeAnswer,
     assert_truthful,
@@ -248,12 +248,15 @@ print(json.dumps(found))
 
 def test_a_killed_runner_is_named_by_readyz_and_comes_back(container: Started) -> None:
     server = container.server
-    killed = podman("exec", server.name, "python3", "-c", KILL_RUNNER, "HeatFlowRegressor")
+    # The antibiotic panel: the lightest runner with a process of its own (heat flow and
+    # false/true are answered inside the API worker).
+    killed = podman("exec", server.name, "python3", "-c", KILL_RUNNER, "AntibioticPanel")
     assert killed.stdout.strip().isdigit(), killed
-    down = probe_until(server, server.launched, names_not_ready("heatflow"), 60)
+    down = probe_until(server, server.launched, names_not_ready("antibiotics"), 60)
     back = probe_until(server, server.launched, is_ready, READY_TIMEOUT_S)
     assert_truthful(down + back)
-    assert any("heatflow: HeatFlowRegressor" in line for line in server.log_lines_with("not ready"))
+    not_ready = server.log_lines_with("not ready")
+    assert any("antibiotics: AntibioticPanel" in line for line in not_ready), not_ready
 
 
 # Run inside the container: SIGKILL the worker serving the service named in argv[1].
@@ -281,7 +284,17 @@ def test_split_tiers_run_from_the_same_image(tmp_path: Path) -> None:
     """deploy/k8s/split: a runner tier alone, and an API tier that reaches it by URL."""
     runner_port, api_port = free_port(), free_port()
     serve = ("python", "-m", "despliegue.serving", "--host", "127.0.0.1", "--port")
-    common = ("--network", "host", "-e", "PYTHONPATH=/home/bentoml/bento/src")
+    # Heat flow is answered inside the API worker unless configured apart: both tiers mount a
+    # configuration placing it in a runner, as the split pods share one ConfigMap.
+    (tmp_path / "config").mkdir()
+    config = runner_apart_config(tmp_path / "config", "heatflow")
+    config.chmod(0o644)
+    (tmp_path / "config").chmod(0o755)
+    common = (
+        *("--network", "host", "-e", "PYTHONPATH=/home/bentoml/bento/src"),
+        *("-v", f"{config.parent}:/etc/despliegue:ro"),
+        *("-e", "DESPLIEGUE_CONFIG=/etc/despliegue/configuration.yaml"),
+    )
     with (
         running(
             tmp_path,

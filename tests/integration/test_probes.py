@@ -32,6 +32,7 @@ from tests.conftest import (
     launch,
     outbound_attempts,
     private_home,
+    runner_apart_config,
     shipped_env,
     shipped_serve_command,
     stop_with_workers,
@@ -135,6 +136,7 @@ def test_the_guard_sees_telemetry_when_an_operator_turns_it_on(
         private_home(reference_store, tmp_path),
         BENTOML_DO_NOT_TRACK="false",
         DESPLIEGUE_SERVICE="HeatFlowRegressor",
+        DESPLIEGUE_CONFIG=str(runner_apart_config(tmp_path, "heatflow")),
     )
     log_path = tmp_path / "tracked.log"
     process = launch(shipped_serve_command(port), env, log_path)

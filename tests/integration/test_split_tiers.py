@@ -21,6 +21,7 @@ from tests.conftest import (
     LiveServer,
     free_port,
     private_home,
+    runner_apart_config,
     served_requests,
     stop_server,
     wait_until_serving,
@@ -54,14 +55,22 @@ def test_api_reaches_a_runner_served_apart_by_url(reference_store: str, tmp_path
     # Each tier is its own server, with its own home (as in its own pod).
     runner_home = private_home(reference_store, tmp_path / "runner")
     api_home = private_home(reference_store, tmp_path / "api")
+    # Heat flow is answered inside the API worker unless configured apart (placement): both
+    # tiers read the same configuration, as the pods of deploy/k8s/split share one ConfigMap.
+    config = str(runner_apart_config(tmp_path, "heatflow"))
     runner = start_tier(
-        runner_home, runner_log, runner_port, DESPLIEGUE_SERVICE="HeatFlowRegressor"
+        runner_home,
+        runner_log,
+        runner_port,
+        DESPLIEGUE_SERVICE="HeatFlowRegressor",
+        DESPLIEGUE_CONFIG=config,
     )
     api = start_tier(
         api_home,
         api_log,
         api_port,
         DESPLIEGUE_REMOTE_SERVICES=f'{{"HeatFlowRegressor": "http://127.0.0.1:{runner_port}"}}',
+        DESPLIEGUE_CONFIG=config,
     )
     try:
         server = LiveServer(url=f"http://127.0.0.1:{api_port}", log_path=api_log, process=api)
@@ -81,6 +90,24 @@ def test_api_reaches_a_runner_served_apart_by_url(reference_store: str, tmp_path
     finally:
         stop_server(api)
         stop_server(runner)
+
+
+def test_a_runner_answered_inside_the_api_is_no_tier_and_start_up_says_how(
+    reference_store: str, tmp_path: Path
+) -> None:
+    """With heat flow in the API worker (its default) there is no HeatFlowRegressor tier to
+    serve: start-up stops naming the setting that makes one."""
+    home = private_home(reference_store, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "despliegue.serving", "service:Despliegue"],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": home, "DESPLIEGUE_SERVICE": "HeatFlowRegressor"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "placement" in result.stderr and "heatflow: runner" in result.stderr, result.stderr
 
 
 def test_a_malformed_remote_map_stops_start_up_naming_the_variable() -> None:

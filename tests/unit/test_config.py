@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
@@ -128,3 +129,25 @@ def test_image_requests_hold_a_share_of_the_worker_places() -> None:
     assert limits.places_by_class() == {"images": limits.max_requests_in_flight // 4}
     small = limits.model_copy(update={"max_requests_in_flight": 2})
     assert small.places_by_class() == {"images": 1}, "at least one place"
+
+
+@pytest.mark.parametrize(
+    ("placement", "named"),
+    [({"heat": "runner"}, "unknown family 'heat'"), ({"heatflow": "gpu"}, "placement.heatflow")],
+)
+def test_a_bad_placement_is_refused_naming_it(tmp_path: Path, placement, named: str) -> None:
+    path = write_config(tmp_path, lambda raw: raw.update(placement=placement))
+    with pytest.raises(ConfigurationError, match=re.escape(named)):
+        load_settings(path)
+
+
+def test_placement_defaults_to_the_registry_and_configuration_overrides_it(tmp_path) -> None:
+    from despliegue import registry
+
+    families = {family.name: family for family in registry.FAMILIES}
+    shipped = load_settings(DEFAULT_CONFIG_PATH)
+    assert [name for name, f in families.items() if shipped.in_api(f)] == ["heatflow", "falsetrue"]
+    apart = load_settings(
+        write_config(tmp_path, lambda raw: raw.update(placement={"heatflow": "runner"}))
+    )
+    assert not apart.in_api(families["heatflow"]) and apart.in_api(families["falsetrue"])

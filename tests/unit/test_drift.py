@@ -190,3 +190,26 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert page.count("<svg") == 3  # two histograms (input, prediction) and PSI over time
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in page and "<script" not in page
+
+
+def test_observing_all_values_at_once_counts_as_observing_each() -> None:
+    """The drift metrics count a call's values with one increment per bucket: the series must
+    read exactly as one observe() per value would have left them."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from despliegue.drift.metrics import SCORE_BUCKETS, observe_all
+
+    values = [0.0, 0.1, 0.1000001, 0.5, 0.95, 0.99, 0.991, 1.0, 7.0, -1.0, 0.3]
+    registry = CollectorRegistry()
+    one_by_one = Histogram("one", "", buckets=SCORE_BUCKETS, registry=registry)
+    at_once = Histogram("all", "", buckets=SCORE_BUCKETS, registry=registry)
+    for value in values:
+        one_by_one.observe(value)
+    observe_all(at_once, values)
+    observe_all(at_once, [])
+    (first,), (second,) = one_by_one.collect(), at_once.collect()
+    read = [(s.name[3:], s.labels, s.value) for s in first.samples if "created" not in s.name]
+    assert read == [
+        (s.name[3:], s.labels, s.value) for s in second.samples if "created" not in s.name
+    ]
+    assert any(s.name.endswith("_count") and s.value == len(values) for s in second.samples)

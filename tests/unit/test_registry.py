@@ -163,14 +163,21 @@ def test_configuration_holds_exactly_the_registry(tmp_path: Path, mutate, named:
 
 
 def test_the_api_service_depends_on_every_runner_of_the_registry() -> None:
-    """service.py derives its runner attributes from the registry: none is forgotten."""
+    """service.py derives its runner attributes from the registry: none is forgotten. A family
+    placed in the API worker is no dependency (no process of its own), but its models are
+    still declared, so `bentoml build` packs them."""
     import service
+    from despliegue.config import settings
 
+    apart = [family for family in FAMILIES if not settings().in_api(family)]
+    inside = [family for family in FAMILIES if settings().in_api(family)]
+    assert {family.name for family in inside} == {"heatflow", "falsetrue"}
     dependencies = service.Despliegue.dependencies
-    assert set(dependencies) == {family.name for family in FAMILIES}
     assert {name: dep.on.name for name, dep in dependencies.items()} == {
-        family.name: family.service_name for family in FAMILIES
+        family.name: family.service_name for family in apart
     }
+    declared = {str(model.tag).split(":")[0] for model in service.Despliegue.models}
+    assert {"heatflow_svr", "falsetrue_classifier"} <= declared, declared
     assert set(service.THRESHOLDS) == {"flowers", "face_detector", "face_validator"}
 
 
