@@ -93,6 +93,9 @@ class Family:
     # (despliegue/http/guards.py: InFlightLimit), so a burst of slow requests leaves the others
     # places of their own.
     admission: str = "light"
+    # "module:SCORER" of its batch scoring (despliegue/batch/families.py): what an item is and
+    # how the API's answer becomes one row. Empty: `python -m despliegue.batch` refuses it.
+    batch: str = ""
 
     @property
     def tag(self) -> str:
@@ -147,6 +150,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("heatflow",),
         summary="Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
+        batch="despliegue.batch.families:HEATFLOW",
     ),
     Family(
         name="falsetrue",
@@ -163,6 +167,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("falsetrue",),
         summary="Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
+        batch="despliegue.batch.families:FALSETRUE",
     ),
     Family(
         name="flowers",
@@ -181,6 +186,7 @@ FAMILIES: tuple[Family, ...] = (
         paths=("flowers",),
         summary="Seed 002: 18 Oxford-102 flower classes from a photo (Keras CNN).",
         admission="images",
+        batch="despliegue.batch.families:FLOWERS",
     ),
     Family(
         name="faces",
@@ -207,6 +213,7 @@ FAMILIES: tuple[Family, ...] = (
         summary="Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
         ui_tag="img_super",
         admission="images",
+        batch="despliegue.batch.families:FACES",
     ),
     Family(
         name="antibiotics",
@@ -224,6 +231,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("antibiotics",),
         summary="Seed 003: S / I / R per antibiotic, one Keras model per code (open panel).",
+        batch="despliegue.batch.families:ANTIBIOTICS",
     ),
 )
 
