@@ -320,6 +320,13 @@ def check(families: tuple[Family, ...] | None = None) -> None:
                     f"model {model.key!r}: {model.recipe} is not the Recipe of family {model.key!r}"
                 )
             _check_functions(entry, model)
+        if entry.batch:
+            try:
+                scorer = imported(entry.batch)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"family {entry.name!r}: batch {entry.batch!r}: {exc}") from exc
+            if getattr(scorer, "family", None) != entry.name:
+                raise ValueError(f"family {entry.name!r}: {entry.batch} is not its batch scorer")
         if "describe" not in apis:
             raise ValueError(
                 f"family {entry.name!r}: {entry.service_name} needs a `describe` API method "

@@ -66,12 +66,12 @@ def card_of(runner: Any, key: str) -> ModelCard:
 class Scorer:
     """One family in batch. `reads` names what an item is: images (files), numbers, texts or
     vectors (numbers separated by commas, or a list cell); `column` is the table column read
-    when none is named."""
+    when none is named; `columns` the answer fields and their types (Spark SQL's names)."""
 
     family: str
     reads: str
     column: str
-    columns: tuple[str, ...]
+    columns: dict[str, str]
     READS: ClassVar[tuple[str, ...]] = ("images", "numbers", "texts", "vectors")
 
     def prepare(self, runner: Any, raw: Any) -> Any:
@@ -143,9 +143,9 @@ class FalseTrueScorer(Scorer):
 
 
 class FlowersScorer(Scorer):
-    def prepare(self, runner: Any, raw: Path) -> np.ndarray:
+    def prepare(self, runner: Any, raw: Path | str) -> np.ndarray:
         height, width = card_of(runner, "flowers").metadata["preprocessing"]["size"]
-        return image_from_file(raw, ModelInput(size=(int(height), int(width)))).pixels
+        return image_from_file(Path(raw), ModelInput(size=(int(height), int(width)))).pixels
 
     def answer(self, runner: Any, values: list[np.ndarray], options: dict[str, Any]) -> list[Row]:
         answered = runner.classify(values)
@@ -169,9 +169,9 @@ class FlowersScorer(Scorer):
 class FacesScorer(Scorer):
     """/super per image: detect, crop, validate, the verdict (as service.py answers it)."""
 
-    def prepare(self, runner: Any, raw: Path) -> DecodedImage:
+    def prepare(self, runner: Any, raw: Path | str) -> DecodedImage:
         detection = ModelInput(max_side=settings().family("face_detector").max_side)
-        return image_from_file(raw, detection)
+        return image_from_file(Path(raw), detection)
 
     def answer(self, runner: Any, values: list[DecodedImage], options: dict[str, Any]) -> list[Row]:
         detector_threshold = float(settings().family("face_detector").threshold)  # type: ignore[arg-type]
@@ -259,28 +259,64 @@ HEATFLOW = HeatFlowScorer(
     "heatflow",
     "numbers",
     "sediment_thickness_m",
-    ("sediment_thickness_m", "heat_flow_mw_m2", "unit", "model_tag"),
+    {
+        "sediment_thickness_m": "double",
+        "heat_flow_mw_m2": "double",
+        "unit": "string",
+        "model_tag": "string",
+    },
 )
 FALSETRUE = FalseTrueScorer(
-    "falsetrue", "texts", "texts", ("is_falsetrue", "probability_real", "model_tag")
+    "falsetrue",
+    "texts",
+    "texts",
+    {"is_falsetrue": "bigint", "probability_real": "double", "model_tag": "string"},
 )
 FLOWERS = FlowersScorer(
     "flowers",
     "images",
     "images",
-    ("class_id", "name", "confidence", "top_k", "threshold", "model_tag"),
+    {
+        "class_id": "bigint",
+        "name": "string",
+        "confidence": "double",
+        "top_k": "string",
+        "threshold": "double",
+        "model_tag": "string",
+    },
 )
 FACES = FacesScorer(
     "faces",
     "images",
     "input_data",
-    ("result", "score", "faces", "threshold", "detector", "model_tag"),
+    {
+        "result": "boolean",
+        "score": "double",
+        "faces": "string",
+        "threshold": "double",
+        "detector": "string",
+        "model_tag": "string",
+    },
 )
 ANTIBIOTICS = AntibioticsScorer(
-    "antibiotics", "vectors", "features", ("codes", "predicted_class", "probabilities", "model_tag")
+    "antibiotics",
+    "vectors",
+    "features",
+    {
+        "codes": "string",
+        "predicted_class": "string",
+        "probabilities": "string",
+        "model_tag": "string",
+    },
 )
 
 
 def columns_of(scorer: Scorer) -> Sequence[str]:
     """Every output column, in order: the item's name, its answer fields, its error."""
     return ("item", *scorer.columns, "error")
+
+
+def spark_schema(scorer: Scorer) -> str:
+    """The output columns as a Spark DDL schema (what `mapInPandas` is told it returns)."""
+    fields = {"item": "string", **scorer.columns, "error": "string"}
+    return ", ".join(f"{name} {kind}" for name, kind in fields.items())
