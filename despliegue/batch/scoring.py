@@ -58,6 +58,9 @@ def load_runner(family_name: str, model: str | None = None) -> Any:
         if key is None or registry.family_of(key).name != family_name:
             raise BadInput(f"{model} is not a model of family {family_name!r}")
         pins[key] = model
+    from despliegue.tensorflow_runtime import use_cores
+
+    use_cores(cores())  # this process serves no one else: every core it was given
     runner = entry.runner_class().inner()
     if model and key not in runner.models.families:
         raise BadInput(f"{model}: {key} is not served, so there is no batch to compare it with")

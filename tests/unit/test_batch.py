@@ -158,3 +158,16 @@ def _text(tmp: Path, text: str) -> Path:
     path = tmp / "items.txt"
     path.write_text(text)
     return path
+
+
+def test_bench_goals_compare_with_the_ceiling_and_the_best_http_point() -> None:
+    from benchmarks.batch import goals, markdown
+
+    batch = {"items": 2000, "items_per_s": 900.0, "rss_growth_mib": 3.0}
+    limit = {"ceiling_items_per_s": 1000.0}
+    http = [{"throughput_rps": 50.0}, {"throughput_rps": 100.0}]
+    scored = goals(batch, limit, http, items=2)
+    assert scored["vs_ceiling"] == pytest.approx(0.9) and scored["meets_ceiling_goal"]
+    assert scored["vs_http"] == pytest.approx(4.5) and not scored["meets_http_goal"]
+    table = markdown({"paths": {"flowers": {"batch": scored}, "heatflow": {}}})
+    assert "| flowers | 2000 | 900 | 0.90 | 4.50 | 3 |" in table and "heatflow" not in table
