@@ -1,26 +1,40 @@
 """Batch scoring answers as the API does: the same items through `python -m despliegue.batch`
 (in this process, on the session's model store) and through the session's live server give
 the same answer fields, the same model tag, and the same reason for an item the API refuses.
-Also: a stopped run resumes with only the missing items, and `--model` names who answers."""
+Also: a stopped run resumes with only the missing items, and `--model` scores with a
+candidate."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import joblib
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from sklearn.dummy import DummyRegressor
 
 from despliegue.batch.__main__ import main
 from despliegue.batch.families import HEATFLOW, columns_of
 from despliegue.batch.inputs import open_source
 from despliegue.batch.output import ResumableOutput
 from despliegue.batch.scoring import load_runner, run
-from tests.conftest import LiveServer
+from tests.conftest import (
+    LIFECYCLE_STATE_ENV,
+    ROOT,
+    LiveServer,
+    lifecycle_state,
+    private_home,
+    run_save_models,
+)
 from tests.image_samples import TEXT_CALLED_JPG, photo, truncated_png
 
 pytestmark = pytest.mark.integration
@@ -203,15 +217,43 @@ def test_a_stopped_run_resumes_with_only_the_missing_items(
     )
 
 
-def test_model_names_who_answers_and_refuses_another_familys(
+def test_model_scores_with_a_candidate(reference_store: str, tmp_path: Path) -> None:
+    """A candidate imported into a store of its own (the session's server keeps its models):
+    `--model TAG` answers every row with it (without it, the served model answers: every other
+    test here)."""
+    home = private_home(reference_store, tmp_path)
+    artifact = tmp_path / "constant_42.joblib"
+    joblib.dump(DummyRegressor(strategy="constant", constant=42.0).fit([[0.0]], [42.0]), artifact)
+    imported = run_save_models("import", "heatflow_svr", str(artifact), home=home)
+    assert imported.returncode == 0, imported.stderr
+    candidate = re.search(r"(heatflow_svr:\w+) is a candidate", " ".join(imported.stdout.split()))[
+        1
+    ]
+    lines = tmp_path / "wells.txt"
+    lines.write_text("250\n1500\n6000\n")
+    env = {**os.environ, "BENTOML_HOME": home, LIFECYCLE_STATE_ENV: lifecycle_state(home)}
+
+    output = tmp_path / "candidate.parquet"
+    argv = ["heatflow", str(lines), "-o", str(output), "--no-progress", "--model", candidate]
+    done = subprocess.run(
+        [sys.executable, "-m", "despliegue.batch", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = rows_of(output)
+    assert {(r["heat_flow_mw_m2"], r["model_tag"]) for r in rows.values()} == {(42.0, candidate)}
+    assert sorted(rows) == ["1", "2", "3"]
+
+
+def test_a_model_of_another_family_is_refused_in_one_line(
     reference_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = tmp_path / "wells.txt"
     lines.write_text("250\n1500\n")
-    served = load_runner("heatflow").models.model("heatflow").served.tag
-    output = tmp_path / "candidate.parquet"
-    scored(["heatflow", str(lines), "-o", str(output), "--model", served], capsys)
-    assert {row["model_tag"] for row in rows_of(output).values()} == {served}
     other = load_runner("falsetrue").models.model("falsetrue").served.tag
     assert main(["heatflow", str(lines), "-o", str(tmp_path / "x.parquet"), "--model", other]) == 1
     assert capsys.readouterr().err.strip() == f"error: {other} is not a model of family 'heatflow'"
