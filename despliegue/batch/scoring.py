@@ -18,10 +18,13 @@ from itertools import islice
 from typing import Any
 
 from despliegue import registry
+from despliegue.artifacts import ModelMissing, ModelUnusable
 from despliegue.batch.families import ItemRefused, Row, Scorer, refusal
 from despliegue.batch.inputs import BadInput, Source
 from despliegue.batch.output import ResumableOutput
 from despliegue.config import settings
+from despliegue.lifecycle.plans import family_of_model
+from despliegue.tensorflow_runtime import use_cores
 
 
 def cores() -> int:
@@ -49,8 +52,6 @@ def best_batch(family_name: str) -> int:
 def load_runner(family_name: str, model: str | None = None) -> Any:
     """The family's runner, created in this process, pinned to the served models or, for the
     family key `model` serves, to that stored model."""
-    from despliegue.lifecycle.plans import family_of_model
-
     entry = registry.family(family_name)
     pins: dict[str, str] = {}
     if model:
@@ -58,13 +59,16 @@ def load_runner(family_name: str, model: str | None = None) -> Any:
         if key is None or registry.family_of(key).name != family_name:
             raise BadInput(f"{model} is not a model of family {family_name!r}")
         pins[key] = model
-    from despliegue.tensorflow_runtime import use_cores
-
     use_cores(cores())  # this process serves no one else: every core it was given
     runner = entry.runner_class().inner()
     if model and key not in runner.models.families:
-        raise BadInput(f"{model}: {key} is not served, so there is no batch to compare it with")
-    runner.models.pin(pins)
+        raise BadInput(
+            f"{model}: {key} is not served; a candidate answers in a served model's place"
+        )
+    try:
+        runner.models.pin(pins)
+    except (ModelMissing, ModelUnusable) as exc:
+        raise BadInput(str(exc).splitlines()[0]) from None
     return runner
 
 

@@ -249,7 +249,7 @@ def test_model_scores_with_a_candidate(reference_store: str, tmp_path: Path) -> 
     assert sorted(rows) == ["1", "2", "3"]
 
 
-def test_a_model_of_another_family_is_refused_in_one_line(
+def test_a_model_of_another_family_or_not_stored_is_refused_in_one_line(
     reference_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = tmp_path / "wells.txt"
@@ -257,4 +257,10 @@ def test_a_model_of_another_family_is_refused_in_one_line(
     other = load_runner("falsetrue").models.model("falsetrue").served.tag
     assert main(["heatflow", str(lines), "-o", str(tmp_path / "x.parquet"), "--model", other]) == 1
     assert capsys.readouterr().err.strip() == f"error: {other} is not a model of family 'heatflow'"
+    missing = "heatflow_svr:notstored"
+    assert (
+        main(["heatflow", str(lines), "-o", str(tmp_path / "x.parquet"), "--model", missing]) == 1
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: model {missing} is not in the BentoML model store"), line
     assert not (tmp_path / "x.parquet").exists()
