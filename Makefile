@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make serve BENTOML_DO_NOT_TRACK=false` turns it on.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: help venv client-venv test-tools models serve test unit soak-check postgresql fuzz lint \
+.PHONY: help venv client-venv test-tools models serve batch test unit soak-check postgresql fuzz lint \
 	build bench bench-quick peer-venvs stress profile soak face-memory clean container-tools \
 	container-base container container-test container-clean k8s-config
 
@@ -33,7 +33,7 @@ $(CLIENT_VENV)/.installed: requirements.txt constraints.txt
 		"$$(grep '^bentoml==' requirements.txt)" -c constraints.txt
 	touch $@
 
-test-tools:  ## install Debian's chromium, chromium-driver, curl and prometheus (promtool) for the tests
+test-tools:  ## install Debian's chromium, chromium-driver, curl, prometheus (promtool) and Java for the tests
 	scripts/test-tools.sh
 
 models: venv  ## build the reference models missing from the BentoML model store
@@ -41,6 +41,13 @@ models: venv  ## build the reference models missing from the BentoML model store
 
 serve: models  ## serve every family on localhost:$(PORT), auth OFF (local development only)
 	DESPLIEGUE_AUTH=off $(BIN)/python -m despliegue.serving --host 127.0.0.1 --port $(PORT)
+
+# Score many items offline (README "Scoring many items"): FAMILY, INPUT and OUTPUT as the
+# command takes them; BATCH_ARGS for the rest (--column, --model TAG, --batch-size, --top-k).
+batch: models  ## score a folder or table offline: make batch FAMILY=flowers INPUT=photos/ OUTPUT=scores.parquet
+	@test -n "$(FAMILY)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || \
+		{ echo "usage: make batch FAMILY=flowers INPUT=photos/ OUTPUT=scores.parquet"; exit 1; }
+	$(BIN)/python -m despliegue.batch $(FAMILY) $(INPUT) -o $(OUTPUT) $(BATCH_ARGS)
 
 # The test command: every module on both cores; a module's tests stay on one worker
 # (--dist loadscope), so a server a module starts is started once (the session's shared server

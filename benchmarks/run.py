@@ -6,7 +6,9 @@ For each path in benchmarks/paths.py:
      throughput, p50/p95/p99, errors, mean batch size (from /metrics deltas);
   3. the same service with batching off (a configuration copy with max_batch_size 1);
   4. the seed's own design: its FastAPI app in one uvicorn process, one model call per request;
-  5. for the antibiotic path, seed 003's design: `mlflow models serve` on the same model.
+  5. for the antibiotic path, seed 003's design: `mlflow models serve` on the same model;
+  6. for /flowers and the antibiotic panel, batch scoring in process (benchmarks/batch.py)
+     against the limit and the service's best HTTP point.
 Plus the cold start: seconds from `bentoml serve` to 200 on /readyz and on /models.
 
 Everything runs in its own BENTOML_HOME with the reference models built by save_models.py.
@@ -35,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import batch as batch_scoring
 from benchmarks import servers
 from benchmarks.paths import PATHS, BenchPath, by_name, v2_body
 from benchmarks.peers import launch
@@ -341,6 +344,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
+    # Batch scoring on the server CPUs, against the limit and the HTTP points just measured.
+    for path in (p for p in paths if p.name in batch_scoring.BENCH_PATHS):
+        items = 500 if args.quick else 2000
+        print(f"batch scoring: {path.name}, {items} items", flush=True)
+        measured = servers.run_json(
+            ["benchmarks.batch", "--path", path.name, "--items", str(items)], env, cpus[0], 900
+        )
+        scored = batch_scoring.goals(
+            measured, result["paths"][path.name]["limit"], on[path.name], path.items_per_request
+        )
+        result["paths"][path.name]["batch"] = scored
+        print(
+            f"  {scored['items_per_s']:.0f} items/s: {scored['vs_ceiling'] or 0:.2f} of the "
+            f"one-core ceiling, {scored['vs_http'] or 0:.1f}x HTTP; RSS "
+            f"{scored['rss_growth_mib']:+.0f} MiB",
+            flush=True,
+        )
     off: dict[str, list[dict[str, Any]]] = {}
     if "batching_off" in args.designs:
         off = measure_service("batching-off", paths, args, off_env, cpus, workdir)[0]
@@ -408,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["duration_s"] = time.monotonic() - started
 
     json_path, md_path = write_results(
-        args.out_dir, "", args.quick, result, render_markdown(result)
+        args.out_dir,
+        "",
+        args.quick,
+        result,
+        render_markdown(result) + batch_scoring.markdown(result),
     )
     print(f"wrote {json_path} and {md_path} in {result['duration_s']:.0f} s")
     return 0

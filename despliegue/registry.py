@@ -101,6 +101,9 @@ class Family:
     # inside each API worker, called without a hop (a small model answers in less time than the
     # hop takes). `placement:` in configuration.yaml overrides it per family.
     placement: str = "runner"
+    # "module:SCORER" of its batch scoring (despliegue/batch/families.py): what an item is and
+    # how the API's answer becomes one row. Empty: `python -m despliegue.batch` refuses it.
+    batch: str = ""
 
     @property
     def tag(self) -> str:
@@ -158,6 +161,7 @@ FAMILIES: tuple[Family, ...] = (
         paths=("heatflow",),
         summary="Seed 000: surface heat flow (mW/m²) from sediment thickness (scikit-learn SVR).",
         placement="api",
+        batch="despliegue.batch.families:HEATFLOW",
     ),
     Family(
         name="falsetrue",
@@ -175,6 +179,7 @@ FAMILIES: tuple[Family, ...] = (
         paths=("falsetrue",),
         summary="Seed 004: is a news text False (0) or Real (1)? (scikit-learn text pipeline)",
         placement="api",
+        batch="despliegue.batch.families:FALSETRUE",
     ),
     Family(
         name="flowers",
@@ -193,6 +198,7 @@ FAMILIES: tuple[Family, ...] = (
         paths=("flowers",),
         summary="Seed 002: 18 Oxford-102 flower classes from a photo (Keras CNN).",
         admission="images",
+        batch="despliegue.batch.families:FLOWERS",
     ),
     Family(
         name="faces",
@@ -219,6 +225,7 @@ FAMILIES: tuple[Family, ...] = (
         summary="Seed 001: /face finds faces (MTCNN); /super validates each face (Keras CNN).",
         ui_tag="img_super",
         admission="images",
+        batch="despliegue.batch.families:FACES",
     ),
     Family(
         name="antibiotics",
@@ -236,6 +243,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         paths=("antibiotics",),
         summary="Seed 003: S / I / R per antibiotic, one Keras model per code (open panel).",
+        batch="despliegue.batch.families:ANTIBIOTICS",
     ),
 )
 
@@ -324,6 +332,13 @@ def check(families: tuple[Family, ...] | None = None) -> None:
                     f"model {model.key!r}: {model.recipe} is not the Recipe of family {model.key!r}"
                 )
             _check_functions(entry, model)
+        if entry.batch:
+            try:
+                scorer = imported(entry.batch)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"family {entry.name!r}: batch {entry.batch!r}: {exc}") from exc
+            if getattr(scorer, "family", None) != entry.name:
+                raise ValueError(f"family {entry.name!r}: {entry.batch} is not its batch scorer")
         if "describe" not in apis:
             raise ValueError(
                 f"family {entry.name!r}: {entry.service_name} needs a `describe` API method "

@@ -20,6 +20,18 @@ from despliegue.contracts import ModelCard
 from despliegue.images import resize
 from despliegue.preprocessing import ImagePreprocessing
 
+# Set by `use_cores` in a process that serves no one else (batch scoring): TensorFlow's
+# intra-op pool then takes every core the process was given, instead of configuration's count
+# (sized for several runner processes sharing one machine).
+_intra_op_threads: int | None = None
+
+
+def use_cores(count: int) -> None:
+    """Size the intra-op pool of the next `configure_tensorflow` to `count` cores (call it
+    before the first one: pools cannot change once TensorFlow has run an op)."""
+    global _intra_op_threads
+    _intra_op_threads = count
+
 
 def configure_tensorflow(onednn: bool = True) -> Any:
     """Import TensorFlow with the configured thread pools and return the module.
@@ -38,7 +50,9 @@ def configure_tensorflow(onednn: bool = True) -> Any:
 
     threads = settings().tensorflow
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads.intra_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(
+            _intra_op_threads or threads.intra_op_threads
+        )
         tf.config.threading.set_inter_op_parallelism_threads(threads.inter_op_threads)
     except RuntimeError:
         pass  # already initialised in this process (e.g. a second model in one runner)

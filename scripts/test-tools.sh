@@ -2,10 +2,11 @@
 # Install the Debian packages the test suite drives as a person would: headless Chromium and
 # its WebDriver (the Swagger UI and drift report tests), curl (the README's commands), promtool
 # (checks the Prometheus alert rules; Debian package prometheus). Never a browser fetched by
-# a tool at run time: these are Debian's own packages.
+# a tool at run time: these are Debian's own packages. Java (openjdk-17-jre-headless) runs Spark's
+# local mode for the batch scoring test.
 # Exit 0 when they are present; exit 3 (with the reason) when they cannot be installed here.
 set -euo pipefail
-declare -A package_of=([chromium]=chromium [chromedriver]=chromium-driver [curl]=curl [promtool]=prometheus)
+declare -A package_of=([chromium]=chromium [chromedriver]=chromium-driver [curl]=curl [promtool]=prometheus [java]=openjdk-17-jre-headless)
 missing=()
 for tool in "${!package_of[@]}"; do
     command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}")

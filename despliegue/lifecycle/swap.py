@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,8 @@ class ServedModels:
     families: dict[str, FamilyModels] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     stamp: str = ""
+    # Set by `pin`: the state file is no longer followed.
+    pinned: bool = False
 
     def __post_init__(self) -> None:
         self.stamp = state_stamp()
@@ -148,7 +150,7 @@ class ServedModels:
         while True:
             time.sleep(interval)
             stamp = state_stamp()
-            if stamp == self.stamp:
+            if self.pinned or stamp == self.stamp:
                 continue
             try:
                 self.reload(stamp)
@@ -173,6 +175,20 @@ class ServedModels:
                 )
         if loaded_before - self._loaded_tags():
             release_unreachable()  # the replaced models' memory, now that no batch uses them
+
+    def pin(self, tags: dict[str, str]) -> None:
+        """Answer with exactly these stored models (tag by family key), no canary, no shadow,
+        and stop following the state file: batch scoring names the one model that answers
+        every item of a run (the served one, or a candidate it is asked to compare)."""
+        self.pinned = True
+        reuse = {f: m.served for f, m in self.families.items()}
+        pinned = {}
+        for family, models in self.families.items():
+            tag = resolve(tags.get(family, models.served.tag))
+            served = reuse[family] if reuse[family].tag == tag else self._loaded(tag, {})
+            plan = replace(models.plan, served=tag, canary=None, percent=0.0, shadow=None)
+            pinned[family] = FamilyModels(plan, served, None, None)
+        self.families = pinned
 
     def _loaded_tags(self) -> set[str]:
         return {
