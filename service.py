@@ -55,7 +55,7 @@ from despliegue.catalog import Catalog
 from despliegue.coalescing import RunnerMethod, coalesce
 from despliegue.config import settings
 from despliegue.contracts import ModelCard, ShadowStats
-from despliegue.drift.capture import families, observed, storage_dir, worker_name
+from despliegue.drift.capture import count_pending, families, observed, storage_dir, worker_name
 from despliegue.drift.recorder import Recorder
 from despliegue.errors import (
     ClientError,
@@ -228,8 +228,10 @@ class Despliegue:
         return await getattr(self, family).to_async.describe()
 
     @bentoml.on_shutdown
-    def save_drift_windows(self) -> None:
-        """The live drift windows survive a restart (they are also saved periodically)."""
+    async def save_drift_windows(self) -> None:
+        """The live drift windows survive a restart (they are also saved periodically), with
+        every answered call counted."""
+        await count_pending(self.catalog.cards, self.recorder)
         self.recorder.save()
 
     def runner_method(self, family: str, method: str, runner: Any) -> RunnerMethod[Any, Any]:

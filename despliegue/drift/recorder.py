@@ -52,6 +52,8 @@ class Recorder:
         self.models: dict[str, ModelState] = {}
         self.saved_at = time.monotonic()
         self.metrics = service_metrics() if settings.capture else None
+        # Answered calls not yet counted: (method, items, answers), despliegue/drift/capture.py.
+        self.pending: list[tuple[str, Any, Any]] = []
         self._load()
 
     def attach(self, tag: str, family: str, baseline: dict[str, Any] | None) -> ModelState:
@@ -82,10 +84,20 @@ class Recorder:
         if state.baseline is None:
             self._collect_baseline(model_tag, state, inputs_summary, outputs)
         else:
-            assert state.open is not None
-            add_to_window(state.open, state.baseline, inputs_summary, outputs)
-            if state.open["items"] >= self.settings.window_items:
-                self._close(model_tag, state)
+            # Windows close at exactly `window_items` items, however the items were grouped
+            # into calls: the verdicts depend on the traffic only, not on its batching.
+            total, start = item_count(inputs_summary, outputs), 0
+            while start < total:
+                assert state.open is not None
+                if state.open["items"] >= self.settings.window_items:  # saved by an older run
+                    self._close(model_tag, state)
+                    continue
+                stop = min(total, start + self.settings.window_items - state.open["items"])
+                summary, answered = items_between(inputs_summary, outputs, start, stop)
+                add_to_window(state.open, state.baseline, summary, answered)
+                if state.open["items"] >= self.settings.window_items:
+                    self._close(model_tag, state)
+                start = stop
         if time.monotonic() - self.saved_at >= self.settings.persist_interval_s:
             self.save()
 
@@ -205,6 +217,25 @@ class Recorder:
             ],
         )
         return answer
+
+
+def item_count(summary: Summary, outputs: Outputs) -> int:
+    """How many items a summary and its outputs describe (each list holds one value per item)."""
+    lists = [*summary.numeric.values(), *outputs.values()]
+    if summary.words is not None:
+        lists.append(summary.words)
+    return max([len(values) for values in lists] + [0])
+
+
+def items_between(
+    summary: Summary, outputs: Outputs, start: int, stop: int
+) -> tuple[Summary, Outputs]:
+    """Items start..stop of a summary and its outputs."""
+    words = summary.words[start:stop] if summary.words is not None else None
+    numeric = {name: values[start:stop] for name, values in summary.numeric.items()}
+    return Summary(numeric=numeric, words=words), {
+        name: values[start:stop] for name, values in outputs.items()
+    }
 
 
 def baseline_facts(baseline: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,14 +222,22 @@ def test_metrics_hold_per_model_series_with_the_counts_of_known_calls(
     answered = post(server, "/falsetrue", {"texts": texts})
     refused = server.live.post("/heatflow", {"sediment_thickness_m": [-5.0]})
     assert refused.status_code in {400, 422}
-    after = metric_samples(server)
-
     tag = answered["model"]
+    # Answered calls are counted a fraction of a second after their answers left
+    # (despliegue/drift/capture.py): the series are read until the texts are counted.
+    score = {"model_tag": tag, "output": "probability_real"}
+    deadline = time.monotonic() + 10
+    while True:
+        after = metric_samples(server)
+        counted = value(after, "despliegue_prediction_score_count", **score)
+        if counted - value(before, "despliegue_prediction_score_count", **score) >= len(texts):
+            break
+        assert time.monotonic() < deadline, "the answered texts were never counted"
+        time.sleep(0.1)
+
     for label, count in Counter(str(v) for v in answered["is_falsetrue"]).items():
         name, labels = "despliegue_predictions_total", {"model_tag": tag, "predicted": label}
         assert value(after, name, **labels) - value(before, name, **labels) == count
-    score = {"model_tag": tag, "output": "probability_real"}
-    counted = value(after, "despliegue_prediction_score_count", **score)
     assert counted - value(before, "despliegue_prediction_score_count", **score) == len(texts)
     rejections = value(after, "despliegue_input_rejections_total", route="/heatflow")
     assert rejections - value(before, "despliegue_input_rejections_total", route="/heatflow") == 1

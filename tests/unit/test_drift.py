@@ -144,6 +144,35 @@ def test_history_is_bounded(tmp_path: Path) -> None:
     assert len(recorder.models["m:1"].closed) == 3
 
 
+def test_windows_hold_exactly_window_items_however_the_calls_group_them(tmp_path: Path) -> None:
+    """Capture counts the calls of a fraction of a second together: the windows, and so the
+    verdicts, are the same as when each call is counted alone."""
+    rng = np.random.default_rng(5)
+    baseline = thickness_baseline(rng)
+    values = np.concatenate([rng.uniform(0, 12_000, 230), rng.uniform(9_000, 15_000, 270)])
+    settings = DriftSettings(window_items=100, min_items=50)
+
+    def windows(groups: list[int], folder: str) -> list[dict]:
+        recorder = Recorder(settings, tmp_path / folder, "1")
+        start = 0
+        for size in groups:
+            chunk = values[start : start + size]
+            bands = ["thin" if v < 6000 else "thick" for v in chunk]
+            summary = Summary(numeric={"thickness": chunk.tolist()})
+            recorder.record("heatflow", "m:1", summary, {"band": bands}, baseline)
+            start += size
+        state = recorder.models["m:1"]
+        return [
+            {key: w[key] for key in ("items", "inputs", "outputs", "psi", "verdict")}
+            for w in state.closed
+        ] + [{key: state.open[key] for key in ("items", "inputs", "outputs")}]
+
+    one_by_one = windows([1] * len(values), "single")
+    assert [w["items"] for w in one_by_one] == [100, 100, 100, 100, 100, 0]
+    assert windows([7, 250, 3, 240], "merged") == one_by_one
+    assert [w["verdict"] for w in one_by_one[:5]] == ["no drift"] * 2 + ["drift"] * 3
+
+
 def test_a_model_without_baseline_learns_one_from_its_first_items(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     recorder = Recorder(SETTINGS, tmp_path, "1")
