@@ -42,7 +42,16 @@ from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST_DETECTOR = "face_detector_blazeface"
-OPTIONAL_DESIGNS = ("batching_off", "drift_off", "blazeface", "seed", "mlflow", "ray", "mlserver")
+OPTIONAL_DESIGNS = (
+    "batching_off",
+    "drift_off",
+    "blazeface",
+    "seed",
+    "mlflow",
+    "ray",
+    "mlserver",
+    "v2",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -144,7 +153,10 @@ def measure_service(
     env: dict[str, str],
     cpus: tuple[list[int], list[int]],
     workdir: Path,
+    v2_points: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """The service's points per path; with `v2_points`, also its V2 route's (MLServer's body),
+    from the same server."""
     print(f"service ({label})", flush=True)
     server = servers.start_bentoml(env, cpus[0], workdir / f"serve-{label}.log")
     try:
@@ -156,6 +168,12 @@ def measure_service(
             path.name: load_points(server.url, path, args, env, cpus[1], metrics=True)
             for path in paths
         }
+        if v2_points is not None:
+            print("service, Open Inference Protocol (V2) route", flush=True)
+            for path in paths:
+                v2_points[path.name] = load_points(
+                    server.url, path, args, env, cpus[1], metrics=True, design="v2"
+                )
     finally:
         servers.stop(server)
     cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"], "cpu_s": cpu}
@@ -340,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "designs": {},
         }
 
-    on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
+    v2: dict[str, list[dict[str, Any]]] | None = {} if "v2" in args.designs else None
+    on, cold = measure_service("batching-on", paths, args, env, cpus, workdir, v2)
     off: dict[str, list[dict[str, Any]]] = {}
     if "batching_off" in args.designs:
         off = measure_service("batching-off", paths, args, off_env, cpus, workdir)[0]
@@ -390,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             designs["drift_off"] = no_drift[path.name]
         if path.name in fast:
             designs["blazeface"] = fast[path.name]
+        if v2 and path.name in v2:
+            designs["v2"] = v2[path.name]
         for peer, per_path in peers.items():
             if path.name in per_path:
                 designs[peer] = per_path[path.name]
