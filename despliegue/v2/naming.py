@@ -57,3 +57,35 @@ def v2_scope(path: str) -> str | None:
         key = model_key(parts[1])
         return signature(key).seed_path if key is not None else "any"
     return "any"
+
+
+def infer_admission(path: str) -> str | None:
+    """A V2 infer path's admission class (its model's family's), or None when the path is not
+    the infer path of a served model."""
+    if not path.startswith(V2_MODEL_PATHS):
+        return None
+    parts = path[len(V2_MODEL_PATHS) :].split("/")
+    pinned = len(parts) == 4 and parts[1] == "versions"
+    if parts[-1] != "infer" or not (len(parts) == 2 or pinned):
+        return None
+    key = model_key(parts[0])
+    return registry.family_of(key).admission if key is not None else None
+
+
+class WithInferPaths(frozenset[str]):
+    """The API routes, and the V2 infer path of every served model: the paths the in-flight
+    limit counts (despliegue/http/guards.py: InFlightLimit), which takes exact paths."""
+
+    def __contains__(self, path: object) -> bool:
+        return super().__contains__(path) or (
+            isinstance(path, str) and infer_admission(path) is not None
+        )
+
+
+class WithInferClasses(dict[str, str]):
+    """The API routes' admission classes, and each V2 infer path's (its model's family's)."""
+
+    def get(self, path: str, default: Any = None) -> Any:  # type: ignore[override]
+        if path in self:
+            return self[path]
+        return infer_admission(path) or default

@@ -154,3 +154,71 @@ def test_token_scopes_follow_the_seed_endpoint_a_model_answers_like() -> None:
     assert required_scope("/v2", auth) == "any"
     assert v2_scope("/v2/health/ready") is None and v2_scope("/v2/health/live") is None
     assert model_key("MODELO_amk_nm") == "antibiotics" and model_key("heatflow") is None
+
+
+def test_v2_infer_calls_count_in_the_in_flight_limit_as_their_family() -> None:
+    """The real InFlightLimit with the stack's path and class sets: two flower infer calls hold
+    the images share (2 places), a third is refused naming the setting, while a heat-flow infer
+    call still gets a place; a path that is no served model's infer is not counted."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from despliegue.http.guards import InFlightLimit
+    from despliegue.v2.naming import WithInferClasses, WithInferPaths
+
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> JSONResponse:
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/v2/models/{name}/infer", slow, methods=["POST"])])
+    app.add_middleware(
+        InFlightLimit,
+        max_in_flight=4,
+        paths=WithInferPaths({"/flowers"}),
+        classes=WithInferClasses({"/flowers": "images"}),
+        class_limits={"images": 2},
+    )
+    assert "/v2/models/modelo_AMK_NM/versions/abc/infer" in WithInferPaths(set())
+    assert "/v2/models/nope/infer" not in WithInferPaths(set())
+    assert "/v2/models/heatflow_svr" not in WithInferPaths(set())
+
+    def in_flight() -> int:
+        layer = app.middleware_stack  # built on the first request
+        while layer is not None and not isinstance(layer, InFlightLimit):
+            layer = getattr(layer, "app", None)
+        return layer.in_flight if layer is not None else 0
+
+    async def until_in_flight(count: int) -> None:
+        for _ in range(500):  # at most 5 s
+            if in_flight() == count:
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            flowers = [
+                asyncio.create_task(client.post("/v2/models/flower_classifier/infer"))
+                for _ in range(2)
+            ]
+            await until_in_flight(2)
+            refused = await asyncio.wait_for(
+                client.post("/v2/models/flower_classifier/infer"), timeout=5
+            )
+            assert refused.status_code == 503
+            assert "limits.in_flight_share.images" in refused.json()["error"]
+            light = asyncio.create_task(client.post("/v2/models/heatflow_svr/infer"))
+            await until_in_flight(3)
+            assert not light.done()  # admitted, waiting inside the app
+            release.set()
+            answers = await asyncio.gather(*flowers, light)
+            assert [answer.status_code for answer in answers] == [200] * 3
+
+    asyncio.run(scenario())
