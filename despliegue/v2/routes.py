@@ -33,8 +33,9 @@ NAME = {
     "name": "name",
     "in": "path",
     "required": True,
-    "description": "The model's store name: heatflow_svr, falsetrue_classifier, "
-    "flower_classifier, face_detector, face_validator or modelo_<CODE>_NM",
+    "description": "The model's store name: `heatflow_svr`, `falsetrue_classifier`, "
+    "`flower_classifier`, `face_detector`, `face_validator` or `modelo_<CODE>_NM`",
+    "example": "heatflow_svr",
     "schema": {"type": "string", "examples": ["heatflow_svr"]},
 }
 VERSION = {

@@ -21,8 +21,7 @@ def test_v2_infer_executes_from_the_ui(browser: Any, live_server: LiveServer) ->
     block.find_element("css selector", "button.opblock-summary-control").click()
     wait_for(browser, ".try-out__btn", within=block).click()
     name = wait_for(browser, "input[placeholder='name']", within=block)
-    name.clear()
-    name.send_keys("heatflow_svr")
+    assert name.get_attribute("value") == "heatflow_svr"  # the documented example, prefilled
     prefilled = json.loads(block.find_element("css selector", "textarea.body-param__text").text)
     assert prefilled["inputs"][0]["name"] == "sediment_thickness_m"
     status, body = execute(browser, block, "v2-infer")
