@@ -4,13 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The Python client as a user installs it: bentoml alone, no service code (tests/client/).
 CLIENT_VENV ?= .venv-client
+# Open Inference Protocol clients we did not write: tritonclient[http] and kserve (tests/client/).
+V2_CLIENT_VENV ?= .venv-v2client
 PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # BentoML's usage telemetry stays off for every target (serve, build, container...);
 # `make serve BENTOML_DO_NOT_TRACK=false` turns it on.
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: help venv client-venv test-tools models serve batch test unit soak-check postgresql fuzz lint \
+.PHONY: help venv client-venv v2-client-venv test-tools models serve batch test unit soak-check \
+	postgresql fuzz lint \
 	build bench bench-quick peer-venvs stress profile soak face-memory clean container-tools \
 	container-base container container-test container-clean k8s-config
 
@@ -31,6 +34,14 @@ $(CLIENT_VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(CLIENT_VENV)
 	$(CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 		"$$(grep '^bentoml==' requirements.txt)" -c constraints.txt
+	touch $@
+
+v2-client-venv: $(V2_CLIENT_VENV)/.installed  ## a venv with only tritonclient[http] and kserve, for tests/client
+
+$(V2_CLIENT_VENV)/.installed: requirements-v2client.txt constraints-v2client.txt
+	$(PYTHON) -m venv $(V2_CLIENT_VENV)
+	$(V2_CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements-v2client.txt -c constraints-v2client.txt
 	touch $@
 
 test-tools:  ## install Debian's chromium, chromium-driver, curl, prometheus (promtool) and Java for the tests
@@ -55,7 +66,7 @@ batch: models  ## score a folder or table offline: make batch FAMILY=flowers INP
 # judges memory over minutes) need it alone and run in `make soak-check`, a CI step of its own.
 # The run ranks its 30 slowest tests; a failure, or no test collected (exit 5), fails the target.
 PYTEST_WORKERS ?= 2
-test: venv client-venv postgresql  ## run the whole test suite (unit, live server, browser, client, build)
+test: venv client-venv v2-client-venv postgresql  ## run the whole test suite (unit, live server, browser, client, build)
 	@# Without the browser the UI tests skip saying why (and fail when CI=true).
 	-@scripts/test-tools.sh
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not serial" --durations=30
@@ -142,4 +153,4 @@ k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configurat
 	$(BIN)/python scripts/k8s_configmap.py
 
 clean:  ## remove the virtual environments
-	rm -rf $(VENV) $(CLIENT_VENV) $(PEERS:%=.venv-%)
+	rm -rf $(VENV) $(CLIENT_VENV) $(V2_CLIENT_VENV) $(PEERS:%=.venv-%)

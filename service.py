@@ -94,6 +94,7 @@ from despliegue.schemas import (
     SuperResponse,
 )
 from despliegue.startup import check_tls_files, preflight
+from despliegue.v2.routes import install as install_v2_routes
 
 # Decision thresholds by model key; configuration loading checks every model that needs one
 # has one (despliegue/registry.py says which).
@@ -171,6 +172,8 @@ DRIFT_FAMILY_PARAMETER = {
 
 # FastAPI's own /docs and /redoc pages load assets from a CDN: off (the UI at / is local).
 catalog_app = FastAPI(title="Model catalog", docs_url=None, redoc_url=None, openapi_url=None)
+# The Open Inference Protocol (KServe V2) beside the seed contracts (despliegue/v2/).
+install_v2_routes(catalog_app)
 
 
 @bentoml.asgi_app(catalog_app, path="/")

@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-metrics", action="store_true", help="server has no /metrics")
     parser.add_argument(
         "--design",
-        choices=("service", "mlflow", "mlserver"),
+        choices=("service", "mlflow", "mlserver", "v2"),
         default="service",
         help="mlflow: the path's MLflow body to /invocations (`mlflow models serve`); "
-        "mlserver: its V2 inference body to /v2/models/<path>/infer",
+        "mlserver: its V2 inference body to /v2/models/<path>/infer; v2: the same tensors to "
+        "the service's own V2 route, /v2/models/<store name>/infer",
     )
     args = parser.parse_args(argv)
     result = asyncio.run(

@@ -69,15 +69,27 @@ class BenchPath:
 
     def request(self, design: str = "service") -> tuple[str, Callable[[np.random.Generator], Body]]:
         """The route and body maker of one design: the service's (also the seed apps' and the
-        Ray Serve peer's), `mlflow models serve`'s, or MLServer's (the V2 inference protocol
-        holding the same items)."""
+        Ray Serve peer's), `mlflow models serve`'s, MLServer's (the V2 inference protocol
+        holding the same items), or the service's own V2 route with MLServer's tensors."""
         if design == "mlflow":
             if self.mlflow_body is None:
                 raise ValueError(f"path {self.name!r} has no mlflow design")
             return "/invocations", self.mlflow_body
         if design == "mlserver":
             return f"/v2/models/{self.name}/infer", lambda rng: v2_body(self, self.make_body(rng))
+        if design == "v2":
+            # The service's own V2 route, with MLServer's body: the same tensors, its outputs.
+            route = f"/v2/models/{self.v2_model_name}/infer"
+            return route, lambda rng: service_v2_body(self, self.make_body(rng))
         return self.route, self.make_body
+
+    @property
+    def v2_model_name(self) -> str:
+        """The store name the service's V2 routes serve this path's model under."""
+        from despliegue.config import settings
+
+        key, _, code = self.store_key.partition(".")
+        return settings().panel(key).model_name(code) if code else settings().family(key).model
 
 
 def _thickness(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -300,6 +312,14 @@ def v2_body(path: BenchPath, body: Body) -> Body:
     v2: dict[str, Any] = {"inputs": [{"name": REQUEST_FIELD[path.name], **tensor}]}
     if path.name == "falsetrue":
         v2["outputs"] = [{"name": "predict"}, {"name": "predict_proba"}]
+    return v2
+
+
+def service_v2_body(path: BenchPath, body: Body) -> Body:
+    """MLServer's V2 body for the service's V2 route: the same input tensor; every output."""
+    v2 = v2_body(path, body)
+    assert isinstance(v2, dict)
+    v2.pop("outputs", None)
     return v2
 
 

@@ -45,7 +45,16 @@ from benchmarks.stats import mean_batch_size, ratios_for, render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST_DETECTOR = "face_detector_blazeface"
-OPTIONAL_DESIGNS = ("batching_off", "drift_off", "blazeface", "seed", "mlflow", "ray", "mlserver")
+OPTIONAL_DESIGNS = (
+    "batching_off",
+    "drift_off",
+    "blazeface",
+    "seed",
+    "mlflow",
+    "ray",
+    "mlserver",
+    "v2",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -147,7 +156,10 @@ def measure_service(
     env: dict[str, str],
     cpus: tuple[list[int], list[int]],
     workdir: Path,
+    v2_points: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """The service's points per path; with `v2_points`, also its V2 route's (MLServer's body),
+    from the same server."""
     print(f"service ({label})", flush=True)
     server = servers.start_bentoml(env, cpus[0], workdir / f"serve-{label}.log")
     try:
@@ -159,6 +171,12 @@ def measure_service(
             path.name: load_points(server.url, path, args, env, cpus[1], metrics=True)
             for path in paths
         }
+        if v2_points is not None:
+            print("service, Open Inference Protocol (V2) route", flush=True)
+            for path in paths:
+                v2_points[path.name] = load_points(
+                    server.url, path, args, env, cpus[1], metrics=True, design="v2"
+                )
     finally:
         servers.stop(server)
     cold = {"readyz_s": reached["/readyz"], "models_s": reached["/models"], "cpu_s": cpu}
@@ -343,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "designs": {},
         }
 
-    on, cold = measure_service("batching-on", paths, args, env, cpus, workdir)
+    v2: dict[str, list[dict[str, Any]]] | None = {} if "v2" in args.designs else None
+    on, cold = measure_service("batching-on", paths, args, env, cpus, workdir, v2)
     # Batch scoring on the server CPUs, against the limit and the HTTP points just measured.
     for path in (p for p in paths if p.name in batch_scoring.BENCH_PATHS):
         items = 500 if args.quick else 2000
@@ -410,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             designs["drift_off"] = no_drift[path.name]
         if path.name in fast:
             designs["blazeface"] = fast[path.name]
+        if v2 and path.name in v2:
+            designs["v2"] = v2[path.name]
         for peer, per_path in peers.items():
             if path.name in per_path:
                 designs[peer] = per_path[path.name]

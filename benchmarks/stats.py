@@ -261,6 +261,8 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
     no_drift = point_at(path_result["designs"].get("drift_off", []), concurrency)
     seed = point_at(path_result["designs"].get("seed", []), concurrency)
     mlflow = point_at(path_result["designs"].get("mlflow", []), concurrency)
+    v2 = point_at(path_result["designs"].get("v2", []), concurrency)
+    mlserver = point_at(path_result["designs"].get("mlserver", []), concurrency)
     limit_result = path_result.get("limit") or {}
     limit = limit_result.get("best_items_per_s")
     ceiling = limit_result.get("ceiling_items_per_s", limit)
@@ -285,6 +287,11 @@ def ratios_for(path_result: dict[str, Any], concurrency: int) -> dict[str, float
         "service_vs_seed": ratio(on_rps, field(seed, "throughput_rps")),
         "p99_service_vs_seed": ratio(field(on, "p99_ms"), field(seed, "p99_ms")),
         "service_vs_mlflow": ratio(on_rps, field(mlflow, "throughput_rps")),
+        # One protocol, two servers: the service's V2 route over MLServer's, same bodies.
+        "v2_vs_mlserver": ratio(field(v2, "throughput_rps"), field(mlserver, "throughput_rps")),
+        "p99_v2_vs_mlserver": ratio(field(v2, "p99_ms"), field(mlserver, "p99_ms")),
+        # What the V2 envelope costs against the seed route on the same server.
+        "v2_vs_seed_route": ratio(field(v2, "throughput_rps"), on_rps),
         # Against the best peer on each measure: the highest throughput, the lowest latency.
         "service_vs_best_peer": ratio(
             on_rps, max((p["throughput_rps"] for p in peers), default=None)
@@ -313,6 +320,7 @@ DESIGN_LABELS = {
     "blazeface": "service, BlazeFace detector",
     "ray": "Ray Serve (@serve.batch)",
     "mlserver": "MLServer (adaptive batching)",
+    "v2": "service, V2 route (MLServer's body)",
 }
 # The peer model servers (benchmarks/peers/): "service / best peer" takes the best of these.
 PEERS = ("ray", "mlserver")

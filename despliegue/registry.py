@@ -67,10 +67,13 @@ class Model:
     # (`save_models.py import ... --baseline PATH`) answered as the runner would, for the
     # model's drift baseline. Empty: no baseline from data (the first requests make one).
     import_answers: str = ""
+    # "module:ATTRIBUTE" of its Open Inference Protocol signature (despliegue/v2/models.py):
+    # its typed tensors and the seed endpoint a V2 infer call is answered by.
+    inference: str = ""
 
     # The parts every model must name (check() says which one is missing).
     REQUIRED_PARTS = ("recipe", "compare", "summarise")
-    PARTS = ("recipe", "compare", "summarise", "import_answers")
+    PARTS = ("recipe", "compare", "summarise", "import_answers", "inference")
 
     def part(self, name: str) -> Any:
         """The object a part names, imported on first use."""
@@ -156,6 +159,7 @@ FAMILIES: tuple[Family, ...] = (
                 compare="despliegue.lifecycle.comparisons:same_value",
                 summarise="despliegue.drift.summaries:heatflow_summary",
                 import_answers="despliegue.drift.baselines:heatflow_import_answers",
+                inference="despliegue.v2.models:HEATFLOW",
             ),
         ),
         paths=("heatflow",),
@@ -174,6 +178,7 @@ FAMILIES: tuple[Family, ...] = (
                 compare="despliegue.lifecycle.comparisons:same_label",
                 summarise="despliegue.drift.summaries:falsetrue_summary",
                 import_answers="despliegue.drift.baselines:falsetrue_import_answers",
+                inference="despliegue.v2.models:FALSETRUE",
             ),
         ),
         paths=("falsetrue",),
@@ -193,6 +198,7 @@ FAMILIES: tuple[Family, ...] = (
                 compare="despliegue.lifecycle.comparisons:same_class",
                 summarise="despliegue.drift.summaries:flowers_summary",
                 import_answers="despliegue.drift.baselines:flowers_import_answers",
+                inference="despliegue.v2.models:FLOWERS",
             ),
         ),
         paths=("flowers",),
@@ -211,6 +217,7 @@ FAMILIES: tuple[Family, ...] = (
                 needs_threshold=True,
                 compare="despliegue.lifecycle.comparisons:same_faces",
                 summarise="despliegue.drift.summaries:face_detector_summary",
+                inference="despliegue.v2.models:FACE_DETECTOR",
             ),
             Model(
                 "face_validator",
@@ -219,6 +226,7 @@ FAMILIES: tuple[Family, ...] = (
                 needs_threshold=True,
                 compare="despliegue.lifecycle.comparisons:same_verdict",
                 summarise="despliegue.drift.summaries:face_validator_summary",
+                inference="despliegue.v2.models:FACE_VALIDATOR",
             ),
         ),
         paths=("face", "super"),
@@ -239,6 +247,7 @@ FAMILIES: tuple[Family, ...] = (
                 compare="despliegue.lifecycle.comparisons:same_class",
                 summarise="despliegue.drift.summaries:antibiotics_summary",
                 import_answers="despliegue.drift.baselines:antibiotics_import_answers",
+                inference="despliegue.v2.models:ANTIBIOTIC",
             ),
         ),
         paths=("antibiotics",),
@@ -347,7 +356,8 @@ def check(families: tuple[Family, ...] | None = None) -> None:
 
 
 def _check_functions(entry: Family, model: Model) -> None:
-    """The comparison, the drift summary and (if named) the import answers: functions."""
+    """The comparison, the drift summary and (if named) the import answers: functions; the
+    V2 signature (if named): a Signature."""
     for part in Model.PARTS[1:]:
         path = getattr(model, part)
         where = f"family {entry.name!r}: model {model.key!r}"
@@ -359,6 +369,10 @@ def _check_functions(entry: Family, model: Model) -> None:
             function = imported(path)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"{where}: {part} {path!r}: {exc}") from exc
+        if part == "inference":
+            if not callable(getattr(function, "answer", None)):
+                raise ValueError(f"{where}: {part} {path!r} is not a V2 Signature")
+            continue
         if not callable(function):
             raise ValueError(f"{where}: {part} {path!r} is not a function")
 

@@ -65,7 +65,8 @@ def audit_logger(audit: AuditSettings) -> logging.Logger:
 
 
 def model_tags(body: bytes) -> list[str]:
-    """The tags a JSON response names: `model` (one) or `models[].tag` (the catalogue)."""
+    """The tags a JSON response names: `model` (one), `models[].tag` (the catalogue), or a V2
+    answer's `model_name` and `model_version`."""
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -74,6 +75,8 @@ def model_tags(body: bytes) -> list[str]:
         return []
     if isinstance(parsed.get("model"), str):
         return [parsed["model"]]
+    if isinstance(parsed.get("model_name"), str) and isinstance(parsed.get("model_version"), str):
+        return [f"{parsed['model_name']}:{parsed['model_version']}"]  # an Open Inference answer
     models = parsed.get("models")
     if isinstance(models, list):
         return [m["tag"] for m in models if isinstance(m, dict) and isinstance(m.get("tag"), str)]

@@ -31,6 +31,7 @@ from despliegue.tokens import (
     load_records,
     tokens_file_path,
 )
+from despliegue.v2.naming import is_v2, v2_scope
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json"})
@@ -159,6 +160,8 @@ def required_scope(path: str, auth: AuthSettings) -> str | None:
         return "any" if auth.docs_need_token else None
     if path == "/metrics":
         return "any" if auth.metrics_need_token else None
+    if is_v2(path):
+        return v2_scope(path)
     return path.strip("/").split("/", 1)[0] or "any"
 
 

@@ -25,6 +25,7 @@ from despliegue.bentoml_compat import api_routes
 from despliegue.config import AuthSettings
 from despliegue.errors import ErrorBody
 from despliegue.http.auth import PROBES, auth_enabled, required_scope
+from despliegue.v2.naming import V2_MODEL_PATHS, V2_TAG, V2_TAG_DESCRIPTION
 
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -103,7 +104,8 @@ ERRORS = {
     "400": "The body does not match the request schema",
     "401": "Missing or invalid bearer token",
     "403": "The token may not call this endpoint family",
-    "404": "Not a known family (the body lists the families)",
+    "404": "Not a known family (the body lists the families), or not a loaded model or version",
+    "409": "The version is loaded as a canary or shadow: infer answers with the served one",
     "413": "Request body larger than the configured limit",
     "415": "Content-Type is not the one this endpoint takes",
     "422": "Understood but cannot be answered (a value out of range after decoding)",
@@ -128,11 +130,13 @@ OTHER_TAGS: dict[str, str] = {
     "readyz": "infrastructure",
     "healthz": "infrastructure",
     "metrics": "infrastructure",
+    "v2": V2_TAG,
 }
 OTHER_TAG_DESCRIPTIONS: dict[str, str] = {
     "catalog": "What is being served: model tags, families, origin and metadata.",
     "monitoring": "Drift of each family's served models against their baselines.",
     "infrastructure": "Probes and Prometheus metrics (no token needed for the probes).",
+    V2_TAG: V2_TAG_DESCRIPTION,
 }
 
 
@@ -197,8 +201,10 @@ def publishable_openapi(
                 if method in {"post", "put", "patch"}
                 else []
             )
-            if path in FAMILY_LOOKUPS:
+            if path in FAMILY_LOOKUPS or path.startswith(V2_MODEL_PATHS):
                 codes.append("404")
+            if path.startswith(V2_MODEL_PATHS) and path.endswith("/versions/{version}/infer"):
+                codes.append("409")
             if auth_enabled(auth) and path not in PROBES and required_scope(path, auth) is not None:
                 operation["security"] = [{"bearer": []}]
                 codes += ["401", "403"]

@@ -25,6 +25,7 @@ from despliegue.http.guards import (
 from despliegue.http.probes import Probes
 from despliegue.http.rejections import RejectionMetrics
 from despliegue.http.server import configure_http_server
+from despliegue.v2.naming import WithInferClasses, WithInferPaths
 
 
 def install_edge(service: Any, catalog: FastAPI, settings: Settings) -> None:
@@ -43,7 +44,7 @@ def install_edge(service: Any, catalog: FastAPI, settings: Settings) -> None:
        on, the document is not public).
     7. `InFlightLimit`: 503 with Retry-After past the worker's requests in flight, or past the
        places of the request's admission class (the registry's, e.g. images), before the body
-       is read.
+       is read; V2 infer calls count as their model's family's (despliegue/v2/naming.py).
     8. `BodySizeLimit`: 413 before a large body is parsed.
     9. `ContentTypeGuard`: 415 for a media type the endpoint does not take.
     10. `UploadFieldGuard`: upload forms checked field by field before BentoML reads them.
@@ -64,10 +65,10 @@ def install_edge(service: Any, catalog: FastAPI, settings: Settings) -> None:
     service.add_asgi_middleware(
         InFlightLimit,
         max_in_flight=limits.max_requests_in_flight,
-        paths=routes,
-        classes={
-            route: kind for route in routes if (kind := registry.admission_of(route)) is not None
-        },
+        paths=WithInferPaths(routes),
+        classes=WithInferClasses(
+            {route: kind for route in routes if (kind := registry.admission_of(route)) is not None}
+        ),
         class_limits=limits.places_by_class(),
     )
     service.add_asgi_middleware(BodySizeLimit, max_body_bytes=limits.max_body_bytes)

@@ -65,7 +65,9 @@ def run(client_python: Path, server: LiveServer, workdir: Path, code: str) -> st
 
 
 def readme_python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    """The README's examples of this client (tritonclient's: tests/client/test_v2_clients.py)."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return [block for block in blocks if "import bentoml" in block]
 
 
 def test_the_client_venv_holds_only_the_client(client_python: Path, tmp_path: Path) -> None:

@@ -42,8 +42,9 @@ def test_the_error_schema_is_generated_from_the_error_body_model(document: dict)
 
 
 def test_a_404_is_documented_where_a_family_is_looked_up_and_nowhere_else(document: dict) -> None:
-    """GET/POST /drift and the shadow comparison answer 404 for an unknown family, with the
-    product's error body; BentoML's own 404 (another body) on every API is not kept."""
+    """GET/POST /drift and the shadow comparison answer 404 for an unknown family, the V2 model
+    routes for a model or version not loaded, with the product's error body; BentoML's own 404
+    (another body) on every API is not kept."""
     documented = {
         (method, path): answer["content"]["application/json"]["schema"]["$ref"]
         for path, operations in document["paths"].items()
@@ -52,10 +53,18 @@ def test_a_404_is_documented_where_a_family_is_looked_up_and_nowhere_else(docume
         if code == "404"
     }
     error_body = "#/components/schemas/ErrorBody"
+    v2_models = {
+        (method, path): error_body
+        for path, operations in document["paths"].items()
+        if path.startswith("/v2/models/{name}")
+        for method in operations
+    }
+    assert len(v2_models) == 6  # metadata, ready and infer; each also at one version
     assert documented == {
         ("get", "/drift/{family}"): error_body,
         ("post", "/drift"): error_body,
         ("get", "/models/{family}/compare"): error_body,
+        **v2_models,
     }
 
 
