@@ -129,7 +129,7 @@ def with_runners(service: type) -> type:
     `__init__` instead, and its models are declared here, so `bentoml build` still packs them."""
     for family in registry.FAMILIES:
         if settings().in_api(family):
-            packs_served_models(family.name)(service)
+            packs_served_models(family.name, stored_only=True)(service)
         else:
             setattr(service, family.name, bentoml.depends(family.runner_class()))
     return service

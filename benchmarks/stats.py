@@ -455,8 +455,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"server on CPUs {machine['server_cpus']}, load generator on CPUs "
         f"{machine['client_cpus']}; Python {machine['python']}, "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
-        + f". {result['settings']['seconds']:g} s per point after "
-        f"{result['settings']['warmup']:g} s warm-up.",
+        + f". {result['settings']['seconds']:g} s per point"
+        + (
+            f" ({slow:g} s on /face and /super)"
+            if (slow := result["settings"].get("slow_seconds"))
+            not in (None, result["settings"]["seconds"])
+            else ""
+        )
+        + f" after {result['settings']['warmup']:g} s warm-up.",
         "",
     ]
     cold = result.get("cold_start") or {}

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 import uvicorn.config
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from despliegue import bentoml_compat
+from despliegue.errors import error_body
 
 instruments = bentoml_compat.http_instruments()
 server_context = bentoml_compat.server_context()
@@ -75,6 +77,22 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
             self.head_deadline.cancel()
             self.head_deadline = None
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (ambiguous framing: request smuggling's raw material;
+        a malformed head) is answered as every other refusal, with the product's error body
+        naming the header and the rule, not uvicorn's plain-text line. uvicorn calls this
+        inside its `except HttpParserError`, so the parser's own reason is at hand."""
+        reason = str(sys.exc_info()[1] or msg)
+        loc, rule = parser_refusal(reason)
+        body = error_body(loc, rule, "value_error")
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
     def _head_timed_out(self) -> None:
         self.head_deadline = None
         if self.transport.is_closing():
@@ -92,6 +110,17 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n" + message
         )
         self.transport.close()
+
+
+def parser_refusal(reason: str) -> tuple[list[str | int], str]:
+    """Where a request the HTTP parser refused went wrong, in the words the body-size guard
+    uses for the same rules (despliegue/http/guards.py: BodySizeLimit)."""
+    said = reason.lower()
+    if "transfer-encoding" in said and "content-length" in said:
+        return ["header", "transfer-encoding"], "not allowed with content-length"
+    if "duplicate content-length" in said:
+        return ["header", "content-length"], "given more than once"
+    return ["request"], f"not a valid HTTP/1.1 request ({reason})"
 
 
 class RouteLabelledMetrics(instruments.RunnerTrafficMetricsMiddleware):

@@ -142,17 +142,36 @@ def is_stored(tag: str | None) -> bool:
     return (_store_folder() / name / version / "model.yaml").is_file()
 
 
-def packs_served_models(runner: str) -> Callable[[type], type]:
+def packs_served_models(runner: str, stored_only: bool = False) -> Callable[[type], type]:
     """Class decorator (under @bentoml.service): one BentoModel attribute per tag the runner
-    may serve, which is how `bentoml build` knows which models go into the Bento."""
+    may serve, which is how `bentoml build` knows which models go into the Bento.
+
+    `stored_only`, for the API service holding a runner: BentoML looks the entry service's
+    models up before its preflight runs and stops with a message of its own, so a tag missing
+    from the store (or unreadable) is left to the preflight, which names it and the fix."""
 
     def declare(cls: type) -> type:
-        for index, tag in enumerate(packed_tags(runner)):
+        tags = packed_tags(runner)
+        if stored_only:
+            tags = [tag for tag in tags if _readable_in_store(tag)]
+        for index, tag in enumerate(tags):
             # Named by runner: the API service declares the models of the runners it holds.
             setattr(cls, f"{runner}_model_{index}", bentoml.models.BentoModel(tag))
         return cls
 
     return declare
+
+
+def _readable_in_store(tag: str) -> bool:
+    """Whether BentoML can read the tag's model from the store (the preflight names what is
+    missing, unreadable or damaged)."""
+    try:
+        if not is_stored(tag):
+            return False
+        bentoml.models.get(resolve(tag))
+    except Exception:  # any failure to read it is the preflight's to report
+        return False
+    return True
 
 
 def family_of_model(model_name: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -120,3 +121,16 @@ def test_metric_labels_are_routes_prefixes_or_other() -> None:
     assert middleware.label("/static_content/swagger-ui.css") == "/static_content/"
     assert middleware.label("/wp-admin/setup.php") == OTHER_PATHS
     assert middleware.label("/models/../etc") == OTHER_PATHS
+
+
+def test_a_request_the_parser_refuses_gets_the_product_error_body(port: int) -> None:
+    """Ambiguous framing is refused by the HTTP parser itself, naming the header and the rule."""
+    with connect(port) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+        )
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["detail"][0]["loc"] == ["header", "transfer-encoding"]
