@@ -1,13 +1,13 @@
 """Compiled runtime: a stored Keras model served by ONNX Runtime instead of TensorFlow.
 
 The `.keras` file stays the source of truth in the store. When a Keras model enters the store
-(a reference build or an import), it is exported to ONNX (Keras' own exporter, tf2onnx
-underneath) into `model.onnx` beside it, and the export is checked against the Keras model on
-probe inputs: the conversion probe, random values, and real photos prepared as the model card
-says (for image models). Only an export within 1e-4 absolute on every output is kept; its
-converter and runtime versions, the largest difference and its sha256 go on the model card
-(metadata `compiled`). A model that fails to export or differs keeps `runtime: tensorflow` and
-the reason, and is served by TensorFlow as before.
+(a reference build or an import), it is exported to ONNX (tf2onnx on one traced call of the
+model, as Keras' own ONNX export does) into `model.onnx` beside it, and the export is checked
+against the Keras model on probe inputs: the conversion probe, random values, and real photos
+prepared as the model card says (for image models). Only an export within 1e-4 absolute on
+every output is kept; its converter and runtime versions, the largest difference and its
+sha256 go on the model card (metadata `compiled`). A model that fails to export or differs
+keeps `runtime: tensorflow` and the reason, and is served by TensorFlow as before.
 
 Why ONNX Runtime: measured against TensorFlow and OpenVINO on the stored models, one core
 (benchmarks/runtimes.py, docs in README "Compiled runtimes"). Serving an exported model needs
@@ -29,6 +29,7 @@ import numpy as np
 COMPILED_FILE = "model.onnx"
 RUNTIME = "onnxruntime"
 TOLERANCE = 1e-4
+OPSET = 17
 # Random probe inputs per kind of values (uniform 0..1, uniform 0..255, standard normal).
 RANDOM_PROBES = 4
 
@@ -54,11 +55,34 @@ class OnnxModel:
 
 
 def export_onnx(model: Any, target: Path) -> None:
-    """Write `model` (Keras 3, TensorFlow backend) as ONNX at `target`."""
-    # Keras exports only a model that has been called (a freshly loaded one has not).
-    shape = [8 if size is None else int(size) for size in model.inputs[0].shape[1:]]
-    model(np.zeros((1, *shape), dtype=np.float32), training=False)
-    model.export(str(target), format="onnx", verbose=False)
+    """Write `model` (Keras 3, TensorFlow backend) as ONNX at `target`, through tf2onnx on one
+    traced call of the model (what Keras' own ONNX export does), float32 input.
+
+    tf2onnx turns tensors the traced call captures that are not variables (an adapted
+    `Normalization` layer's mean and variance) into graph inputs a caller would have to feed;
+    they are written into the graph as constants instead, so the export answers alone."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from onnx import numpy_helper
+
+    spec = [tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="inputs")]
+    forward = tf.function(lambda batch: model(batch, training=False), input_signature=spec)
+    captured = {
+        inner.name: outer for outer, inner in forward.get_concrete_function().graph.captures
+    }
+    graph, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET)
+    constants = [
+        entry.name
+        for entry in graph.graph.input[1:]
+        if entry.name in captured and captured[entry.name].dtype != tf.resource
+    ]
+    for name in constants:
+        graph.graph.initializer.append(numpy_helper.from_array(captured[name].numpy(), name))
+    inputs = [entry for entry in graph.graph.input if entry.name not in constants]
+    del graph.graph.input[:]
+    graph.graph.input.extend(inputs)
+    onnx.save(graph, str(target))
 
 
 def converter_versions() -> dict[str, str]:
@@ -70,7 +94,7 @@ def converter_versions() -> dict[str, str]:
     import tf2onnx
 
     return {
-        "converter": "keras.Model.export(format='onnx')",
+        "converter": f"tf2onnx.convert.from_function (opset {OPSET})",
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
         "tf2onnx_version": tf2onnx.__version__,
