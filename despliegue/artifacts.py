@@ -261,6 +261,9 @@ def _load_blazeface(path: Path) -> Any:
     """BlazeFace (despliegue/blazeface.py) from the stored .tflite its manifest names;
     load_artifact has checked each file's sha256."""
     from despliegue.blazeface import load_blazeface
+    from despliegue.tensorflow_runtime import configure_tensorflow
+
+    configure_tensorflow()  # its interpreter comes with TensorFlow: thread pools sized first
 
     return load_blazeface(path)
 
