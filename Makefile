@@ -14,7 +14,8 @@ export BENTOML_DO_NOT_TRACK ?= true
 
 .PHONY: help venv client-venv v2-client-venv test-tools models serve batch test unit soak-check \
 	postgresql fuzz lint \
-	build bench bench-quick peer-venvs stress profile soak face-memory clean container-tools \
+	build bench bench-quick bench-runtimes peer-venvs stress profile soak face-memory clean \
+	container-tools \
 	container-base container container-test container-clean k8s-config
 
 help:  ## list the targets
@@ -104,8 +105,12 @@ $(PEER_VENVS): .venv-%/.installed: benchmarks/peers/requirements-%.txt benchmark
 		-r benchmarks/peers/requirements-$*.txt -c benchmarks/peers/constraints-$*.txt
 	touch $@
 
-bench: venv peer-venvs  ## benchmark: limit, batching on/off, seed designs, Ray Serve, MLServer
+bench: venv peer-venvs models  ## benchmark: limit, batching on/off, seed designs, Ray Serve, MLServer, runtimes
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.runtimes
+
+bench-runtimes: models  ## TensorFlow vs ONNX Runtime vs OpenVINO on the stored Keras models, one core
+	$(BIN)/python -m benchmarks.runtimes
 
 bench-quick: venv peer-venvs  ## the whole benchmark with short points (~2 min), to check the harness
 	$(BIN)/python -m benchmarks.run --quick

@@ -39,8 +39,10 @@ MANIFEST_FRAMEWORKS = frozenset({"mtcnn", "blazeface"})
 
 
 def model_card(stored: bentoml.Model) -> ModelCard:
-    """The card of a stored model, from its metadata (what a runner's `describe` lists)."""
+    """The card of a stored model, from its metadata (what a runner's `describe` lists), with
+    the runtime `load_artifact` serves it with and why."""
     meta = dict(stored.info.metadata)
+    runtime, reason = served_runtime(stored)
     return ModelCard(
         tag=str(stored.tag),
         family=str(meta.get("family", "unknown")),
@@ -50,7 +52,23 @@ def model_card(stored: bentoml.Model) -> ModelCard:
         labels=dict(stored.info.labels),
         preprocessing=preprocessing_summary(meta),
         metadata=meta,
+        runtime=runtime,
+        runtime_reason=reason,
     )
+
+
+def served_runtime(stored: bentoml.Model) -> tuple[str, str | None]:
+    """(runtime, why) for a stored model: a Keras model's verified export (ONNX Runtime) when
+    configuration allows it and the file is the one checked, else TensorFlow and the reason;
+    other frameworks run on their own library."""
+    meta = stored.info.metadata
+    framework = str(meta.get("framework", "unknown"))
+    if framework != "keras":
+        return {"sklearn": "scikit-learn", "mtcnn": "tensorflow"}.get(framework, framework), None
+    from despliegue.compiled_runtime import serving_runtime
+    from despliegue.config import settings
+
+    return serving_runtime(dict(meta), Path(stored.path), settings().tensorflow.compiled)
 
 
 def sha256_of(path: Path) -> str:
@@ -141,6 +159,8 @@ def load_artifact(stored: bentoml.Model) -> Any:
     path = verify_artifact(stored)
     framework = stored.info.metadata["framework"]
     try:
+        if framework == "keras" and served_runtime(stored)[0] == "onnxruntime":
+            return _load_compiled(stored)
         return LOADERS[framework](path)
     except Exception as exc:  # a verified file the installed library cannot load
         raise ModelUnusable(
@@ -199,7 +219,18 @@ def _load_joblib(path: Path) -> Any:
     return joblib.load(path)
 
 
+def _load_compiled(stored: bentoml.Model) -> Any:
+    """A Keras model's checked export in ONNX Runtime (served_runtime has checked its sum):
+    neither TensorFlow nor Keras is imported."""
+    from despliegue.compiled_runtime import OnnxModel, onnx_threads
+
+    return OnnxModel(Path(stored.path_of(stored.info.metadata["compiled"]["file"])), onnx_threads())
+
+
 def _load_keras(path: Path) -> Any:
+    from despliegue.tensorflow_runtime import configure_tensorflow
+
+    configure_tensorflow()  # thread pools before Keras runs TensorFlow's first op
     import keras
 
     import despliegue.keras_conversion  # noqa: F401  (registers EmbeddedSavedModel for SavedModels)
@@ -230,6 +261,9 @@ def _load_blazeface(path: Path) -> Any:
     """BlazeFace (despliegue/blazeface.py) from the stored .tflite its manifest names;
     load_artifact has checked each file's sha256."""
     from despliegue.blazeface import load_blazeface
+    from despliegue.tensorflow_runtime import configure_tensorflow
+
+    configure_tensorflow()  # its interpreter comes with TensorFlow: thread pools sized first
 
     return load_blazeface(path)
 
@@ -250,10 +284,13 @@ def save_to_store(
     metadata: dict[str, Any],
     write: Callable[[Path], None],
     labels: dict[str, str] | None = None,
+    compiled: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> bentoml.Model:
     """Create a stored model whose artifact `write` produces at the path it is given.
 
-    Either the whole model lands in the store or, if `write` raises, nothing does.
+    `compiled(artifact, metadata)` writes a compiled form beside the artifact and answers the
+    card's `compiled` entry (despliegue/compiled_runtime.py). Either the whole model lands in
+    the store or, if `write` raises, nothing does.
     """
     full_metadata = {"family": family, "framework": framework, **metadata}
     all_labels = {"family": family, "reference": str(metadata.get("reference", False)).lower()}
@@ -263,6 +300,8 @@ def save_to_store(
         write(artifact)
         # The sum of the file as stored (an .h5 import is stored as .keras): what loads check.
         model.info.metadata["artifact_sha256"] = sha256_of(artifact)
+        if compiled is not None:
+            model.info.metadata["compiled"] = compiled(artifact, full_metadata)
     return bentoml.models.get(model.tag)
 
 

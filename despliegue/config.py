@@ -241,6 +241,9 @@ class TensorFlowSettings(StrictModel):
 
     intra_op_threads: int = Field(ge=0, le=256)
     inter_op_threads: int = Field(ge=0, le=256)
+    # Serve a Keras model's verified ONNX export (despliegue/compiled_runtime.py) when the store
+    # has one; false serves every Keras model with TensorFlow, as before compiled runtimes.
+    compiled: bool = True
 
 
 class ServiceLevelObjective(StrictModel):

@@ -35,6 +35,17 @@ class ModelCard(BaseModel):
         examples=["raw 0–255 (detected, in the model: rescaling (Rescaling × 0.00392157 + 0))"],
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    runtime: str | None = Field(
+        default=None,
+        description="What runs the model: onnxruntime (its export, checked against the Keras "
+        "model when stored), tensorflow, or the framework itself",
+        examples=["onnxruntime"],
+    )
+    runtime_reason: str | None = Field(
+        default=None,
+        description="Why that runtime serves it (for a Keras model served by TensorFlow: why "
+        "its compiled form is not used)",
+    )
     serves: str | None = Field(
         None, description="The family key it answers for, e.g. heatflow or antibiotics.AMK"
     )

@@ -60,8 +60,11 @@ def ensure_reference(recipe: Recipe, model_name: str | None = None) -> Outcome:
         framework=reference.framework or recipe.framework,
         metadata={**reference.metadata, "built_at": _now()},
         write=_writer(reference.framework or recipe.framework, reference.model),
+        compiled=_compiler(reference.framework or recipe.framework, reference.model),
     )
-    return Outcome(name, str(stored.tag), "built", _metrics_summary(reference.metadata))
+    parts = [_metrics_summary(reference.metadata), _runtime_summary(stored)]
+    detail = "; ".join(part for part in parts if part)
+    return Outcome(name, str(stored.tag), "built", detail)
 
 
 def import_artifact(
@@ -139,8 +142,9 @@ def import_artifact(
             },
             write=copy_file(loaded.file),
             labels={"source": "file", **(labels or {})},
+            compiled=_compiler(recipe.framework, loaded.model),
         )
-    detail = f"sha256 {digest[:12]}…"
+    detail = f"sha256 {digest[:12]}…; {_runtime_summary(stored)}"
     summary = preprocessing_summary(serving)
     if summary:
         detail += f"; input: {summary}"
@@ -324,6 +328,29 @@ def _writer(framework: str, model: Any):
 
         return lambda target: joblib.dump(model, target)
     return lambda target: model.save(target)
+
+
+Compiler = Callable[[Path, dict[str, Any]], dict[str, Any]]
+
+
+def _compiler(framework: str, model: Any) -> Compiler | None:
+    """For a Keras model: export it beside its stored file and check the export against it
+    (despliegue/compiled_runtime.py); other frameworks are served as they are."""
+    if framework != "keras":
+        return None
+    from despliegue.compiled_runtime import compile_beside
+
+    return lambda artifact, metadata: compile_beside(model, artifact, metadata)
+
+
+def _runtime_summary(stored: Any) -> str:
+    """Which runtime will serve the stored model, and why (the import summary's words)."""
+    from despliegue.artifacts import served_runtime
+
+    if stored.info.metadata.get("framework") != "keras":
+        return ""
+    runtime, reason = served_runtime(stored)
+    return f"served by {runtime}" + (f" ({reason})" if reason else "")
 
 
 def _metrics_summary(metadata: dict[str, Any]) -> str:

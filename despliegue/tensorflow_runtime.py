@@ -1,9 +1,12 @@
 """TensorFlow set-up for every process that runs a CNN (runners and reference training).
 
-Thread pools can only be sized before TensorFlow runs its first op, and oneDNN switched off
-only before it loads, so each runner calls `configure_tensorflow()` first thing in `__init__`.
-The thread pools come from configuration.yaml (`tensorflow:`), documented there.
-`CompiledImageModel` is how every runner calls a stored Keras image CNN.
+Thread pools can only be sized before TensorFlow runs its first op, so every loader that
+brings TensorFlow in (a Keras model, MTCNN) calls `configure_tensorflow()` first; a runner
+whose models are all compiled (despliegue/compiled_runtime.py) never imports it. oneDNN can
+be switched off only before TensorFlow loads: `tensorflow_without_onednn()` records that, at
+no cost, for the runner that needs it. The thread pools come from configuration.yaml
+(`tensorflow:`), documented there. `CompiledImageModel` is how every runner calls a stored
+Keras image CNN, compiled or in TensorFlow.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ def use_cores(count: int) -> None:
     _intra_op_threads = count
 
 
+def tensorflow_without_onednn() -> None:
+    """Have TensorFlow, if this process ever loads it, run its own kernels instead of
+    oneDNN's (see configure_tensorflow); does not import it."""
+    if "tensorflow" not in sys.modules:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+
+
 def configure_tensorflow(onednn: bool = True) -> Any:
     """Import TensorFlow with the configured thread pools and return the module.
 
@@ -44,8 +54,8 @@ def configure_tensorflow(onednn: bool = True) -> Any:
     """
     from despliegue.quiet import import_tensorflow
 
-    if not onednn and "tensorflow" not in sys.modules:
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    if not onednn:
+        tensorflow_without_onednn()
     tf = import_tensorflow()
 
     threads = settings().tensorflow
@@ -62,14 +72,20 @@ def configure_tensorflow(onednn: bool = True) -> Any:
 class CompiledImageModel:
     """A stored Keras image CNN as a runner calls it: the preprocessing its model card records
     (input size, colour order, scaling; despliegue/preprocessing.py), so an imported model with
-    its own input size or scaling is served without code changes, and one traced graph for
-    every batch size (a plain model call per batch is slower, and `model.predict` adds ~80 ms
-    per call)."""
+    its own input size or scaling is served without code changes, and one call per batch: its
+    checked ONNX export as loaded (`OnnxModel`), or for a model served by TensorFlow one traced
+    graph for every batch size (a plain model call per batch is slower, and `model.predict`
+    adds ~80 ms per call)."""
 
     def __init__(self, model: Any, card: ModelCard) -> None:
-        tf = configure_tensorflow()
+        from despliegue.compiled_runtime import OnnxModel
+
         self.preprocessing = ImagePreprocessing.from_metadata(card.metadata["preprocessing"])
         self.size = self.preprocessing.size
+        if isinstance(model, OnnxModel):
+            self._forward: Any = model
+            return
+        tf = configure_tensorflow()
         self._forward = tf.function(
             lambda batch: model(batch, training=False),
             input_signature=[tf.TensorSpec([None, *self.size, 3], tf.float32)],

@@ -22,6 +22,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from despliegue.compiled_runtime import OnnxModel
 from despliegue.config import settings
 from despliegue.contracts import Answered, ModelCard, PanelRow, RunnerModels
 from despliegue.heap import settle_worker_heap
@@ -53,6 +54,8 @@ class PanelMember:
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         if self.mean is not None and self.std is not None:
             features = (features - self.mean) / self.std
+        if isinstance(self.model, OnnxModel):  # the checked export (compiled_runtime.py)
+            return np.asarray(self.model(features), dtype=float)
         return np.asarray(self.model(features, training=False), dtype=float)
 
 
@@ -64,11 +67,8 @@ def probabilities(member: PanelMember, features: np.ndarray) -> np.ndarray:
 @packs_served_models("antibiotics")
 class AntibioticPanel:
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import configure_tensorflow
-
-        # Thread pools first, as every TensorFlow runner does (and TensorFlow's start-up banner
-        # silenced); Keras is imported by the loader, here in the runner process only.
-        configure_tensorflow()
+        # Compiled members need no TensorFlow; for one served by TensorFlow the loader sizes
+        # its thread pools before the first op (despliegue/tensorflow_runtime.py).
         self.models = ServedModels("antibiotics", prepare=PanelMember.prepare)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
         settle_worker_heap()

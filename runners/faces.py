@@ -71,11 +71,12 @@ def validation_scores(validator: Any, crops: list[np.ndarray]) -> list[float]:
 @packs_served_models("faces")
 class FaceAnalyzer:
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import configure_tensorflow
+        from despliegue.tensorflow_runtime import tensorflow_without_onednn
 
-        # Thread pools first: they cannot be sized after the first op. The detector takes images
-        # of any size, so no oneDNN: its per-shape memory is never given back.
-        configure_tensorflow(onednn=False)
+        # The detector takes images of any size, so no oneDNN: its per-shape memory is never
+        # given back. TensorFlow itself is imported (thread pools sized first) by the loaders
+        # of the models that need it; a compiled validator does not.
+        tensorflow_without_onednn()
         self.models = ServedModels("faces", prepare=prepared)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
         settle_worker_heap()

@@ -39,9 +39,8 @@ def probabilities(classifier: Any, images: list[np.ndarray]) -> list[np.ndarray]
 @packs_served_models("flowers")
 class FlowerClassifier:
     def __init__(self) -> None:
-        from despliegue.tensorflow_runtime import configure_tensorflow
-
-        configure_tensorflow()  # thread pools first: they cannot be sized after the first op
+        # A compiled model needs no TensorFlow; one served by TensorFlow has its thread pools
+        # sized by the loader, before the first op (despliegue/tensorflow_runtime.py).
         self.models = ServedModels("flowers", prepare=compiled)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
         settle_worker_heap()

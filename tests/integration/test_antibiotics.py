@@ -103,6 +103,10 @@ def test_served_models_include_the_panel(live_server: LiveServer) -> None:
     panel = [model for model in models if model["family"] == "antibiotics"]
     assert sorted(model["metadata"]["code"] for model in panel) == REFERENCE_CODES
     assert all(model["labels"]["reference"] == "true" for model in panel)
+    for model in panel:  # the runtime serving each, as checked when it was stored, and why
+        compiled = model["metadata"].get("compiled") or {}
+        expected = "onnxruntime" if compiled.get("runtime") == "onnxruntime" else "tensorflow"
+        assert model["runtime"] == expected and model["runtime_reason"], model["tag"]
 
 
 def test_concurrent_requests_answer_and_share_batches(live_server: LiveServer) -> None:

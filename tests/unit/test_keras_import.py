@@ -45,8 +45,12 @@ def test_legacy_h5_flower_model_with_its_own_input_size_imports(tmp_path: Path) 
     assert metadata["reference"] is False and metadata["source_format"] == ".h5"
     assert metadata["preprocessing"]["size"] == [96, 96]
     assert len(metadata["classes"]) == 18
-    # The store keeps one Keras format whatever came in.
+    # The store keeps one Keras format whatever came in, and its export checked against it.
     assert list((home / "models" / "flower_classifier").glob("*/model.keras"))
+    assert metadata["compiled"]["runtime"] == "onnxruntime", metadata["compiled"]
+    assert metadata["compiled"]["max_abs_difference"] <= 1e-4
+    assert list((home / "models" / "flower_classifier").glob("*/model.onnx"))
+    assert "served by onnxruntime" in " ".join(result.stdout.split())
 
 
 @pytest.mark.processes
@@ -167,6 +171,8 @@ def test_import_warns_when_outputs_hardly_change_and_names_the_fix(tmp_path: Pat
     assert detected.returncode == 0, detected.stderr
     assert "warning" not in detected.stderr
     assert "raw 0–255 (detected" in " ".join(detected.stdout.split())
+    # The in-graph Rescaling goes through the same check as any export.
+    assert "served by onnxruntime" in " ".join(detected.stdout.split())
 
 
 @pytest.mark.processes
@@ -252,6 +258,7 @@ def test_saved_model_folders_import_as_a_self_contained_keras_file(tmp_path: Pat
         if name == "module":
             assert meta["saved_model_input"] == "pixels"
             assert meta["saved_model_output"] == "probabilities"  # picked among two outputs
+        assert meta["compiled"]["runtime"] == "onnxruntime"
         stored = home / "models" / "flower_classifier" / info["version"] / "model.keras"
         model = LOADERS["keras"](stored)
         np.testing.assert_allclose(model(pixels / 255).numpy(), expected[name], atol=1e-6)
