@@ -153,7 +153,7 @@ def packs_served_models(runner: str, stored_only: bool = False) -> Callable[[typ
     def declare(cls: type) -> type:
         tags = packed_tags(runner)
         if stored_only:
-            tags = [tag for tag in tags if _readable_in_store(tag)]
+            tags = [tag for tag in tags if readable_in_store(tag)]
         for index, tag in enumerate(tags):
             # Named by runner: the API service declares the models of the runners it holds.
             setattr(cls, f"{runner}_model_{index}", bentoml.models.BentoModel(tag))
@@ -162,7 +162,7 @@ def packs_served_models(runner: str, stored_only: bool = False) -> Callable[[typ
     return declare
 
 
-def _readable_in_store(tag: str) -> bool:
+def readable_in_store(tag: str) -> bool:
     """Whether BentoML can read the tag's model from the store (the preflight names what is
     missing, unreadable or damaged)."""
     try:
