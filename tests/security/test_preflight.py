@@ -167,7 +167,15 @@ def test_a_verified_model_the_runner_cannot_load_stops_the_whole_server(
     info = yaml.safe_load(info_file.read_text(encoding="utf-8"))
     info["metadata"]["artifact_sha256"] = sha256_of(artifact)
     info_file.write_text(yaml.safe_dump(info), encoding="utf-8")
-    code, log = serve_until_exit(str(home), tmp_path / "serve.log", {})
+    # Served by TensorFlow (a model without a checked compiled form, or compiled serving off):
+    # the runner loads the .keras itself.
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    raw["tensorflow"]["compiled"] = False
+    config = tmp_path / "configuration.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    code, log = serve_until_exit(
+        str(home), tmp_path / "serve.log", {"DESPLIEGUE_CONFIG": str(config)}
+    )
     assert code == 1
     assert_one_clear_line(log, "cannot start", str(artifact), "keras loader", "save_models.py")
     assert log.count("cannot start: model flower_classifier") == 1  # not restarted over and over
