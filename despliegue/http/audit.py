@@ -145,8 +145,13 @@ class AuditLog:
                 request_body.extend(message.get("body", b"")[: input_cap + 1])
             return message
 
+        # Body bytes the response declared (content-length) and has sent: a client holds its
+        # whole answer once they are all sent, even if an empty final message follows.
+        declared: int | None = None
+        sent = 0
+
         async def send_and_watch(message: Message) -> None:
-            nonlocal sniff
+            nonlocal sniff, declared, sent
             if message["type"] in {"websocket.accept", "websocket.close"} and not written:
                 # A handshake's outcome: accepted (101), or closed before it was (403).
                 accepted = message["type"] == "websocket.accept"
@@ -159,6 +164,8 @@ class AuditLog:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 content_type = dict(headers).get(b"content-type", b"")
+                length = dict(headers).get(b"content-length", b"")
+                declared = int(length) if length.isdigit() else None
                 sniff = content_type.startswith(b"application/json")
                 message = {**message, "headers": headers}
             elif message["type"] in {"http.response.body", "websocket.http.response.body"}:
@@ -167,8 +174,10 @@ class AuditLog:
                     if len(response_body) > MAX_SNIFFED_BODY:
                         sniff = False
                         response_body.clear()
-                if not message.get("more_body", False):
-                    write_line()  # before the client can see its answer
+                sent += len(message.get("body", b""))
+                complete = declared is not None and sent >= declared
+                if complete or not message.get("more_body", False):
+                    write_line()  # before the client can see its whole answer
             await send(message)
 
         try:

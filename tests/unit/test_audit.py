@@ -128,3 +128,33 @@ def test_a_request_cut_by_bentomls_timeout_is_audited_as_the_504_it_got(tmp_path
     assert response.status_code == 504
     [line] = lines(path)
     assert line["status"] == 504 and line["endpoint"] == "/heatflow"
+
+
+def test_the_line_is_written_once_the_declared_body_is_sent(tmp_path: Path) -> None:
+    """A response whose whole body goes out with more_body=True, then an empty final message
+    (as a streamed response does): the client holds its answer after the first, so the line
+    must already be in the file then."""
+    path = tmp_path / "audit.jsonl"
+    body = b'{"model": "heatflow_svr:v1"}'
+
+    async def app(scope: dict, receive, send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    middleware = AuditLog(app, AuditSettings(stdout=False, file=str(path)))
+    seen_when_body_sent: list[list[dict]] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            seen_when_body_sent.append(lines(path) if path.exists() else [])
+
+    scope = {"type": "http", "method": "POST", "path": "/heatflow", "headers": [], "client": None}
+    asyncio.run(middleware(scope, receive, send))
+    [[line]] = seen_when_body_sent
+    assert line["models"] == ["heatflow_svr:v1"] and line["status"] == 200
+    assert len(lines(path)) == 1
