@@ -32,12 +32,8 @@ from benchmarks.run import RESULTS, prepare_store
 def process_facts(server: servers.Server) -> dict[str, dict[str, Any]]:
     """Per process (BentoML workers by service name): RSS MiB and whether TensorFlow is in."""
     facts: dict[str, dict[str, Any]] = {}
-    root = psutil.Process(server.process.pid)
-    for process in [root, *root.children(recursive=True)]:
+    for name, process in servers.named_processes(server):
         with contextlib.suppress(psutil.Error):
-            argv = process.cmdline()
-            name = argv[argv.index("--service-name") + 1] if "--service-name" in argv else None
-            name = name or ("supervisor" if process.pid == root.pid else process.name())
             maps = Path(f"/proc/{process.pid}/maps").read_text(errors="replace")
             facts[name] = {
                 "rss_mib": round(process.memory_info().rss / 2**20),

@@ -134,16 +134,27 @@ def wait_for(server: Server, routes: Sequence[str], timeout: float = 240.0) -> d
     return reached
 
 
-def process_cpu(server: Server) -> dict[str, float]:
-    """CPU seconds each process of the server has used so far, by name (a BentoML worker by
-    its `--service-name`): where a cold start's time went."""
-    spent: dict[str, float] = {}
+def named_processes(server: Server) -> list[tuple[str, psutil.Process]]:
+    """Every process of the server with its name: a BentoML worker by its `--service-name`,
+    the root as "supervisor" (processes that exit meanwhile are left out)."""
+    named = []
     root = psutil.Process(server.process.pid)
     for process in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
             argv = process.cmdline()
             name = argv[argv.index("--service-name") + 1] if "--service-name" in argv else None
-            name = name or ("supervisor" if process.pid == root.pid else process.name())
+            named.append(
+                (name or ("supervisor" if process.pid == root.pid else process.name()), process)
+            )
+    return named
+
+
+def process_cpu(server: Server) -> dict[str, float]:
+    """CPU seconds each process of the server has used so far, by name: where a cold start's
+    time went."""
+    spent: dict[str, float] = {}
+    for name, process in named_processes(server):
+        with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
             spent[name] = spent.get(name, 0.0) + times.user + times.system
     return spent
