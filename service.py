@@ -76,6 +76,7 @@ from despliegue.images import (
     encode_png,
 )
 from despliegue.lifecycle.metrics import unzip
+from despliegue.lifecycle.pack import building_a_bento
 from despliegue.lifecycle.plans import packs_served_models, served_tags
 from despliegue.schemas import (
     AntibioticPanelListing,
@@ -126,9 +127,11 @@ def with_runners(service: type) -> type:
     """One `bentoml.depends` attribute per family whose runner is a process of its own, named
     after the family (set before `@bentoml.service` reads the class). A family answered inside
     the API worker (`placement`, despliegue/registry.py) gets its runner instance in
-    `__init__` instead, and its models are declared here, so `bentoml build` still packs them."""
+    `__init__` instead, and its models are declared here, so `bentoml build` still packs them.
+    A build (despliegue/lifecycle/pack.py) declares every runner, so the Bento records every
+    tier and any family can be served apart from the same image."""
     for family in registry.FAMILIES:
-        if settings().in_api(family):
+        if settings().in_api(family) and not building_a_bento():
             packs_served_models(family.name, stored_only=True)(service)
         else:
             setattr(service, family.name, bentoml.depends(family.runner_class()))

@@ -115,7 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     working_dir = args.bento if os.path.isdir(args.bento) else "."
     if sys.path[0] != working_dir:
         sys.path.insert(0, working_dir)
-    svc = bentoml_compat.load_service(args.bento, working_dir)
+    try:
+        svc = bentoml_compat.load_service(args.bento, working_dir)
+    except StopIteration:  # BentoML's on_load_bento: a service of the graph not in bento.yaml
+        raise SystemExit(
+            f"{args.bento}: the Bento does not record every runner this configuration starts "
+            "(`placement`); build it with `make build` (python -m despliegue.lifecycle.pack "
+            "bentoml build), which records every runner as a tier"
+        ) from None
     if service and service not in svc.all_services():
         raise SystemExit(f"{SERVICE_ENV}={service!r}: {not_a_tier(service)}")
     svc.inject_config()

@@ -7,15 +7,28 @@ that `bentoml build` packs; every build path (`make build`, scripts/container-im
 build tests) runs through this command, so the Bento serves what was promoted in the home its
 models come from. The copy is removed afterwards, also when the build fails; the command's
 exit status is the build's.
+
+The build also records every runner as a service of the Bento (`BUILDING_ENV`), including the
+ones placed inside the API worker: one image then starts any family as a tier of its own when
+its configuration places it `runner` (BentoML refuses to start a service its Bento does not
+record).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 
 from despliegue.lifecycle.state import LifecycleRefused, pack_for_build
+
+BUILDING_ENV = "DESPLIEGUE_BUILDING_BENTO"
+
+
+def building_a_bento() -> bool:
+    """Whether this process is the `bentoml build` that this command runs."""
+    return os.environ.get(BUILDING_ENV) == "1"
 
 
 def main(command: list[str]) -> int:
@@ -28,7 +41,8 @@ def main(command: list[str]) -> int:
         with pack_for_build() as packed:
             names = ", ".join(path.name for path in packed) or "nothing recorded"
             print(f"lifecycle state packed for the build: {names}", file=sys.stderr)
-            return subprocess.run(command, check=False).returncode
+            building = {**os.environ, BUILDING_ENV: "1"}
+            return subprocess.run(command, check=False, env=building).returncode
     except LifecycleRefused as exc:
         print(f"build refused: {exc}", file=sys.stderr)
         return 1

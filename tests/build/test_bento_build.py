@@ -9,14 +9,25 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
+import httpx
 import joblib
 import pytest
 import yaml
 from sklearn.dummy import DummyRegressor
 
-from tests.conftest import BIN, LIFECYCLE_STATE_ENV, ROOT, private_home
+from despliegue import registry
+from tests.conftest import (
+    BIN,
+    LIFECYCLE_STATE_ENV,
+    ROOT,
+    free_port,
+    private_home,
+    runner_apart_config,
+    stop_server,
+)
 
 pytestmark = pytest.mark.build
 
@@ -97,6 +108,9 @@ def test_bento_holds_code_configuration_and_models(built_bento: Path) -> None:
     assert services["Despliegue"]["config"]["runner_connection"]["max_requests"] == 1_000_000
     tags = [m["tag"] for service in manifest["services"] for m in service["models"]]
     assert all(":" in tag and not tag.endswith(":latest") for tag in tags)
+    # Every runner is a service of the Bento, also those answered inside the API worker by
+    # default (`placement`): any of them can be started apart from the same image.
+    assert {family.runner_class().name for family in registry.FAMILIES} <= services.keys()
 
 
 def test_bento_locks_the_installed_bentoml(built_bento: Path) -> None:
@@ -138,3 +152,50 @@ def test_the_bento_serves_what_was_promoted(
     state_file, served, source = json.loads(result.stdout.splitlines()[-1])
     assert state_file == str(bento / "src" / "served.json")
     assert (served, source) == (tag, "state file")
+
+
+def test_a_runner_answered_in_the_api_starts_apart_from_the_bento(
+    built_bento: Path, promoted: tuple[str, str], tmp_path: Path
+) -> None:
+    """As a split deployment's runner pod starts the image: `despliegue.serving` on the Bento,
+    the one tier named, with a configuration that places heat flow in a process of its own."""
+    home, tag = promoted
+    with tarfile.open(built_bento) as archive:
+        archive.extractall(tmp_path / "bento", filter="data")
+    bento = tmp_path / "bento"
+    port, log_path = free_port(), tmp_path / "runner.log"
+    env = {k: v for k, v in os.environ.items() if k != LIFECYCLE_STATE_ENV}
+    env.update(
+        BENTOML_HOME=home,
+        DESPLIEGUE_SERVICE="HeatFlowRegressor",
+        DESPLIEGUE_CONFIG=str(runner_apart_config(tmp_path, "heatflow")),
+        PYTHONPATH=str(bento / "src"),
+    )
+    command = [sys.executable, "-m", "despliegue.serving", str(bento), "--port", str(port)]
+    with log_path.open("wb") as log:
+        runner = subprocess.Popen(
+            [*command, "--host", "127.0.0.1"],
+            cwd=bento / "src",
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert runner.poll() is None, f"exited {runner.returncode}: {log_path.read_text()}"
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/predict", json={"sediment_thickness_m": [100.0]}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        assert tag in answer.text  # the promoted model packed into the Bento answered
+    finally:
+        stop_server(runner)
