@@ -52,7 +52,7 @@ from despliegue.answers.heatflow import heat_flow_response
 from despliegue.artifacts import require_models_in_store
 from despliegue.bentoml_compat import bentoml_home
 from despliegue.catalog import Catalog
-from despliegue.coalescing import RunnerMethod, coalesce
+from despliegue.coalescing import RunnerMethod, coalesce, surviving_restarts
 from despliegue.config import settings
 from despliegue.contracts import ModelCard, ShadowStats
 from despliegue.drift.capture import count_pending, families, observed, storage_dir, worker_name
@@ -77,6 +77,7 @@ from despliegue.images import (
 )
 from despliegue.lifecycle.metrics import unzip
 from despliegue.lifecycle.pack import building_a_bento
+from despliegue.lifecycle.pinning import PINNED_SUFFIX, pinnable
 from despliegue.lifecycle.plans import packs_served_models, served_tags
 from despliegue.schemas import (
     AntibioticPanelListing,
@@ -215,10 +216,14 @@ class Despliegue:
         self.calls: dict[str, RunnerMethod[Any, Any]] = {
             model.key: self.monitored(
                 model.key,
-                coalesce(
-                    f"{family.service_name}.{model.method}",
-                    self.runner_method(family.name, model.method, family.runner_class()),
-                    settings().families[model.key].batching,
+                pinnable(
+                    model.key,
+                    coalesce(
+                        f"{family.service_name}.{model.method}",
+                        self.runner_method(family.name, model.method, family.runner_class()),
+                        settings().families[model.key].batching,
+                    ),
+                    self.pinned_runner_method(family, model.method),
                 ),
             )
             for family in registry.FAMILIES
@@ -244,6 +249,21 @@ class Despliegue:
         """A runner method reached at call time (the dependency resolves in the worker)."""
         prepare = as_declared(runner, method)
         return lambda items: getattr(getattr(self, family).to_async, method)(prepare(items))
+
+    def pinned_runner_method(
+        self, family: registry.Family, method: str
+    ) -> Callable[[list[Any], str], Awaitable[Any]]:
+        """The method's unbatched twin, answered by one loaded tag (a V2 infer pinned to a
+        version: despliegue/lifecycle/pinning.py); it survives a runner restart as well."""
+        prepare = as_declared(family.runner_class(), method)
+        twin = method + PINNED_SUFFIX
+
+        def call(items: list[Any], tag: str) -> Awaitable[Any]:
+            runner = getattr(getattr(self, family.name).to_async, twin)
+            name = f"{family.service_name}.{twin}"
+            return surviving_restarts(name, lambda batch: runner(prepare(batch), tag=tag))(items)
+
+        return call
 
     async def model_input(self, key: str) -> ModelInput:
         """The input size a CNN takes, as its model card's preprocessing records it."""

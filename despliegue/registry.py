@@ -326,11 +326,22 @@ def check(families: tuple[Family, ...] | None = None) -> None:
         apis = getattr(runner, "apis", None)
         if apis is None:
             raise ValueError(f"family {entry.name!r}: {entry.runner} is not a @bentoml.service")
+        if "describe" not in apis:
+            raise ValueError(
+                f"family {entry.name!r}: {entry.service_name} needs a `describe` API method "
+                "(GET /models lists the cards it returns)"
+            )
         for model in entry.models:
             if model.method not in apis:
                 raise ValueError(
                     f"family {entry.name!r}: {entry.service_name} has no API method "
                     f"{model.method!r} (it has {sorted(apis)})"
+                )
+            if model.inference and model.method + "_pinned" not in apis:
+                raise ValueError(
+                    f"family {entry.name!r}: {entry.service_name} has no {model.method}_pinned "
+                    "(a V2 infer pinned to a version calls it): decorate the class with "
+                    "@with_pinned_twins (despliegue/lifecycle/pinning.py)"
                 )
             try:
                 recipe = imported(model.recipe)
@@ -348,11 +359,6 @@ def check(families: tuple[Family, ...] | None = None) -> None:
                 raise ValueError(f"family {entry.name!r}: batch {entry.batch!r}: {exc}") from exc
             if getattr(scorer, "family", None) != entry.name:
                 raise ValueError(f"family {entry.name!r}: {entry.batch} is not its batch scorer")
-        if "describe" not in apis:
-            raise ValueError(
-                f"family {entry.name!r}: {entry.service_name} needs a `describe` API method "
-                "(GET /models lists the cards it returns)"
-            )
 
 
 def _check_functions(entry: Family, model: Model) -> None:

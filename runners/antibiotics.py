@@ -26,6 +26,7 @@ from despliegue.compiled_runtime import OnnxModel
 from despliegue.config import settings
 from despliegue.contracts import Answered, ModelCard, PanelRow, RunnerModels
 from despliegue.heap import settle_worker_heap
+from despliegue.lifecycle.pinning import with_pinned_twins
 from despliegue.lifecycle.plans import packs_served_models
 from despliegue.lifecycle.swap import ServedModels
 from despliegue.startup import serve_until_callers_stop
@@ -65,6 +66,7 @@ def probabilities(member: PanelMember, features: np.ndarray) -> np.ndarray:
 
 @bentoml.service(**settings().service_options("AntibioticPanel"))
 @packs_served_models("antibiotics")
+@with_pinned_twins
 class AntibioticPanel:
     def __init__(self) -> None:
         # Compiled members need no TensorFlow; for one served by TensorFlow the loader sizes

@@ -17,6 +17,7 @@ import numpy as np
 from despliegue.config import settings
 from despliegue.contracts import LANDMARKS, Answered, DetectionRow, ModelCard, RunnerModels
 from despliegue.heap import settle_worker_heap
+from despliegue.lifecycle.pinning import with_pinned_twins
 from despliegue.lifecycle.plans import packs_served_models
 from despliegue.lifecycle.swap import ServedModels
 from despliegue.startup import serve_until_callers_stop
@@ -69,6 +70,7 @@ def validation_scores(validator: Any, crops: list[np.ndarray]) -> list[float]:
 
 @bentoml.service(**settings().service_options("FaceAnalyzer"))
 @packs_served_models("faces")
+@with_pinned_twins
 class FaceAnalyzer:
     def __init__(self) -> None:
         from despliegue.tensorflow_runtime import tensorflow_without_onednn

@@ -14,6 +14,7 @@ import numpy as np
 from despliegue.config import settings
 from despliegue.contracts import Answered, ModelCard, RunnerModels
 from despliegue.heap import settle_worker_heap
+from despliegue.lifecycle.pinning import with_pinned_twins
 from despliegue.lifecycle.plans import packs_served_models
 from despliegue.lifecycle.swap import ServedModels
 from despliegue.sklearn_input import OneColumnInput, text_column
@@ -41,6 +42,7 @@ def label_and_probability(prepared: tuple[Any, OneColumnInput], texts: list[str]
 
 @bentoml.service(**settings().service_options("FalseTrueClassifier"))
 @packs_served_models("falsetrue")
+@with_pinned_twins
 class FalseTrueClassifier:
     def __init__(self) -> None:
         self.models = ServedModels("falsetrue", prepare=with_input)

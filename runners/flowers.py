@@ -16,6 +16,7 @@ import numpy as np
 from despliegue.config import settings
 from despliegue.contracts import Answered, ModelCard, RunnerModels
 from despliegue.heap import settle_worker_heap
+from despliegue.lifecycle.pinning import with_pinned_twins
 from despliegue.lifecycle.plans import packs_served_models
 from despliegue.lifecycle.swap import ServedModels
 from despliegue.startup import serve_until_callers_stop
@@ -37,6 +38,7 @@ def probabilities(classifier: Any, images: list[np.ndarray]) -> list[np.ndarray]
 
 @bentoml.service(**settings().service_options("FlowerClassifier"))
 @packs_served_models("flowers")
+@with_pinned_twins
 class FlowerClassifier:
     def __init__(self) -> None:
         # A compiled model needs no TensorFlow; one served by TensorFlow has its thread pools

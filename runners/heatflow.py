@@ -14,6 +14,7 @@ import numpy as np
 from despliegue.config import settings
 from despliegue.contracts import Answered, ModelCard, RunnerModels
 from despliegue.heap import settle_worker_heap
+from despliegue.lifecycle.pinning import with_pinned_twins
 from despliegue.lifecycle.plans import packs_served_models
 from despliegue.lifecycle.swap import ServedModels
 from despliegue.sklearn_input import OneColumnInput, numeric_column
@@ -34,6 +35,7 @@ def heat_flow(prepared: tuple[Any, OneColumnInput], sediment_thickness_m: np.nda
 
 @bentoml.service(**settings().service_options("HeatFlowRegressor"))
 @packs_served_models("heatflow")
+@with_pinned_twins
 class HeatFlowRegressor:
     def __init__(self) -> None:
         self.models = ServedModels("heatflow", prepare=with_input)

@@ -6,6 +6,7 @@ choice recorded in the state file. The modules follow the processes they run in:
 - `state`: the state file and its history (read everywhere, written by the commands);
 - `plans`: what each family should serve, from the state file and configuration.yaml;
 - `swap`: in each runner, the loaded models and the hot swap with canary and shadow;
+- `pinning`: a call answered by one loaded version the caller names (V2 `/versions/{v}`);
 - `comparisons`: how a shadow's answers are compared (named per model by the registry);
 - `metrics`: the Prometheus series (answers per tag in the API; batches and shadows in runners);
 - `commands`: promote, rollback, canary, shadow (the operator's process);

@@ -35,6 +35,7 @@ from despliegue.lifecycle.metrics import (
     shadow_compared,
     shadow_difference,
 )
+from despliegue.lifecycle.pinning import NotLoaded, runner_pin
 from despliegue.lifecycle.plans import Plan, plans, resolve
 from despliegue.lifecycle.state import state_stamp
 from despliegue.startup import stop_server_on_failure
@@ -59,6 +60,17 @@ class FamilyModels:
     served: Loaded
     canary: Loaded | None
     shadow: Loaded | None
+
+    def lanes(self) -> list[tuple[str, Loaded]]:
+        return [
+            (lane, loaded)
+            for lane, loaded in (
+                ("served", self.served),
+                ("canary", self.canary),
+                ("shadow", self.shadow),
+            )
+            if loaded is not None
+        ]
 
 
 @dataclass
@@ -191,12 +203,7 @@ class ServedModels:
         self.families = pinned
 
     def _loaded_tags(self) -> set[str]:
-        return {
-            loaded.tag
-            for models in self.families.values()
-            for loaded in (models.served, models.canary, models.shadow)
-            if loaded
-        }
+        return {loaded.tag for models in self.families.values() for _, loaded in models.lanes()}
 
     # Serving ---------------------------------------------------------------------------------
 
@@ -207,11 +214,22 @@ class ServedModels:
         self, family: str, batch: Any, call: Callable[[Any, Any], Sequence[Any]]
     ) -> list[Answered]:
         """`call(model, batch)` on the family's served model, or its canary for this share of
-        batches; each answer tagged; the shadow gets the batch afterwards, on its own thread."""
+        batches; each answer tagged; the shadow gets the batch afterwards, on its own thread.
+        A call pinned to a loaded tag (despliegue/lifecycle/pinning.py) is answered by that
+        model alone."""
         models = self.families[family]  # one snapshot for the whole batch
         chosen = models.served
         lane = "served"
-        if models.canary is not None and random.uniform(0, 100) < models.plan.percent:
+        pin = runner_pin()
+        if pin is not None:
+            lane, chosen = next(
+                ((lane, loaded) for lane, loaded in models.lanes() if loaded.tag == pin),
+                (None, None),
+            )
+            if chosen is None:
+                loaded = ", ".join(loaded.tag for _, loaded in models.lanes())
+                raise NotLoaded(f"{pin} is not loaded for {family} (loaded: {loaded})")
+        elif models.canary is not None and random.uniform(0, 100) < models.plan.percent:
             chosen, lane = models.canary, "canary"
         started = time.perf_counter()
         try:
@@ -221,7 +239,7 @@ class ServedModels:
             raise
         runner_seconds().labels(family, chosen.tag, lane).observe(time.perf_counter() - started)
         runner_calls().labels(family, chosen.tag, lane, "ok").inc()
-        if models.shadow is not None and lane == "served":
+        if models.shadow is not None and lane == "served" and pin is None:
             self._shadow(family, models.served.tag, models.shadow, batch, outputs, call)
         return [Answered(chosen.tag, output) for output in outputs]
 
@@ -274,13 +292,8 @@ class ServedModels:
     def describe(self) -> RunnerModels:
         cards, lanes, shadow = [], {}, {}
         for family, models in self.families.items():
-            for lane, loaded in (
-                ("served", models.served),
-                ("canary", models.canary),
-                ("shadow", models.shadow),
-            ):
-                if loaded is not None:
-                    cards.append(loaded.card.model_copy(update={"serves": family, "lane": lane}))
+            for lane, loaded in models.lanes():
+                cards.append(loaded.card.model_copy(update={"serves": family, "lane": lane}))
             lanes[family] = {
                 "served": models.served.tag,
                 "canary": models.canary.tag if models.canary else None,

@@ -11,6 +11,7 @@ for every route; `BearerAuth` asks despliegue/v2/naming.py for a V2 path's scope
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any
 
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from despliegue import __version__, registry
 from despliegue.contracts import ModelCard
 from despliegue.errors import ClientError
+from despliegue.lifecycle.pinning import pinned_to
 from despliegue.v2.naming import V2_TAG, model_key, signature
 from despliegue.v2.protocol import HEADER_LENGTH, V2Error, encode_response, parse_infer_request
 
@@ -104,6 +106,22 @@ async def loaded_cards(service: Any, name: str, version: str | None = None) -> l
     return pinned
 
 
+async def pinned_answer(
+    service: Any, name: str, version: str, card: ModelCard, answer: Awaitable[Any]
+) -> Any:
+    """`answer` given by the loaded version `version` alone, whichever lane holds it
+    (despliegue/lifecycle/pinning.py); 404 if a swap took it away meanwhile."""
+    key = model_key(name) or ""
+    try:
+        with pinned_to(key, card.tag):
+            return await answer
+    except ClientError:
+        raise
+    except Exception:
+        await loaded_cards(service, name, version)  # the protocol's 404 if it is gone now
+        raise
+
+
 def served_first(cards: list[ModelCard]) -> ModelCard:
     return next((card for card in cards if card.lane in {None, "served"}), cards[0])
 
@@ -170,15 +188,15 @@ def install(app: FastAPI) -> None:
         name, version = request.path_params["name"], request.path_params.get("version")
         try:
             card = served_first(await loaded_cards(self, name, version))
-            if version is not None and card.lane not in {None, "served"}:
-                raise V2Error(
-                    ["version"],
-                    f"version {version!r} is loaded as the {card.lane}; infer answers with the "
-                    "served version (and the canary's share); pin the served one or none",
-                    HTTPStatus.CONFLICT,
-                )
             parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
-            answered = await signature(model_key(name) or "").answer(self, parsed, card)
+            key = model_key(name) or ""
+            answer = signature(key).answer
+            if version is None:  # the everyday path: canary share and shadow as configured
+                answered = await answer(self, parsed, card)
+            else:
+                answered = await pinned_answer(
+                    self, name, version, card, answer(self, parsed, card)
+                )
             if isinstance(answered, Response):
                 return answered
             body, headers = encode_response(

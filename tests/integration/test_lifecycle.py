@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import joblib
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.dummy import DummyRegressor
@@ -269,6 +270,96 @@ def test_shadow_gets_a_copy_and_is_compared(deployment: Deployment) -> None:
 
     deployment.save_models("shadow", "heatflow", "--why", "done")
     deployment.wait_loaded("heatflow", served=v1, shadow=None)
+
+
+def version_of(tag: str) -> str:
+    return tag.partition(":")[2]
+
+
+def v2_heatflow(deployment: Deployment, version: str | None) -> tuple[float, str]:
+    """One V2 infer on heatflow_svr, pinned to `version` or not: (answer, tag that answered)."""
+    path = "/v2/models/heatflow_svr" + (f"/versions/{version}" if version else "") + "/infer"
+    tensor = {"name": "sediment_thickness_m", "datatype": "FP64", "shape": [1], "data": [1500]}
+    answer = deployment.server.post(path, {"inputs": [tensor]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return body["outputs"][0]["data"][0], f"{body['model_name']}:{body['model_version']}"
+
+
+def test_v2_infer_pinned_to_a_version_answers_with_that_model_whatever_its_lane(
+    deployment: Deployment,
+) -> None:
+    """The Open Inference Protocol's /versions/{version}/infer: the served model, the canary or
+    the shadow answers alone (no canary share, no shadow copy); unpinned calls are routed as
+    every request is."""
+    served = deployment.family("heatflow")["served"]
+    served_answer = deployment.server.post("/heatflow", HEATFLOW_BODY).json()["heat_flow_mw_m2"]
+    canary, shadow = import_heatflow(deployment, 41.0), import_heatflow(deployment, 42.0)
+    deployment.save_models("canary", "heatflow", canary, "50", "--why", "pinning")
+    deployment.save_models("shadow", "heatflow", shadow, "--why", "pinning")
+    deployment.wait_loaded("heatflow", served=served, canary=canary, shadow=shadow)
+    compared = deployment.server.get("/models/heatflow/compare").json()["compared"]
+
+    for tag, expected in ((canary, 41.0), (shadow, 42.0), (served, served_answer[0])):
+        answers = [v2_heatflow(deployment, version_of(tag)) for _ in range(20)]
+        assert {answered for _, answered in answers} == {tag}, answers
+        assert all(value == pytest.approx(expected) for value, _ in answers), answers
+    # Pinned calls gave the shadow no copies; unpinned ones are split with the canary (50 %).
+    assert deployment.server.get("/models/heatflow/compare").json()["compared"] == compared
+    unpinned = {v2_heatflow(deployment, None)[1] for _ in range(40)}
+    assert unpinned == {served, canary}
+
+    gone = import_heatflow(deployment, 43.0)  # stored, never loaded
+    refused = deployment.server.post(
+        f"/v2/models/heatflow_svr/versions/{version_of(gone)}/infer",
+        {
+            "inputs": [
+                {"name": "sediment_thickness_m", "datatype": "FP64", "shape": [1], "data": [1]}
+            ]
+        },
+    )
+    assert refused.status_code == 404 and "is not loaded" in refused.json()["error"]
+    deployment.save_models("canary", "heatflow", canary, "0", "--why", "done")
+    deployment.save_models("shadow", "heatflow", "--why", "done")
+    deployment.wait_loaded("heatflow", served=served, canary=None, shadow=None)
+
+
+def test_v2_infer_pinned_to_a_canary_crosses_the_runner_hop(deployment: Deployment) -> None:
+    """The antibiotic panel runs in a runner process of its own: a pinned call reaches the
+    runner's unbatched twin method and is answered by the canary, every time, at a 1 % share."""
+    served = deployment.family("antibiotics.AMK")["served"]
+    amk = Path(deployment.home, "models", "modelo_amk_nm", version_of(served), "model.keras")
+    artifact = deployment.folder / "amk-copy.keras"
+    shutil.copyfile(amk, artifact)
+    printed = deployment.save_models("import", "modelo_AMK_NM", str(artifact))
+    canary = re.search(r"(modelo_amk_nm:\w+) is a candidate", " ".join(printed.split()))[1]
+    deployment.save_models("canary", "antibiotics.AMK", canary, "1", "--why", "pinning")
+    deployment.wait_loaded("antibiotics.AMK", served=served, canary=canary)
+    panel = deployment.server.get("/antibiotics").json()["antibiotics"]
+    length = next(entry["input_length"] for entry in panel if entry["code"] == "AMK")
+    tensor = {"name": "features", "datatype": "FP32", "shape": [1, length], "data": [0.5] * length}
+    seed = deployment.server.post("/antibiotics", {"features": [[0.5] * length], "codes": ["AMK"]})
+    served_answer = seed.json()["results"][0]["predictions"][0]["probabilities"]
+    # The canary called directly: its stored ONNX form (checked against its Keras file at
+    # import). An imported copy of the reference file takes the features unscaled (the
+    # reference's standardisation is on its card), so its answers differ from the served one's.
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(Path(deployment.home, "models", "modelo_amk_nm", version_of(canary), "model.onnx"))
+    )
+    features = np.full((1, length), 0.5, dtype=np.float32)
+    (direct,) = session.run(None, {session.get_inputs()[0].name: features})[0].tolist()
+    assert direct != pytest.approx(list(served_answer.values()), abs=1e-3)
+    for _ in range(10):
+        answer = deployment.server.post(
+            f"/v2/models/modelo_AMK_NM/versions/{version_of(canary)}/infer", {"inputs": [tensor]}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == version_of(canary)
+        assert answer.json()["outputs"][1]["data"] == pytest.approx(direct, abs=2e-4)
+    deployment.save_models("canary", "antibiotics.AMK", canary, "0", "--why", "done")
+    deployment.wait_loaded("antibiotics.AMK", served=served, canary=None)
 
 
 def test_a_new_antibiotic_joins_the_running_panel(deployment: Deployment) -> None:
