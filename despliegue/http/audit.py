@@ -32,6 +32,7 @@ from despliegue.http.auth import PROBES
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 NOT_AUDITED_PREFIXES = ("/static_content/", "/ui/")
 MAX_SNIFFED_BODY = 1 << 20  # responses larger than this are not parsed for model tags
+V2_JSON_HEADER_LENGTH = b"inference-header-content-length"  # despliegue/v2/protocol.py
 TIMED_OUT = 504  # what BentoML answers a request it cuts at `traffic.timeout`
 
 
@@ -149,9 +150,10 @@ class AuditLog:
         # whole answer once they are all sent, even if an empty final message follows.
         declared: int | None = None
         sent = 0
+        sniff_limit = MAX_SNIFFED_BODY + 1  # bytes worth reading for tags
 
         async def send_and_watch(message: Message) -> None:
-            nonlocal sniff, declared, sent
+            nonlocal sniff, declared, sent, sniff_limit
             if message["type"] in {"websocket.accept", "websocket.close"} and not written:
                 # A handshake's outcome: accepted (101), or closed before it was (403).
                 accepted = message["type"] == "websocket.accept"
@@ -167,10 +169,18 @@ class AuditLog:
                 length = dict(headers).get(b"content-length", b"")
                 declared = int(length) if length.isdigit() else None
                 sniff = content_type.startswith(b"application/json")
+                # An Open Inference answer with binary tensors: a JSON header of this length,
+                # then the tensors' bytes; the tags are in the header.
+                json_header = dict(headers).get(V2_JSON_HEADER_LENGTH, b"")
+                if json_header.isdigit():
+                    sniff, sniff_limit = True, int(json_header)
                 message = {**message, "headers": headers}
             elif message["type"] in {"http.response.body", "websocket.http.response.body"}:
                 if sniff:
                     response_body.extend(message.get("body", b""))
+                    if len(response_body) >= sniff_limit:
+                        sniff = False
+                        del response_body[sniff_limit:]  # the JSON header is all there is to read
                     if len(response_body) > MAX_SNIFFED_BODY:
                         sniff = False
                         response_body.clear()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -158,3 +158,35 @@ def test_the_line_is_written_once_the_declared_body_is_sent(tmp_path: Path) -> N
     [[line]] = seen_when_body_sent
     assert line["models"] == ["heatflow_svr:v1"] and line["status"] == 200
     assert len(lines(path)) == 1
+
+
+def test_a_v2_answer_with_binary_tensors_is_audited_with_its_model_tag(tmp_path: Path) -> None:
+    """An Open Inference answer asked in binary is a JSON header and then raw tensor bytes
+    (not JSON as a whole): the tag is read from the header, as the protocol's encoder wrote it."""
+    import numpy as np
+
+    from despliegue.v2.protocol import Output, encode_response, parse_infer_request
+
+    request = parse_infer_request(
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode(),
+        None,
+    )
+    outputs = [Output("heat_flow_mw_m2", "FP64", np.arange(300, dtype=np.float64))]
+    body, headers = encode_response("heatflow_svr", "v7", request, outputs)
+
+    async def answer(request: Request) -> Response:
+        await request.body()
+        return Response(body, headers=headers)
+
+    app = Starlette(routes=[Route("/v2/models/heatflow_svr/infer", answer, methods=["POST"])])
+    path = tmp_path / "audit.jsonl"
+    app.add_middleware(AuditLog, audit=AuditSettings(stdout=False, file=str(path)))
+    got = TestClient(app).post("/v2/models/heatflow_svr/infer", content=b"{}")
+    assert got.headers["content-type"] == "application/octet-stream"
+    [line] = lines(path)
+    assert line["models"] == ["heatflow_svr:v7"]
