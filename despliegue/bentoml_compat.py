@@ -96,6 +96,11 @@ REACHES: tuple[Reach, ...] = (
         "the logger of request exceptions, filtered to one line per client mistake (errors.py)",
     ),
     Reach(TAG_LOGGER, "logger", "the logger of tag-case warnings, quieted (despliegue/quiet.py)"),
+    Reach(
+        "bentoml._internal.marshal.dispatcher",
+        "CorkDispatcher",
+        "adaptive batching's cost learning, set never to hold a lone request (config.py)",
+    ),
 )
 
 
@@ -174,3 +179,24 @@ def load_service(bento: str, working_dir: str) -> Any:
     return reach("bentoml._internal.service.loader", "load")(
         bento_identifier=bento, working_dir=working_dir
     )
+
+
+def batching_never_holds_a_lone_request() -> None:
+    """BentoML's adaptive batching learns a model's cost on a runner's first calls; to learn
+    batches of 2 and of 3 it holds the first request up to (2n+1)·a+b seconds waiting for more
+    (`CorkDispatcher.train_optimizer`): for MTCNN (~0.2 s a call) a lone client waited ~1.2 s,
+    twice, the /face tail. Here every training call takes what is queued, whatever its size,
+    without waiting: the estimate still comes from real calls and is refreshed from live
+    batches every few seconds, as before. Idempotent."""
+    dispatcher = reach("bentoml._internal.marshal.dispatcher", "CorkDispatcher")
+    learn = dispatcher.train_optimizer
+    if getattr(learn, "never_holds", False):
+        return
+
+    async def train_optimizer(
+        self: Any, num_required_reqs: int, num_reqs_to_train: int, training_batch_size: int
+    ) -> None:
+        await learn(self, num_required_reqs, num_reqs_to_train, 1)  # 1: no wait for more
+
+    train_optimizer.never_holds = True  # type: ignore[attr-defined]
+    dispatcher.train_optimizer = train_optimizer

@@ -57,9 +57,13 @@ class Batching(StrictModel):
     calls_in_flight: int = Field(default=1, ge=1, le=64, exclude=True)
 
     def api_options(self) -> dict[str, Any]:
-        """Keyword arguments for a batchable runner method's `@bentoml.api(...)`."""
+        """Keyword arguments for a batchable runner method's `@bentoml.api(...)`; BentoML's
+        dispatcher set to learn a model's cost without holding a lone request."""
         if not self.enabled:
             return {"batchable": False}
+        from despliegue.bentoml_compat import batching_never_holds_a_lone_request
+
+        batching_never_holds_a_lone_request()
         return {"batchable": True, **self.model_dump()}
 
 

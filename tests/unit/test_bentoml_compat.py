@@ -4,6 +4,7 @@ says (it fails naming the reach on a BentoML upgrade), and nothing else reaches 
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib
 import logging
 from pathlib import Path
@@ -73,3 +74,37 @@ def test_no_other_module_of_the_product_reaches_private_bentoml() -> None:
         hit for path in sources if path.name != "bentoml_compat.py" for hit in private_imports(path)
     ]
     assert reaches == [], "reach private BentoML through despliegue/bentoml_compat.py"
+
+
+def test_adaptive_batching_learns_without_holding_a_lone_request() -> None:
+    """A lone client's calls go through BentoML's real dispatcher one at a time. Unpatched, it
+    holds the call that trains batches of 2 for up to (2·2+1)·a+b seconds (a, b: its cost
+    estimate; kept here at its start values, 1.33 and 0.67 s for a 20 s deadline) waiting for
+    a second request that never comes; patched, every call leaves at once."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    from despliegue.bentoml_compat import batching_never_holds_a_lone_request
+
+    batching_never_holds_a_lone_request()
+    batching_never_holds_a_lone_request()  # idempotent: wrapped once
+
+    async def lone_client() -> list[int]:
+        dispatcher = CorkDispatcher(
+            max_latency_in_ms=20_000,
+            max_batch_size=8,
+            fallback=lambda: None,
+            get_batch_size=lambda item: 1,
+        )
+        dispatcher.optimizer.trigger_refresh = lambda: None  # keep the start estimate
+
+        async def model(items: list[int]) -> list[int]:
+            return [item * 2 for item in items]
+
+        call = dispatcher(model)
+        answers = [await call(item) for item in range(12)]  # past every training phase
+        dispatcher.shutdown()
+        return answers
+
+    # Held, the 10th call alone would wait ~7.3 s; sent at once, all 12 take milliseconds.
+    answers = asyncio.run(asyncio.wait_for(lone_client(), timeout=5))
+    assert answers == [item * 2 for item in range(12)]
