@@ -9,7 +9,6 @@ methods, and a client mistake.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import textwrap
@@ -17,24 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.client.venvs import client_venv_python, run_in_client_venv
 from tests.conftest import ROOT, LiveServer
 from tests.image_samples import encode, photo
 
 pytestmark = pytest.mark.integration
 
-CLIENT_PYTHON = Path(os.environ.get("DESPLIEGUE_CLIENT_VENV", ROOT / ".venv-client")) / "bin/python"
 README_CLIENT = 'bentoml.SyncHTTPClient("http://localhost:3000")'
 SERVER_CLIENT = 'bentoml.SyncHTTPClient(os.environ["DESPLIEGUE_URL"], token=os.environ["TOKEN"])'
 
 
 @pytest.fixture(scope="module")
 def client_python() -> Path:
-    if not CLIENT_PYTHON.exists():
-        reason = f"no client venv at {CLIENT_PYTHON.parent.parent}: run `make client-venv`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return CLIENT_PYTHON
+    return client_venv_python("DESPLIEGUE_CLIENT_VENV", ".venv-client", "client-venv")
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +40,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(client_python: Path, server: LiveServer, workdir: Path, code: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(
-        {"DESPLIEGUE_URL": server.url, "TOKEN": server.token, "BENTOML_DO_NOT_TRACK": "true"}
-    )
-    result = subprocess.run(
-        [str(client_python), "-c", "import os\n" + code],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, (
-        f"{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-    return result.stdout
+    return run_in_client_venv(client_python, server, workdir, "import os\n" + code)
 
 
 def readme_python_blocks() -> list[str]:

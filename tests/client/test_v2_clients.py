@@ -15,21 +15,18 @@ import json
 import os
 import re
 import subprocess
-import textwrap
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.client.venvs import client_venv_python, run_in_client_venv
 from tests.conftest import HEATFLOW_TOKEN, ROOT, LiveServer
 from tests.image_samples import encode, photo
 
 pytestmark = pytest.mark.integration
 
-V2_CLIENT_PYTHON = (
-    Path(os.environ.get("DESPLIEGUE_V2_CLIENT_VENV", ROOT / ".venv-v2client")) / "bin/python"
-)
 THICKNESSES = [250.0, 1500.0, 6000.0]
 TEXTS = ["El banco central publicó su informe anual.", "¡Los médicos odian este truco!"]
 FEATURES = [[1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0], [0] * 16]
@@ -37,12 +34,7 @@ FEATURES = [[1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0], [0] * 16]
 
 @pytest.fixture(scope="module")
 def v2_python() -> Path:
-    if not V2_CLIENT_PYTHON.exists():
-        reason = f"no V2 client venv at {V2_CLIENT_PYTHON.parent.parent}: run `make v2-client-venv`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return V2_CLIENT_PYTHON
+    return client_venv_python("DESPLIEGUE_V2_CLIENT_VENV", ".venv-v2client", "v2-client-venv")
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +49,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_client(python: Path, server: LiveServer, workdir: Path, code: str) -> dict:
     """Run `code` in the client venv; it prints one JSON object, returned here."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update({"DESPLIEGUE_URL": server.url, "TOKEN": server.token})
-    result = subprocess.run(
-        [str(python), "-c", textwrap.dedent(code)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, (
-        f"{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = run_in_client_venv(python, server, workdir, code)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_the_v2_client_venv_holds_only_the_clients(v2_python: Path, tmp_path: Path) -> None:
