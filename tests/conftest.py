@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import httpx
@@ -183,23 +184,34 @@ def start_server(
     return process
 
 
-def wait_until_serving(
-    url: str, process: subprocess.Popen[bytes], log_path: Path, **httpx_options: object
+def wait_until_answers(
+    url: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    within_s: float = 240,
+    **httpx_options: Any,
 ) -> None:
-    """Wait for /models to answer 200: it calls every runner, so all models are loaded."""
-    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-    deadline = time.monotonic() + 240
+    """Wait for GET `url` to answer 200; fail with the log's end if the process exits first
+    or `within_s` passes."""
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            answer = httpx.get(f"{url}/models", headers=headers, timeout=5, **httpx_options)
-            if answer.status_code == 200:
+            if httpx.get(url, timeout=5, **httpx_options).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"server not ready in 240 s:\n{log_path.read_text()[-4000:]}")
+    pytest.fail(f"{url} not answering in {within_s:g} s:\n{log_path.read_text()[-4000:]}")
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, **httpx_options: Any
+) -> None:
+    """Wait for /models to answer 200: it calls every runner, so all models are loaded."""
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    wait_until_answers(f"{url}/models", process, log_path, headers=headers, **httpx_options)
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:

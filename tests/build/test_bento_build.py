@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ from tests.conftest import (
     private_home,
     runner_apart_config,
     stop_server,
+    wait_until_answers,
 )
 
 pytestmark = pytest.mark.build
@@ -182,16 +182,7 @@ def test_a_runner_answered_in_the_api_starts_apart_from_the_bento(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert runner.poll() is None, f"exited {runner.returncode}: {log_path.read_text()}"
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_until_answers(f"http://127.0.0.1:{port}/readyz", runner, log_path, within_s=180)
         answer = httpx.post(
             f"http://127.0.0.1:{port}/predict", json={"sediment_thickness_m": [100.0]}, timeout=30
         )

@@ -11,15 +11,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import BIN, free_port, stop_server
+from tests.conftest import BIN, free_port, stop_server, wait_until_answers
 from tests.postgres import binaries, postgres_server
 
 
@@ -73,7 +71,7 @@ def mlflow_tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         )  # fmt: skip
         stack.callback(stop_server, process)
         url = f"http://127.0.0.1:{port}"
-        _wait_for(url, process, folder / "mlflow.log")
+        wait_until_answers(f"{url}/health", process, folder / "mlflow.log", within_s=120)
         yield TrackingServer(url=url, backend_store=backend_store, postgres_missing=missing)
 
 
@@ -121,17 +119,3 @@ def _restore_tracking_uri(previous: str | None) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not ready in 120 s:\n{log.read_text()[-3000:]}")
