@@ -75,9 +75,9 @@ test: venv client-venv v2-client-venv postgresql  ## run the whole test suite (u
 unit: venv  ## the inner loop (< 1 min): tests/unit without the tests that start processes
 	$(BIN)/python -m pytest tests/unit -m "not processes" -q
 
-soak-check: venv  ## the 3-minute soak test, alone on the machine (CI runs it after `make test`)
-	DESPLIEGUE_SOAK_MINUTES=3 $(BIN)/python -m pytest tests/integration/test_soak.py -m serial \
-		--durations=5
+soak-check: venv  ## the checks of memory over time, alone on the machine: the 3-minute soak and the face runner over varied image sizes (CI runs them after `make test`)
+	DESPLIEGUE_SOAK_MINUTES=3 $(BIN)/python -m pytest tests/integration/test_soak.py \
+		tests/integration/test_image_memory.py -m serial --durations=5
 
 postgresql:  ## install Debian's PostgreSQL for the MLflow test (root, apt; says why if it cannot)
 	-scripts/postgresql.sh

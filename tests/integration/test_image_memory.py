@@ -164,11 +164,14 @@ def test_peak_memory_under_16_concurrent_worst_case_image_requests(
             assert "max_pixels_in_flight" in answer.json()["error"]
 
 
+@pytest.mark.serial
 def test_the_face_runner_gives_memory_back_over_varied_image_sizes(
     memory_server: LiveServer,
 ) -> None:
     """Every request a new image size (64-2048 px a side): the face runner's RSS grew without
-    bound here (0.77 -> 9 GB with large images). Warm-up: the first 40 requests."""
+    bound here (0.77 -> 9 GB with large images). Warm-up: the first 40 requests. It judges
+    memory over two minutes, so it runs with the soak, alone on the machine (`make soak-check`),
+    not in `make test`."""
     requests, warmup = 160, 40
     counts: dict = {"sent": 0, "statuses": {}}
     headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
