@@ -119,19 +119,22 @@ def _start_counting(loop: asyncio.AbstractEventLoop, cards_of: CardsOf, recorder
 
 
 async def count_pending(cards_of: CardsOf, recorder: Recorder) -> None:
-    """Count every pending call into its model's window (the only way calls enter one)."""
-    calls, recorder.pending = recorder.pending, []
-    # Consecutive calls of one method are summarised together, in the order they answered.
-    for name, group in itertools.groupby(calls, key=lambda call: call[0]):
-        items: list[Any] = []
-        answers: list[Any] = []
-        for _, call_items, call_answers in group:
-            items.extend(call_items)
-            answers.extend(call_answers)
-        try:
-            await _count(monitored_methods()[name], items, answers, cards_of, recorder)
-        except Exception:
-            log.exception("drift capture of %s calls failed", name)
+    """Count every pending call into its model's window (the only way calls enter one). Two
+    counts (the timer's and a /drift report's) never interleave: the second waits, then
+    counts what was answered meanwhile."""
+    async with recorder.counting:
+        calls, recorder.pending = recorder.pending, []
+        # Consecutive calls of one method are summarised together, in the order they answered.
+        for name, group in itertools.groupby(calls, key=lambda call: call[0]):
+            items: list[Any] = []
+            answers: list[Any] = []
+            for _, call_items, call_answers in group:
+                items.extend(call_items)
+                answers.extend(call_answers)
+            try:
+                await _count(monitored_methods()[name], items, answers, cards_of, recorder)
+            except Exception:
+                log.exception("drift capture of %s calls failed", name)
 
 
 async def _count(

@@ -11,6 +11,7 @@ their first `drift.baseline_items` answered items (held in memory until then, no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -54,6 +55,9 @@ class Recorder:
         self.metrics = service_metrics() if settings.capture else None
         # Answered calls not yet counted: (method, items, answers), despliegue/drift/capture.py.
         self.pending: list[tuple[str, Any, Any]] = []
+        # Held while pending calls are counted: one count at a time, so calls enter their
+        # windows in the order they were answered (a window closes at an exact item count).
+        self.counting = asyncio.Lock()
         self._load()
 
     def attach(self, tag: str, family: str, baseline: dict[str, Any] | None) -> ModelState:

@@ -242,3 +242,67 @@ def test_observing_all_values_at_once_counts_as_observing_each() -> None:
         (s.name[3:], s.labels, s.value) for s in second.samples if "created" not in s.name
     ]
     assert any(s.name.endswith("_count") and s.value == len(values) for s in second.samples)
+
+
+def test_two_counts_at_once_fill_windows_in_the_order_calls_were_answered(tmp_path: Path) -> None:
+    """The timer's count and a /drift report's count may start together; the first awaits the
+    model cards while the second has later calls. Windows close at an exact item count, so if
+    the second counted first, items would change windows: it waits instead."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from despliegue.contracts import Answered, ModelCard
+    from despliegue.drift.capture import count_pending
+
+    rng = np.random.default_rng(6)
+    thickness = np.concatenate([rng.uniform(0, 6_000, 150), rng.uniform(6_000, 12_000, 250)])
+    baseline = build_baseline(
+        Summary(numeric={"sediment_thickness_m": rng.uniform(0, 12_000, 900).tolist()}),
+        {"heat_flow_mw_m2": rng.uniform(40, 100, 900).tolist()},
+        source="reference",
+    )
+    card = ModelCard(
+        tag="heatflow_svr:v1",
+        family="heatflow",
+        framework="sklearn",
+        reference=True,
+        created=datetime.now(UTC),
+        metadata={"baseline": baseline},
+    )
+    calls = [
+        ("heatflow", list(chunk), [Answered(card.tag, 60.0 + v / 1e3) for v in chunk])
+        for chunk in np.split(thickness, [150, 300])
+    ]
+    settings = DriftSettings(window_items=100, min_items=50)
+
+    def windows(recorder: Recorder) -> list[list[int]]:
+        """Each closed window's thickness counts per baseline bin."""
+        return [w["inputs"]["sediment_thickness_m"] for w in recorder.models[card.tag].closed]
+
+    asked: list[str] = []
+
+    async def cards_of(runner: str) -> list[ModelCard]:
+        """As the catalog answers (it may ask the runner): the first question is the slow one."""
+        asked.append(runner)
+        await asyncio.sleep(0.05 if len(asked) == 1 else 0)
+        return [card]
+
+    async def in_order() -> Recorder:
+        recorder = Recorder(settings, tmp_path / "one", "1")
+        recorder.pending = list(calls)
+        await count_pending(cards_of, recorder)
+        return recorder
+
+    async def two_at_once() -> Recorder:
+        recorder = Recorder(settings, tmp_path / "two", "1")
+        recorder.pending = [calls[0]]
+        first = asyncio.create_task(count_pending(cards_of, recorder))
+        await asyncio.sleep(0)  # the first count holds call 0 and waits for the cards
+        recorder.pending.extend(calls[1:])
+        await asyncio.gather(first, count_pending(cards_of, recorder))
+        return recorder
+
+    expected = windows(asyncio.run(in_order()))
+    assert len(expected) == 4
+    asked.clear()
+    assert windows(asyncio.run(two_at_once())) == expected
