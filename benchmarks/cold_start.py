@@ -106,13 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))[0]
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-cold-"))
     base = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
-    env = {
-        **os.environ,
-        "BENTOML_HOME": args.home or str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "DESPLIEGUE_CONFIG": str(base),
-    }
+    env = servers.server_env(args.home or str(workdir / "bentoml"), DESPLIEGUE_CONFIG=str(base))
     if not args.home:
         prepare_store(env["BENTOML_HOME"], env)
     off = {**env, "DESPLIEGUE_CONFIG": str(compiled_off(base, workdir / "tensorflow.yaml"))}

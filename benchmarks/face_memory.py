@@ -109,13 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(result, args, warmup)
 
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-face-memory-"))
-    env = {
-        **os.environ,
-        "BENTOML_HOME": args.home or str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(servers.ROOT),
-    }
+    env = servers.server_env(args.home or str(workdir / "bentoml"), PYTHONPATH=str(servers.ROOT))
     prepare_store(env["BENTOML_HOME"], env)
     server_cpus, _ = servers.split_cpus(sorted(os.sched_getaffinity(0)))
     server = servers.start_bentoml(env, server_cpus, workdir / "serve.log")

@@ -59,12 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-profile-"))
-    env = {
-        **os.environ,
-        "BENTOML_HOME": args.home or str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = servers.server_env(args.home or str(workdir / "bentoml"))
     prepare_store(env["BENTOML_HOME"], env)
     server = servers.start_bentoml(env, cpus[0], workdir / "serve.log")
     day = dt.datetime.now(dt.UTC).date().isoformat()

@@ -71,13 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server_cpus, client_cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-cost-"))
-    env = {
-        **os.environ,
-        "BENTOML_HOME": args.home or str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(servers.ROOT),
-    }
+    env = servers.server_env(args.home or str(workdir / "bentoml"), PYTHONPATH=str(servers.ROOT))
     if args.config:
         env["DESPLIEGUE_CONFIG"] = str(Path(args.config).resolve())
     prepare_store(env["BENTOML_HOME"], env)

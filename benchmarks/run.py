@@ -324,13 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-bench-"))
     home = args.home or str(workdir / "bentoml")
     base_config = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
-    env = {
-        **os.environ,
-        "BENTOML_HOME": home,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "DESPLIEGUE_CONFIG": str(base_config),
-    }
+    env = servers.server_env(home, DESPLIEGUE_CONFIG=str(base_config))
     off_config = servers.batching_off_config(base_config, workdir / "batching-off.yaml")
     off_env = {**env, "DESPLIEGUE_CONFIG": str(off_config)}
     designs = 2 + sum(bool(p.baseline) + bool(p.mlflow_body) for p in paths) / len(paths)

@@ -438,13 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server_cpus, client_cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-soak-"))
-    env = {
-        **os.environ,
-        "BENTOML_HOME": args.home or str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(servers.ROOT),
-    }
+    env = servers.server_env(args.home or str(workdir / "bentoml"), PYTHONPATH=str(servers.ROOT))
     prepare_store(env["BENTOML_HOME"], env)
     server = servers.start_bentoml(env, server_cpus, workdir / "serve.log")
     os.sched_setaffinity(0, set(client_cpus))  # this process is the load generator

@@ -48,14 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-stress-"))
     config = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
     slo = load_settings(config).slo
-    env = {
-        **os.environ,
-        "BENTOML_HOME": args.home or str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "DESPLIEGUE_CONFIG": str(config),
-        "PYTHONPATH": str(servers.ROOT),
-    }
+    env = servers.server_env(
+        args.home or str(workdir / "bentoml"),
+        DESPLIEGUE_CONFIG=str(config),
+        PYTHONPATH=str(servers.ROOT),
+    )
     prepare_store(env["BENTOML_HOME"], env)
     steps = len([u for u in (2**i for i in range(16)) if u <= max_users])
     endpoints = []
