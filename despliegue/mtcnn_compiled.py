@@ -18,6 +18,7 @@ says why. Serving the exports imports neither TensorFlow nor mtcnn.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -132,34 +133,43 @@ class AreaResizer:
     TensorFlow computes it.
 
     Area resizing is separable: along an axis, each output cell is the mean of the input cells
-    it covers, the cells at its edges weighted by the fraction covered. An output cell covers
-    at most ceil(in/out) + 1 cells, so each axis is that many gathers and a weighted sum: the
-    work is about the input's size per scale, without a dense resize matrix."""
+    it covers, the cells at its edges weighted by the fraction covered, so each axis is a
+    sparse matrix (an output cell covers at most ceil(in/out) + 1 cells) applied to the image.
+    Measured on a 512 px pyramid, one core: 1.6x faster than one numpy gather per covered cell,
+    2.5x faster than a gather summed over its cells, and a dense matrix was slower still."""
 
     def __init__(self, images: np.ndarray) -> None:
         self.images = np.asarray(images, dtype=np.float32)
 
     def resized(self, height: int, width: int) -> np.ndarray:
-        return _area(_area(self.images, height, axis=1), width, axis=2)
+        count, rows_in, columns_in, channels = self.images.shape
+        down, across = area_matrix(rows_in, height), area_matrix(columns_in, width)
+        resized = np.empty((count, height, width, channels), dtype=np.float32)
+        for index, image in enumerate(self.images):
+            rows = (down @ image.reshape(rows_in, columns_in * channels)).reshape(
+                height, columns_in, channels
+            )
+            by_column = rows.transpose(1, 0, 2).reshape(columns_in, height * channels)
+            resized[index] = (
+                (across @ by_column).reshape(width, height, channels).transpose(1, 0, 2)
+            )
+        return resized
 
 
-def _area(values: np.ndarray, size: int, axis: int) -> np.ndarray:
-    length = values.shape[axis]
+@functools.lru_cache(maxsize=256)
+def area_matrix(length: int, size: int) -> Any:
+    """The (size x length) sparse matrix of an area resize along one axis."""
+    from scipy import sparse
+
     scale = length / size
     starts = np.arange(size) * scale
     ends = np.minimum(starts + scale, length)
     cells = np.floor(starts).astype(np.intp)[:, None] + np.arange(math.ceil(scale) + 1)
     covered = np.minimum(cells + 1, ends[:, None]) - np.maximum(cells, starts[:, None])
     weights = (np.clip(covered, 0, None) / scale).astype(np.float32)
-    cells = np.minimum(cells, length - 1)
-    shape = [1] * values.ndim
-    shape[axis] = size
-    # One gather per covered cell: summing a gathered (..., size, cells, ...) array over its
-    # middle axis was 2.5x slower.
-    result = np.take(values, cells[:, 0], axis=axis) * weights[:, 0].reshape(shape)
-    for k in range(1, cells.shape[1]):
-        result += np.take(values, cells[:, k], axis=axis) * weights[:, k].reshape(shape)
-    return result
+    rows = np.repeat(np.arange(size), cells.shape[1])
+    columns = np.minimum(cells, length - 1).ravel()
+    return sparse.csr_matrix((weights.ravel(), (rows, columns)), shape=(size, length))
 
 
 def decoded_windows(
@@ -259,8 +269,9 @@ def patches(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         :, None, :
     ]
     top, left = np.floor(ys), np.floor(xs)
-    y_lerp = (ys - top)[:, :, None, None]
-    x_lerp = (xs - left)[:, None, :, None]
+    # float32 weights: float64 ones made every sample float64 (2x slower crops).
+    y_lerp = (ys - top).astype(np.float32)[:, :, None, None]
+    x_lerp = (xs - left).astype(np.float32)[:, None, :, None]
     top_i = np.clip(top, 0, height - 1).astype(np.intp)[:, :, None]
     bottom_i = np.clip(np.ceil(ys), 0, height - 1).astype(np.intp)[:, :, None]
     left_i = np.clip(left, 0, width - 1).astype(np.intp)[:, None, :]
@@ -276,7 +287,7 @@ def patches(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     lower = pixels(bottom_i, left_i)
     lower = lower + (pixels(bottom_i, right_i) - lower) * x_lerp
     sampled = upper + (lower - upper) * y_lerp
-    return np.where(inside[..., None], sampled, 0.0).astype(np.float32)
+    return np.where(inside[..., None], sampled, np.float32(0))
 
 
 def as_dicts(rows: np.ndarray) -> list[dict[str, Any]]:
