@@ -58,23 +58,23 @@ def model_card(stored: bentoml.Model) -> ModelCard:
 
 
 def served_runtime(stored: bentoml.Model) -> tuple[str, str | None]:
-    """(runtime, why) for a stored model: a Keras model's verified export (ONNX Runtime) when
-    configuration allows it and the file is the one checked, else TensorFlow and the reason;
-    other frameworks run on their own library."""
+    """(runtime, why) for a stored model: a Keras model's verified export, or MTCNN's three
+    (ONNX Runtime), when configuration allows it and the files are the ones checked, else
+    TensorFlow and the reason; other frameworks run on their own library."""
     meta = stored.info.metadata
     framework = str(meta.get("framework", "unknown"))
+    if framework not in {"keras", "mtcnn"}:
+        return {"sklearn": "scikit-learn"}.get(framework, framework), None
     from despliegue.config import settings
 
+    enabled = settings().tensorflow.compiled
     if framework == "mtcnn":
-        from despliegue import mtcnn_compiled
+        from despliegue.mtcnn_compiled import serving_runtime as mtcnn_runtime
 
-        enabled = settings().tensorflow.compiled
-        return mtcnn_compiled.serving_runtime(dict(meta), Path(stored.path), enabled)
-    if framework != "keras":
-        return {"sklearn": "scikit-learn"}.get(framework, framework), None
+        return mtcnn_runtime(dict(meta), Path(stored.path), enabled)
     from despliegue.compiled_runtime import serving_runtime
 
-    return serving_runtime(dict(meta), Path(stored.path), settings().tensorflow.compiled)
+    return serving_runtime(dict(meta), Path(stored.path), enabled)
 
 
 def sha256_of(path: Path) -> str:

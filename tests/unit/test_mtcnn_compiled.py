@@ -24,7 +24,7 @@ from despliegue.mtcnn_compiled import (
     load_compiled,
     serving_runtime,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_save_models
 
 MIN_IOU = 0.9
 MAX_LANDMARK_PX = 2
@@ -141,3 +141,53 @@ print(json.dumps({{"faces": len(faces), "tensorflow": "tensorflow" in sys.module
     )
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer == {"faces": 1, "tensorflow": False, "mtcnn": False, "keras": False}
+
+
+# Loads the stored detector as the face runner does, in a fresh interpreter.
+SERVE = """
+import json, sys
+import bentoml
+from skimage import data
+from despliegue.artifacts import load_artifact, model_card
+stored = bentoml.models.get("face_detector:latest")
+card = model_card(stored)
+faces = load_artifact(stored).detect_faces([data.astronaut()])[0]
+print(json.dumps({"runtime": card.runtime, "reason": card.runtime_reason,
+                  "tensorflow": "tensorflow" in sys.modules,
+                  "boxes": [face["box"] for face in faces]}))
+"""
+
+
+def served(home: Path) -> dict[str, Any]:
+    import os
+
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.processes
+def test_the_reference_detector_is_served_compiled_until_an_export_changes(
+    tmp_path: Path,
+) -> None:
+    """The reference build compiles the detector; the runner's load needs no TensorFlow and
+    finds the astronaut's face as mtcnn does; a changed export falls back to TensorFlow."""
+    home = tmp_path / "bentoml"
+    result = run_save_models("reference", "face_detector", home=str(home))
+    assert result.returncode == 0, result.stderr
+    assert "served by onnxruntime" in " ".join(result.stdout.split())
+
+    compiled = served(home)
+    assert compiled["runtime"] == "onnxruntime", compiled["reason"]
+    assert not compiled["tensorflow"]
+    assert len(compiled["boxes"]) == 1
+
+    (exported,) = home.glob("models/face_detector/*/onet.onnx")
+    exported.write_bytes(exported.read_bytes() + b"\0")
+    fallback = served(home)
+    assert fallback["runtime"] == "tensorflow" and "sha256 differs" in fallback["reason"]
+    assert fallback["tensorflow"]
+    assert fallback["boxes"] == compiled["boxes"]
