@@ -58,17 +58,23 @@ def model_card(stored: bentoml.Model) -> ModelCard:
 
 
 def served_runtime(stored: bentoml.Model) -> tuple[str, str | None]:
-    """(runtime, why) for a stored model: a Keras model's verified export (ONNX Runtime) when
-    configuration allows it and the file is the one checked, else TensorFlow and the reason;
-    other frameworks run on their own library."""
+    """(runtime, why) for a stored model: a Keras model's verified export, or MTCNN's three
+    (ONNX Runtime), when configuration allows it and the files are the ones checked, else
+    TensorFlow and the reason; other frameworks run on their own library."""
     meta = stored.info.metadata
     framework = str(meta.get("framework", "unknown"))
-    if framework != "keras":
-        return {"sklearn": "scikit-learn", "mtcnn": "tensorflow"}.get(framework, framework), None
-    from despliegue.compiled_runtime import serving_runtime
+    if framework not in {"keras", "mtcnn"}:
+        return {"sklearn": "scikit-learn"}.get(framework, framework), None
     from despliegue.config import settings
 
-    return serving_runtime(dict(meta), Path(stored.path), settings().tensorflow.compiled)
+    enabled = settings().tensorflow.compiled
+    if framework == "mtcnn":
+        from despliegue.mtcnn_compiled import serving_runtime as mtcnn_runtime
+
+        return mtcnn_runtime(dict(meta), Path(stored.path), enabled)
+    from despliegue.compiled_runtime import serving_runtime
+
+    return serving_runtime(dict(meta), Path(stored.path), enabled)
 
 
 def sha256_of(path: Path) -> str:
@@ -159,7 +165,7 @@ def load_artifact(stored: bentoml.Model) -> Any:
     path = verify_artifact(stored)
     framework = stored.info.metadata["framework"]
     try:
-        if framework == "keras" and served_runtime(stored)[0] == "onnxruntime":
+        if framework in {"keras", "mtcnn"} and served_runtime(stored)[0] == "onnxruntime":
             return _load_compiled(stored)
         return LOADERS[framework](path)
     except Exception as exc:  # a verified file the installed library cannot load
@@ -220,11 +226,16 @@ def _load_joblib(path: Path) -> Any:
 
 
 def _load_compiled(stored: bentoml.Model) -> Any:
-    """A Keras model's checked export in ONNX Runtime (served_runtime has checked its sum):
-    neither TensorFlow nor Keras is imported."""
+    """A Keras model's checked export in ONNX Runtime, or MTCNN on its three checked exports
+    (served_runtime has checked their sums): neither TensorFlow, Keras nor mtcnn is imported."""
     from despliegue.compiled_runtime import OnnxModel, onnx_threads
 
-    return OnnxModel(Path(stored.path_of(stored.info.metadata["compiled"]["file"])), onnx_threads())
+    compiled = stored.info.metadata["compiled"]
+    if stored.info.metadata["framework"] == "mtcnn":
+        from despliegue.mtcnn_compiled import load_compiled
+
+        return load_compiled(Path(stored.path), compiled, onnx_threads())
+    return OnnxModel(Path(stored.path_of(compiled["file"])), onnx_threads())
 
 
 def _load_keras(path: Path) -> Any:

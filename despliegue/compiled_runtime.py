@@ -56,8 +56,12 @@ class OnnxModel:
         self.input_shape = tuple(self._session.get_inputs()[0].shape[1:])
 
     def __call__(self, batch: Any) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: Any) -> list[np.ndarray]:
+        """Every output, in the graph's order (MTCNN's networks answer two or three)."""
         feed = np.ascontiguousarray(np.asarray(batch, dtype=np.float32))
-        return self._session.run(None, {self._input: feed})[0]
+        return self._session.run(None, {self._input: feed})
 
 
 def export_onnx(model: Any, target: Path) -> None:

@@ -245,8 +245,9 @@ class TensorFlowSettings(StrictModel):
 
     intra_op_threads: int = Field(ge=0, le=256)
     inter_op_threads: int = Field(ge=0, le=256)
-    # Serve a Keras model's verified ONNX export (despliegue/compiled_runtime.py) when the store
-    # has one; false serves every Keras model with TensorFlow, as before compiled runtimes.
+    # Serve a Keras model's verified ONNX export (despliegue/compiled_runtime.py), and MTCNN's
+    # three (despliegue/mtcnn_compiled.py), when the store has them; false serves every Keras
+    # model and MTCNN with TensorFlow, as before compiled runtimes.
     compiled: bool = True
 
 

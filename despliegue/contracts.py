@@ -38,13 +38,13 @@ class ModelCard(BaseModel):
     runtime: str | None = Field(
         default=None,
         description="What runs the model: onnxruntime (its export, checked against the Keras "
-        "model when stored), tensorflow, or the framework itself",
+        "model, or MTCNN's networks, when stored), tensorflow, or the framework itself",
         examples=["onnxruntime"],
     )
     runtime_reason: str | None = Field(
         default=None,
-        description="Why that runtime serves it (for a Keras model served by TensorFlow: why "
-        "its compiled form is not used)",
+        description="Why that runtime serves it (for a Keras model or MTCNN served by "
+        "TensorFlow: why its compiled form is not used)",
     )
     serves: str | None = Field(
         None, description="The family key it answers for, e.g. heatflow or antibiotics.AMK"

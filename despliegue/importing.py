@@ -335,7 +335,12 @@ Compiler = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
 def _compiler(framework: str, model: Any) -> Compiler | None:
     """For a Keras model: export it beside its stored file and check the export against it
-    (despliegue/compiled_runtime.py); other frameworks are served as they are."""
+    (despliegue/compiled_runtime.py); for MTCNN, its three networks beside the weight files
+    (despliegue/mtcnn_compiled.py); other frameworks are served as they are."""
+    if framework == "mtcnn":
+        from despliegue.mtcnn_compiled import compile_beside as compile_mtcnn
+
+        return lambda artifact, metadata: compile_mtcnn(artifact)
     if framework != "keras":
         return None
     from despliegue.compiled_runtime import compile_beside
@@ -347,7 +352,7 @@ def _runtime_summary(stored: Any) -> str:
     """Which runtime will serve the stored model, and why (the import summary's words)."""
     from despliegue.artifacts import served_runtime
 
-    if stored.info.metadata.get("framework") != "keras":
+    if stored.info.metadata.get("framework") not in {"keras", "mtcnn"}:
         return ""
     runtime, reason = served_runtime(stored)
     return f"served by {runtime}" + (f" ({reason})" if reason else "")

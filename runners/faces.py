@@ -77,7 +77,8 @@ class FaceAnalyzer:
 
         # The detector takes images of any size, so no oneDNN: its per-shape memory is never
         # given back. TensorFlow itself is imported (thread pools sized first) by the loaders
-        # of the models that need it; a compiled validator does not.
+        # of the models that need it; a compiled validator and a compiled MTCNN
+        # (despliegue/mtcnn_compiled.py, same detect_faces answer) do not.
         tensorflow_without_onednn()
         self.models = ServedModels("faces", prepare=prepared)
         serve_until_callers_stop()  # on SIGTERM, the API drains first
