@@ -203,8 +203,6 @@ def refused(reason: str, **details: Any) -> dict[str, Any]:
 def serving_runtime(metadata: dict[str, Any], folder: Path, enabled: bool) -> tuple[str, str]:
     """(runtime, why) a stored Keras model is served with: ONNX Runtime when its verified
     export is present and unchanged and compiled serving is on; TensorFlow otherwise."""
-    from despliegue.artifacts import sha256_of
-
     compiled = metadata.get("compiled")
     if not isinstance(compiled, dict):
         return "tensorflow", "stored without a compiled form (imported before compiled runtimes)"
@@ -212,17 +210,27 @@ def serving_runtime(metadata: dict[str, Any], folder: Path, enabled: bool) -> tu
         return "tensorflow", str(compiled.get("reason", "no verified compiled form"))
     if not enabled:
         return "tensorflow", "compiled serving is off (configuration.yaml tensorflow.compiled)"
-    path = folder / compiled["file"]
-    try:
-        actual = sha256_of(path)
-    except OSError as exc:
-        return "tensorflow", f"{path} cannot be read ({exc.strerror or exc})"
-    if actual != compiled.get("sha256"):
-        return "tensorflow", f"{path}: sha256 differs from the one recorded when it was checked"
+    problem = changed_file(folder / compiled["file"], compiled.get("sha256"))
+    if problem:
+        return "tensorflow", problem
     return RUNTIME, (
         f"export checked against the Keras model on {compiled.get('probe_inputs')} inputs, "
         f"largest difference {float(compiled.get('max_abs_difference') or 0.0):.2g}"
     )
+
+
+def changed_file(path: Path, recorded_sha256: Any) -> str | None:
+    """Why a compiled file cannot be served as checked (unreadable, or not the file whose sum
+    was recorded when it was checked), or None."""
+    from despliegue.artifacts import sha256_of
+
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    if actual != recorded_sha256:
+        return f"{path}: sha256 differs from the one recorded when it was checked"
+    return None
 
 
 def onnx_threads() -> int:

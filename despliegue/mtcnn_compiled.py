@@ -444,7 +444,7 @@ def serving_runtime(metadata: dict[str, Any], folder: Path, enabled: bool) -> tu
     """(runtime, why) the stored detector is served with: ONNX Runtime when its three checked
     exports are present and unchanged and compiled serving is on; mtcnn on TensorFlow
     otherwise."""
-    from despliegue.artifacts import sha256_of
+    from despliegue.compiled_runtime import changed_file
 
     compiled = metadata.get("compiled")
     if not isinstance(compiled, dict):
@@ -457,12 +457,9 @@ def serving_runtime(metadata: dict[str, Any], folder: Path, enabled: bool) -> tu
     for stage in STAGES:
         entry = files.get(stage) or {}
         path = folder / str(entry.get("file", f"{stage}.onnx"))
-        try:
-            actual = sha256_of(path)
-        except OSError as exc:
-            return "tensorflow", f"{path} cannot be read ({exc.strerror or exc})"
-        if actual != entry.get("sha256"):
-            return "tensorflow", f"{path}: sha256 differs from the one recorded when it was checked"
+        problem = changed_file(path, entry.get("sha256"))
+        if problem:
+            return "tensorflow", problem
     return RUNTIME, (
         f"exports checked against mtcnn's TensorFlow networks on {compiled.get('probe_inputs')} "
         f"inputs, largest difference {float(compiled.get('max_abs_difference') or 0.0):.2g}"

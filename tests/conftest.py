@@ -263,6 +263,17 @@ def reference_store() -> str:
     return os.environ["BENTOML_HOME"]
 
 
+def fresh_interpreter_json(code: str, home: Path | str) -> Any:
+    """Run `code` in a fresh interpreter on BentoML home `home` (nothing this process has
+    imported leaks in); it prints a JSON value last, returned here."""
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def private_home(reference_store: str, folder: Path) -> str:
     """A BentoML home of its own holding a copy of the session's models: one server per home
     (despliegue/home_lock.py)."""

@@ -5,9 +5,6 @@ TensorFlow, with the reason on the model card."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from despliegue.compiled_runtime import (
     check_compiled,
     compile_beside,
 )
-from tests.conftest import ROOT, run_save_models
+from tests.conftest import fresh_interpreter_json, run_save_models
 
 CARD = {"preprocessing": {"size": [32, 32], "scale": 1.0, "offset": 0.0}}
 
@@ -131,14 +128,7 @@ print(json.dumps({"runtime": card.runtime, "reason": card.runtime_reason,
 
 
 def served(home: Path) -> dict:
-    import os
-
-    env = {**os.environ, "BENTOML_HOME": str(home)}
-    done = subprocess.run(
-        [sys.executable, "-c", SERVE], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_interpreter_json(SERVE, home)
 
 
 @pytest.mark.processes

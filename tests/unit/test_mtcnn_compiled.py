@@ -24,7 +24,7 @@ from despliegue.mtcnn_compiled import (
     load_compiled,
     serving_runtime,
 )
-from tests.conftest import ROOT, run_save_models
+from tests.conftest import ROOT, fresh_interpreter_json, run_save_models
 
 MIN_IOU = 0.9
 MAX_LANDMARK_PX = 2
@@ -159,14 +159,7 @@ print(json.dumps({"runtime": card.runtime, "reason": card.runtime_reason,
 
 
 def served(home: Path) -> dict[str, Any]:
-    import os
-
-    env = {**os.environ, "BENTOML_HOME": str(home)}
-    done = subprocess.run(
-        [sys.executable, "-c", SERVE], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_interpreter_json(SERVE, home)
 
 
 @pytest.mark.processes
