@@ -107,11 +107,10 @@ async def loaded_cards(service: Any, name: str, version: str | None = None) -> l
 
 
 async def pinned_answer(
-    service: Any, name: str, version: str, card: ModelCard, answer: Awaitable[Any]
+    service: Any, key: str, name: str, version: str, card: ModelCard, answer: Awaitable[Any]
 ) -> Any:
-    """`answer` given by the loaded version `version` alone, whichever lane holds it
-    (despliegue/lifecycle/pinning.py); 404 if a swap took it away meanwhile."""
-    key = model_key(name) or ""
+    """`answer` given by the loaded version `version` of model `key` alone, whichever lane
+    holds it (despliegue/lifecycle/pinning.py); 404 if a swap took it away meanwhile."""
     try:
         with pinned_to(key, card.tag):
             return await answer
@@ -195,7 +194,7 @@ def install(app: FastAPI) -> None:
                 answered = await answer(self, parsed, card)
             else:
                 answered = await pinned_answer(
-                    self, name, version, card, answer(self, parsed, card)
+                    self, key, name, version, card, answer(self, parsed, card)
                 )
             if isinstance(answered, Response):
                 return answered
