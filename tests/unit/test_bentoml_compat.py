@@ -77,10 +77,11 @@ def test_no_other_module_of_the_product_reaches_private_bentoml() -> None:
 
 
 def test_adaptive_batching_learns_without_holding_a_lone_request() -> None:
-    """A lone client's calls go through BentoML's real dispatcher one at a time. Unpatched, it
-    holds the call that trains batches of 2 for up to (2·2+1)·a+b seconds (a, b: its cost
-    estimate; kept here at its start values, 1.33 and 0.67 s for a 20 s deadline) waiting for
-    a second request that never comes; patched, every call leaves at once."""
+    """A client sends a request, then a second one 50 ms later, twelve times, through BentoML's
+    real dispatcher. Unpatched, the call that trains batches of 2 is held for up to
+    (2·2+1)·a+b seconds (a, b: its cost estimate, kept here at its start values, 1.33 and
+    0.67 s for a 20 s deadline) and leaves merged with the later request; patched, every call
+    leaves as it comes, so no batch holds two requests."""
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
     from despliegue.bentoml_compat import batching_never_holds_a_lone_request
@@ -88,7 +89,7 @@ def test_adaptive_batching_learns_without_holding_a_lone_request() -> None:
     batching_never_holds_a_lone_request()
     batching_never_holds_a_lone_request()  # idempotent: wrapped once
 
-    async def lone_client() -> list[int]:
+    async def client() -> tuple[list[int], list[int]]:
         dispatcher = CorkDispatcher(
             max_latency_in_ms=20_000,
             max_batch_size=8,
@@ -96,15 +97,21 @@ def test_adaptive_batching_learns_without_holding_a_lone_request() -> None:
             get_batch_size=lambda item: 1,
         )
         dispatcher.optimizer.trigger_refresh = lambda: None  # keep the start estimate
+        batch_sizes: list[int] = []
 
         async def model(items: list[int]) -> list[int]:
+            batch_sizes.append(len(items))
             return [item * 2 for item in items]
 
         call = dispatcher(model)
-        answers = [await call(item) for item in range(12)]  # past every training phase
+        answers: list[int] = []
+        for pair in range(12):  # past every training phase
+            first = asyncio.create_task(call(2 * pair))
+            await asyncio.sleep(0.05)  # the first call is sent, or held, meanwhile
+            answers.extend(await asyncio.gather(first, call(2 * pair + 1)))
         dispatcher.shutdown()
-        return answers
+        return answers, batch_sizes
 
-    # Held, the 10th call alone would wait ~7.3 s; sent at once, all 12 take milliseconds.
-    answers = asyncio.run(asyncio.wait_for(lone_client(), timeout=5))
-    assert answers == [item * 2 for item in range(12)]
+    answers, batch_sizes = asyncio.run(client())
+    assert answers == [item * 2 for item in range(24)]
+    assert batch_sizes == [1] * 24, batch_sizes  # unpatched: one batch of 2 (the held call)
