@@ -118,6 +118,14 @@ def encoded_size_bound(limits: ImageLimits) -> int:
 
 
 def base64_payload(text: str, loc: list[str | int], limits: ImageLimits) -> bytes:
+    if len(text) * 3 // 4 <= limits.max_image_bytes and text[:5].lower() != "data:":
+        # The usual text (bare Base64, no line breaks) is decoded as it is: the two
+        # substitutions below copy the whole text twice, and a 0.1 MB image once took a
+        # few per cent of an image request's API time in them.
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # whitespace or a wrong character: the full reading below says which
     payload = _WHITESPACE.sub("", _DATA_URL.sub("", text, count=1))
     if len(payload) * 3 // 4 > limits.max_image_bytes:
         raise ClientError(loc, _too_many_bytes(limits), kind="too_large")

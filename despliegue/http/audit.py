@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -208,4 +208,7 @@ def _request_id(scope: Scope) -> str:
             candidate = value.decode("latin-1")
             if REQUEST_ID.match(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex, from Python's generator (seeded from
+    # os.urandom at start): an id names a request in the log, it guards nothing, and
+    # uuid4's os.urandom call showed as ~6% of an image request's API time under load.
+    return f"{random.getrandbits(128):032x}"

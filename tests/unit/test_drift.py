@@ -10,6 +10,7 @@ import pytest
 
 from despliegue.config import ConfigurationError, DriftSettings, load_settings
 from despliegue.drift.baselines import (
+    STATISTICS_SIDE,
     Summary,
     bin_counts,
     build_baseline,
@@ -91,6 +92,42 @@ def test_darker_images_lower_brightness_and_blur_lowers_sharpness() -> None:
     flat = np.full((240, 320, 3), 128, dtype=np.uint8)
     assert image_statistics(flat)["sharpness"] == 0 and image_statistics(flat)["colourfulness"] == 0
     assert images_summary([image, image]).numeric["brightness"] == [stats["brightness"]] * 2
+
+
+def textbook_image_statistics(pixels: np.ndarray) -> dict[str, float]:
+    """The statistics written plainly (numpy's mean, std and var on a float view): what the
+    stored baselines were measured with, so the served statistics must stay equal to it."""
+    step = max(1, -(-max(pixels.shape[:2]) // STATISTICS_SIDE))
+    view = pixels[::step, ::step].astype(np.float64)
+    rgb = np.repeat(view[..., None], 3, axis=-1) if view.ndim == 2 else view[..., :3]
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    grey = 0.299 * red + 0.587 * green + 0.114 * blue
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    laplacian = (
+        4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    )
+    return {
+        "width_px": pixels.shape[1],
+        "height_px": pixels.shape[0],
+        "brightness": grey.mean(),
+        "contrast": grey.std(),
+        "colourfulness": np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()),
+        "sharpness": laplacian.var() if min(grey.shape) > 2 else 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(224, 224, 3), (480, 640, 3), (1000, 333, 3), (50, 70), (50, 70, 4), (3, 3, 3), (2, 5, 3)],
+)
+def test_image_statistics_equal_the_textbook_formulas(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    measured = image_statistics(pixels)
+    expected = textbook_image_statistics(pixels)
+    assert measured.keys() == expected.keys()
+    for name, value in expected.items():
+        assert measured[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
 def test_text_baseline_keeps_hashed_vocabulary_and_oov_rises_for_another_language() -> None:

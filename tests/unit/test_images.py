@@ -52,6 +52,10 @@ def test_data_url_prefix_and_line_breaks_are_accepted() -> None:
     wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
     (pixels,) = decode_images([f"data:image/jpeg;base64,{wrapped}"], "images", LIMITS)
     assert pixels.shape == (400, 600, 3)
+    # Each alone too: bare Base64 is decoded as it is, anything else read the long way.
+    for text_sent in (text, wrapped, f"DATA:image/jpeg;base64,{text}", f" {text}\r\n"):
+        (same,) = decode_images([text_sent], "images", LIMITS)
+        assert np.array_equal(same, pixels)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])

@@ -13,7 +13,7 @@ def test_presets_match_keras_applications_preprocess_input(mode: str) -> None:
     """The tf/torch/caffe presets give what keras.applications' own preprocess_input gives."""
     from keras.applications.imagenet_utils import preprocess_input
 
-    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3)).astype(np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 5, 7, 3)).astype(np.uint8)
     ours = ImagePreprocessing(size=(8, 8), **PRESETS[mode]).apply(pixels)
     theirs = preprocess_input(pixels.astype(np.float32), mode=mode)
     np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-5, atol=1e-4)
