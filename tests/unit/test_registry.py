@@ -18,6 +18,7 @@ from despliegue import registry
 from despliegue.config import ConfigurationError, load_settings
 from despliegue.families.base import Recipe
 from despliegue.registry import FAMILIES, Family
+from tests.conftest import fresh_interpreter_json
 from tests.unit.test_config import write_config
 
 HEATFLOW = FAMILIES[0].models[0]
@@ -162,7 +163,21 @@ def test_configuration_holds_exactly_the_registry(tmp_path: Path, mutate, named:
         load_settings(write_config(tmp_path, mutate))
 
 
-def test_the_api_service_depends_on_every_runner_of_the_registry() -> None:
+DECLARED_MODELS = """
+import json
+import service
+from despliegue.config import settings
+from despliegue.lifecycle.plans import packed_tags, readable_in_store
+from despliegue.registry import FAMILIES
+
+inside = [family for family in FAMILIES if settings().in_api(family)]
+wanted = [tag for family in inside for tag in packed_tags(family.name)]
+declared = sorted(str(model.tag) for model in service.Despliegue.models)
+print(json.dumps([declared, sorted(tag for tag in wanted if readable_in_store(tag))]))
+"""
+
+
+def test_the_api_service_depends_on_every_runner_of_the_registry(reference_store: str) -> None:
     """service.py derives its runner attributes from the registry: none is forgotten. A family
     placed in the API worker is no dependency (no process of its own), but its models are
     still declared, so `bentoml build` packs them."""
@@ -176,14 +191,12 @@ def test_the_api_service_depends_on_every_runner_of_the_registry() -> None:
     assert {name: dep.on.name for name, dep in dependencies.items()} == {
         family.name: family.service_name for family in apart
     }
-    # Declared: what those runners may serve that BentoML can read (the preflight names the
-    # rest); in this process's home, whatever it holds.
-    from despliegue.lifecycle.plans import packed_tags, readable_in_store
-
-    declared = {str(model.tag) for model in service.Despliegue.models}
-    wanted = [tag for family in inside for tag in packed_tags(family.name)]
-    assert declared == {tag for tag in wanted if readable_in_store(tag)}, (declared, wanted)
     assert set(service.THRESHOLDS) == {"flowers", "face_detector", "face_validator"}
+    # Declared: what those runners may serve that BentoML can read (the preflight names the
+    # rest), in the reference store. Read in a fresh interpreter: the models are declared when
+    # `service` is imported, and this process may have imported it before the store was built.
+    declared, readable = fresh_interpreter_json(DECLARED_MODELS, reference_store)
+    assert len(readable) == len(inside) and declared == readable, (declared, readable)
 
 
 def test_merged_items_reach_each_runner_method_as_it_declares_them() -> None:
