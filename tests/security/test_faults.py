@@ -219,7 +219,11 @@ def test_a_graceful_stop_under_load_answers_every_request_it_had_received(
     process = start_server(str(home), log_path)
     url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
     headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-    face = {"input_data": [b64(encode(photo("astronaut"), "JPEG"))]}
+    # Eight 1024 px photos per /face request: about a second of detection, so requests are
+    # surely in flight at the signal (single 512 px photos, ~60 ms, sometimes all finished
+    # within the 0.1 s margin below).
+    large = b64(encode(np.kron(photo("astronaut"), np.ones((2, 2, 1), np.uint8)), "JPEG"))
+    face = {"input_data": [large] * 8}
     load = [("/heatflow", PATHS["Despliegue"][1])] * 3 + [
         ("/flowers", flower_body),
         ("/flowers", flower_body),
