@@ -432,7 +432,12 @@ class Settings(StrictModel):
         return panel
 
     def service_options(self, service_name: str) -> dict[str, Any]:
-        """BentoML options for one service: the defaults deep-merged with its own entry."""
+        """BentoML options for one service: the defaults deep-merged with its own entry.
+        Every service of the project is declared with these, so this is also where BentoML's
+        per-response media-type work is set to happen once per class."""
+        from despliegue.bentoml_compat import media_types_worked_out_once
+
+        media_types_worked_out_once()
         return _deep_merge(self.bentoml.defaults, self.bentoml.services.get(service_name, {}))
 
 

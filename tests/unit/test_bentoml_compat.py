@@ -115,3 +115,60 @@ def test_adaptive_batching_learns_without_holding_a_lone_request() -> None:
     answers, batch_sizes = asyncio.run(client())
     assert answers == [item * 2 for item in range(24)]
     assert batch_sizes == [1] * 24, batch_sizes  # unpatched: one batch of 2 (the held call)
+
+
+def test_media_types_are_worked_out_once_per_class_with_bentomls_answers() -> None:
+    """The media type BentoML gives each kind of method input and output is the same with the
+    cache as without it, the schema behind a root model's is built once however many responses
+    use it, and a media type set on the class afterwards (as BentoML does for streams) wins."""
+    from pathlib import Path as FilePath
+    from typing import Annotated
+
+    import numpy as np
+    from _bentoml_sdk.io_models import IOMixin, ensure_io_descriptor
+    from bentoml.validators import ContentType
+    from PIL import Image
+    from pydantic import BaseModel
+
+    from despliegue.bentoml_compat import media_types_worked_out_once
+    from despliegue.contracts import Answered
+
+    media_types_worked_out_once()
+    media_types_worked_out_once()  # idempotent: wrapped once
+    worked_out = IOMixin.__dict__["mime_type"].__func__
+    assert worked_out.once_per_class
+    uncached = worked_out.__wrapped__
+    assert not getattr(uncached, "once_per_class", False)
+
+    class Plain(BaseModel):
+        name: str
+
+    kinds = {
+        "a runner's answers": list[Answered],
+        "arrays": list[np.ndarray],
+        "text": str,
+        "an image": Image.Image,
+        "a PDF file": Annotated[FilePath, ContentType("application/pdf")],
+        "a model": Plain,
+    }
+    expected = {"text": "text/plain", "an image": "image/*", "a PDF file": "application/pdf"}
+    for kind, annotation in kinds.items():
+        descriptor = ensure_io_descriptor(annotation)
+        assert descriptor.mime_type() == uncached(descriptor), kind
+        assert descriptor.mime_type() == expected.get(kind, "application/json"), kind
+
+    answers = ensure_io_descriptor(list[Answered])
+    schema = answers.model_json_schema
+    built = 0
+
+    def counted(*args: object, **kwargs: object) -> dict:
+        nonlocal built
+        built += 1
+        return schema(*args, **kwargs)
+
+    answers.model_json_schema = counted  # type: ignore[method-assign]
+    for _ in range(100):
+        assert answers.mime_type() == "application/json"
+    assert built == 1
+    answers.media_type = "text/event-stream"
+    assert answers.mime_type() == "text/event-stream"
