@@ -434,10 +434,12 @@ class Settings(StrictModel):
     def service_options(self, service_name: str) -> dict[str, Any]:
         """BentoML options for one service: the defaults deep-merged with its own entry.
         Every service of the project is declared with these, so this is also where BentoML's
-        per-response media-type work is set to happen once per class."""
-        from despliegue.bentoml_compat import media_types_worked_out_once
+        per-request work that never changes is set to happen once: a response's media type
+        per class, a method's bound caller per instance."""
+        from despliegue.bentoml_compat import api_methods_bound_once, media_types_worked_out_once
 
         media_types_worked_out_once()
+        api_methods_bound_once()
         return _deep_merge(self.bentoml.defaults, self.bentoml.services.get(service_name, {}))
 
 

@@ -172,3 +172,34 @@ def test_media_types_are_worked_out_once_per_class_with_bentomls_answers() -> No
     assert built == 1
     answers.media_type = "text/event-stream"
     assert answers.mime_type() == "text/event-stream"
+
+
+def test_api_methods_are_bound_once_per_instance_and_answer_as_before() -> None:
+    """The caller BentoML's server gets for a method is built on the first lookup and reused;
+    it is bound to its own instance, keeps the method's signature without `self`, and still
+    fills a parameter's `Field` default as BentoML does."""
+    import inspect
+
+    import bentoml
+    from pydantic import Field
+
+    from despliegue.bentoml_compat import api_methods_bound_once
+
+    api_methods_bound_once()
+    api_methods_bound_once()  # idempotent: wrapped once
+
+    @bentoml.service
+    class Scaler:
+        def __init__(self, factor: int) -> None:
+            self.factor = factor
+
+        @bentoml.api
+        def scale(self, value: int, offset: int = Field(default=3)) -> int:
+            return value * self.factor + offset
+
+    twice, thrice = Scaler.inner(2), Scaler.inner(3)
+    first = twice.scale.local
+    assert twice.scale.local is first  # built once
+    assert list(inspect.signature(first).parameters) == ["value", "offset"]
+    assert first(5) == 13 and first(5, offset=0) == 10
+    assert thrice.scale.local is not first and thrice.scale.local(5) == 18
