@@ -14,7 +14,6 @@ point must set environment variables before BentoML's server modules are loaded.
 from __future__ import annotations
 
 import importlib
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 # despliegue/errors.py and despliegue/quiet.py); each is the named module's own `logger`.
 REQUEST_ERRORS_LOGGER = "bentoml._internal.server.http_app"
 TAG_LOGGER = "bentoml._internal.tag"
+# The attribute of a service instance holding its methods' bound callers (api_methods_bound_once).
+BOUND_CALLERS = "_bentoml_bound_callers"
 
 
 class BentoMLChanged(ImportError):
@@ -244,21 +245,23 @@ def api_methods_bound_once() -> None:
     answers (`getattr(instance, name).local`), and each lookup rebuilds the bound caller:
     `inspect.signature` of the function, `functools.wraps`, a new signature without `self`
     (~4% of the API worker's CPU for a lone client of /heatflow). What it builds depends only
-    on the method and the instance, so it is built on the first lookup and kept while the
-    instance lives. Idempotent."""
+    on the method and the instance, so it is built on the first lookup and kept on the
+    instance (`BOUND_CALLERS`), which it lives and goes with. Idempotent."""
     api_method = reach("_bentoml_sdk.method", "APIMethod")
     bind = api_method._local_call
     if getattr(bind, "once_per_instance", False):
         return
-    bound: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
     def _local_call(self: Any, instance: Any) -> Any:
-        methods = bound.get(instance)
-        if methods is None:
-            methods = bound[instance] = {}
-        caller = methods.get(self.name)
+        attributes = getattr(instance, "__dict__", None)
+        if attributes is None:  # an instance with __slots__ only: built each time, as before
+            return bind(self, instance)
+        callers = attributes.get(BOUND_CALLERS)
+        if callers is None:
+            callers = attributes[BOUND_CALLERS] = {}
+        caller = callers.get(self.name)
         if caller is None:
-            caller = methods[self.name] = bind(self, instance)
+            caller = callers[self.name] = bind(self, instance)
         return caller
 
     _local_call.once_per_instance = True  # type: ignore[attr-defined]

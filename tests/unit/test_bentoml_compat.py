@@ -178,7 +178,9 @@ def test_api_methods_are_bound_once_per_instance_and_answer_as_before() -> None:
     """The caller BentoML's server gets for a method is built on the first lookup and reused;
     it is bound to its own instance, keeps the method's signature without `self`, and still
     fills a parameter's `Field` default as BentoML does."""
+    import gc
     import inspect
+    import weakref
 
     import bentoml
     from pydantic import Field
@@ -203,3 +205,7 @@ def test_api_methods_are_bound_once_per_instance_and_answer_as_before() -> None:
     assert list(inspect.signature(first).parameters) == ["value", "offset"]
     assert first(5) == 13 and first(5, offset=0) == 10
     assert thrice.scale.local is not first and thrice.scale.local(5) == 18
+    dropped = weakref.ref(thrice)
+    del thrice
+    gc.collect()
+    assert dropped() is None  # the kept callers go with their instance
