@@ -176,8 +176,9 @@ def test_media_types_are_worked_out_once_per_class_with_bentomls_answers() -> No
 
 def test_api_methods_are_bound_once_per_instance_and_answer_as_before() -> None:
     """The caller BentoML's server gets for a method is built on the first lookup and reused;
-    it is bound to its own instance, keeps the method's signature without `self`, and still
-    fills a parameter's `Field` default as BentoML does."""
+    it is bound to its own instance, keeps the method's signature without `self`, still fills
+    a parameter's `Field` default as BentoML does, and goes with its instance when that is
+    dropped."""
     import gc
     import inspect
     import weakref
