@@ -14,7 +14,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 
 .PHONY: help venv client-venv v2-client-venv test-tools models serve batch test unit soak-check \
 	postgresql fuzz lint \
-	build bench bench-quick bench-runtimes peer-venvs stress profile soak face-memory clean \
+	build bench bench-flood bench-quick bench-runtimes peer-venvs stress profile soak face-memory clean \
 	container-tools \
 	container-base container container-test container-clean k8s-config
 
@@ -111,6 +111,9 @@ bench: venv peer-venvs models  ## benchmark: limit, batching on/off, seed design
 
 bench-runtimes: models  ## TensorFlow vs ONNX Runtime vs OpenVINO on the stored Keras models, one core
 	$(BIN)/python -m benchmarks.runtimes
+
+bench-flood: venv  ## /heatflow latency while large photos flood /face (admission), against the SLO
+	$(BIN)/python -m benchmarks.flood
 
 bench-quick: venv peer-venvs  ## the whole benchmark with short points (~2 min), to check the harness
 	$(BIN)/python -m benchmarks.run --quick
