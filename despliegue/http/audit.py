@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -22,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,33 +37,79 @@ V2_JSON_HEADER_LENGTH = b"inference-header-content-length"  # despliegue/v2/prot
 TIMED_OUT = 504  # what BentoML answers a request it cuts at `traffic.timeout`
 
 
-def audit_logger(audit: AuditSettings) -> logging.Logger:
-    """A logger of bare JSON lines with its own handlers (not BentoML's formatting)."""
-    logger = logging.getLogger("despliegue.audit")
-    logger.propagate = False
-    logger.disabled = False  # BentoML's logging set-up disables loggers that exist before it
-    logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    formatter = logging.Formatter("%(message)s")
-    handlers: list[logging.Handler] = []
-    if audit.stdout:
-        handlers.append(logging.StreamHandler(sys.stdout))
-    if audit.file:
-        Path(audit.file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(
-            RotatingFileHandler(
-                audit.file,
-                maxBytes=audit.max_file_bytes,
-                backupCount=audit.backup_count,
-                encoding="utf-8",
-            )
+log = logging.getLogger(__name__)
+
+
+class AuditSink:
+    """One place audit lines go: a text stream, written and flushed line by line.
+
+    The line is written directly, not through a `logging.Logger`: the logging machinery's
+    per-record work (a LogRecord, the caller lookup, a formatter, handler locks) cost ~65 µs
+    of a /heatflow request's ~650 µs of API-worker CPU at 32 clients, for a line that needs
+    none of it. A write that fails is reported on the service's log (once, and again when
+    writes work again) and does not fail the request, as a logging handler would do.
+    """
+
+    def __init__(self, name: str, stream: TextIO) -> None:
+        self.name = name
+        self.stream = stream
+        self.failing = False
+
+    def write(self, line: str) -> None:
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            if not self.failing:
+                self.failing = True
+                log.error("audit lines to %s are being lost: %s", self.name, exc)
+            return
+        if self.failing:
+            self.failing = False
+            log.warning("audit lines to %s are written again", self.name)
+
+
+class RotatingFileSink(AuditSink):
+    """A file rotated at `max_bytes` into `backup_count` numbered backups.
+
+    Rotation is `logging.handlers.RotatingFileHandler`'s (its naming, backups and reopening).
+    The size is read with one `fstat` per line rather than the two `stat` calls, `seek` and
+    `tell` of its `shouldRollover`; it is the file's size, so lines other API workers append
+    count too. As with that handler, a backup count of 0 means the file is never rotated.
+    """
+
+    def __init__(self, path: str, max_bytes: int, backup_count: int) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.handler = RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
         )
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
-    return logger
+        super().__init__(path, self.handler.stream)
+        self.max_bytes = max_bytes if backup_count > 0 else 0
+
+    def write(self, line: str) -> None:
+        if self.max_bytes:
+            self.rotate_before(len(line) if line.isascii() else len(line.encode("utf-8")))
+        super().write(line)
+
+    def rotate_before(self, line_bytes: int) -> None:
+        """Rotate if the line would take a non-empty file to `max_bytes` or past it."""
+        try:
+            size = os.fstat(self.stream.fileno()).st_size
+            if size and size + line_bytes >= self.max_bytes:
+                self.handler.doRollover()
+                self.stream = self.handler.stream
+        except (OSError, ValueError) as exc:
+            log.error("audit file %s could not be rotated: %s", self.name, exc)
+
+
+def audit_sinks(audit: AuditSettings) -> list[AuditSink]:
+    """The places `security.audit` names: stdout and/or a rotated file."""
+    sinks: list[AuditSink] = []
+    if audit.stdout:
+        sinks.append(AuditSink("stdout", sys.stdout))
+    if audit.file:
+        sinks.append(RotatingFileSink(audit.file, audit.max_file_bytes, audit.backup_count))
+    return sinks
 
 
 def model_tags(body: bytes) -> list[str]:
@@ -94,13 +141,13 @@ class AuditLog:
     def __init__(self, app: ASGIApp, audit: AuditSettings) -> None:
         self.app = app
         self.audit = audit
-        self.logger = audit_logger(audit) if (audit.stdout or audit.file) else None
+        self.sinks = audit_sinks(audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (
             scope["type"] not in {"http", "websocket"}
-            or self.logger is None
+            or not self.sinks
             or path in PROBES
             or path.startswith(NOT_AUDITED_PREFIXES)
         ):
@@ -138,7 +185,9 @@ class AuditLog:
                 text = request_body.decode("utf-8", "replace")
                 line["input"] = text[:input_cap]
                 line["input_truncated"] = len(text) > input_cap
-            self.logger.info(json.dumps(line, ensure_ascii=False))
+            text = json.dumps(line, ensure_ascii=False) + "\n"
+            for sink in self.sinks:
+                sink.write(text)
 
         async def receive_and_keep() -> Message:
             message = await receive()

@@ -190,3 +190,67 @@ def test_a_v2_answer_with_binary_tensors_is_audited_with_its_model_tag(tmp_path:
     assert got.headers["content-type"] == "application/octet-stream"
     [line] = lines(path)
     assert line["models"] == ["heatflow_svr:v7"]
+
+
+def test_rotation_counts_what_other_workers_appended(tmp_path: Path) -> None:
+    """API workers share the file: the size that decides rotation is the file's, not the
+    lines this worker wrote."""
+    path = tmp_path / "audit.jsonl"
+    client = client_with(AuditSettings(stdout=False, file=str(path), max_file_bytes=4096))
+    client.post("/heatflow", content=b"{}", headers={"x-request-id": "own"})
+    with path.open("a", encoding="utf-8") as other_worker:
+        other_worker.write("x" * 3900 + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]
+    client.post("/heatflow", content=b"{}", headers={"x-request-id": "after"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.1"]
+    assert [line["request_id"] for line in lines(path)] == ["after"]
+
+
+def test_a_backup_count_of_0_never_rotates(tmp_path: Path) -> None:
+    """As with Python's RotatingFileHandler: no backups to keep means no rotation; the file
+    grows."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditSettings(stdout=False, file=str(path), max_file_bytes=4096, backup_count=0)
+    client = client_with(audit)
+    for number in range(40):
+        client.post("/heatflow", content=b"{}", headers={"x-request-id": f"r{number}"})
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.jsonl"]
+    assert len(lines(path)) == 40 and path.stat().st_size > 4096
+
+
+def test_a_failing_stdout_loses_no_answer_and_is_reported_once(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """stdout closed under the service (a pipe whose reader died): the requests are still
+    answered, the file keeps every line, and the loss is on the service's log once, then the
+    recovery once."""
+
+    class BrokenPipe:
+        def __init__(self) -> None:
+            self.broken = True
+            self.written: list[str] = []
+
+        def write(self, text: str) -> int:
+            if self.broken:
+                raise BrokenPipeError(32, "Broken pipe")
+            self.written.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    stdout = BrokenPipe()
+    monkeypatch.setattr("sys.stdout", stdout)
+    path = tmp_path / "audit.jsonl"
+    client = client_with(AuditSettings(stdout=True, file=str(path)))
+    with caplog.at_level("WARNING", logger="despliegue.http.audit"):
+        statuses = [client.post("/heatflow", content=b"{}").status_code for _ in range(3)]
+        stdout.broken = False
+        statuses.append(client.post("/heatflow", content=b"{}").status_code)
+    assert statuses == [200] * 4 and len(lines(path)) == 4
+    assert [json.loads(text)["status"] for text in stdout.written] == [200]
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "audit lines to stdout are being lost: [Errno 32] Broken pipe",
+        "audit lines to stdout are written again",
+    ]
