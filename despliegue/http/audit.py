@@ -35,6 +35,8 @@ NOT_AUDITED_PREFIXES = ("/static_content/", "/ui/")
 MAX_SNIFFED_BODY = 1 << 20  # responses larger than this are not parsed for model tags
 V2_JSON_HEADER_LENGTH = b"inference-header-content-length"  # despliegue/v2/protocol.py
 TIMED_OUT = 504  # what BentoML answers a request it cuts at `traffic.timeout`
+# One encoder for every line: `json.dumps` with an option builds a new encoder per call.
+LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 log = logging.getLogger(__name__)
@@ -185,7 +187,7 @@ class AuditLog:
                 text = request_body.decode("utf-8", "replace")
                 line["input"] = text[:input_cap]
                 line["input_truncated"] = len(text) > input_cap
-            text = json.dumps(line, ensure_ascii=False) + "\n"
+            text = LINE_ENCODER.encode(line) + "\n"
             for sink in self.sinks:
                 sink.write(text)
 
