@@ -55,20 +55,16 @@ def large_photo_body(side: int, photos: int = 2) -> bytes:
     return json.dumps({"input_data": [encoded] * photos}).encode()
 
 
-def few_places_config(folder: Path, in_flight: int) -> Path:
-    """configuration.yaml with `limits.max_requests_in_flight` set to `in_flight`."""
-    text = config_path().read_text(encoding="utf-8")
-    old = "  max_requests_in_flight: 128 "
-    if old not in text:
-        raise SystemExit(f"configuration.yaml has no line {old!r} to change")
-    target = folder / "configuration.yaml"
-    changed = text.replace(old, f"  max_requests_in_flight: {in_flight} ", 1)
-    target.write_text(changed, encoding="utf-8")
-    return target
-
-
-async def phase(url: str, seconds: float, flooders: int, face_body: bytes) -> dict[str, Any]:
-    """/heatflow every 0.1 s for `seconds` while `flooders` clients send `face_body`."""
+async def phase(
+    url: str,
+    seconds: float,
+    flooders: int,
+    face_body: bytes,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """/heatflow every 0.1 s for `seconds` while `flooders` clients send `face_body` (the
+    flood starts 3 s before the /heatflow client). `headers` go with every request (a token)."""
+    sent = {**(headers or {}), **JSON}
     heat: list[float] = []
     heat_statuses: dict[str, int] = {}
     face_statuses: dict[str, int] = {}
@@ -78,7 +74,7 @@ async def phase(url: str, seconds: float, flooders: int, face_body: bytes) -> di
 
     async def flood(client: httpx.AsyncClient, until: float) -> None:
         while time.monotonic() < until:
-            answer = await client.post("/face", content=face_body, headers=JSON)
+            answer = await client.post("/face", content=face_body, headers=sent)
             count(face_statuses, answer.status_code)
             if answer.status_code == 503:
                 await asyncio.sleep(0.05)
@@ -88,7 +84,7 @@ async def phase(url: str, seconds: float, flooders: int, face_body: bytes) -> di
             await asyncio.sleep(3)  # the flood holds the image places by then
         while time.monotonic() < until:
             started = time.perf_counter()
-            answer = await client.post("/heatflow", content=HEAT_BODY, headers=JSON)
+            answer = await client.post("/heatflow", content=HEAT_BODY, headers=sent)
             if answer.status_code == 200:
                 heat.append(time.perf_counter() - started)
             count(heat_statuses, answer.status_code)
@@ -143,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="despliegue-flood-"))
-    config = few_places_config(workdir, args.in_flight)
+    config = servers.few_places_config(
+        config_path(), workdir / "configuration.yaml", args.in_flight
+    )
     env = servers.server_env(
         args.home or str(workdir / "bentoml"),
         PYTHONPATH=str(servers.ROOT),

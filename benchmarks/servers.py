@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -226,30 +226,43 @@ def run_json(argv: list[str], env: dict[str, str], cpus: Sequence[int], timeout:
     return json.loads(completed.stdout)
 
 
+def config_variant(source: Path, target: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the configuration at `target`, with `change` applied to its parsed YAML."""
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    change(raw)
+    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return target
+
+
 def batching_off_config(source: Path, target: Path) -> Path:
     """A copy of the configuration with `batching.enabled: false` for every family: each
     request's items reach the runner method as they came, one call per request."""
-    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    for family in raw["families"].values():
-        family["batching"]["enabled"] = False
-    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return target
+
+    def batching_off(raw: dict[str, Any]) -> None:
+        for family in raw["families"].values():
+            family["batching"]["enabled"] = False
+
+    return config_variant(source, target, batching_off)
 
 
 def drift_off_config(source: Path, target: Path) -> Path:
     """A copy of the configuration with drift capture off: what monitoring costs a request."""
-    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    raw["drift"]["capture"] = False
-    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return target
+    return config_variant(source, target, lambda raw: raw["drift"].update(capture=False))
 
 
 def detector_config(source: Path, target: Path, model: str) -> Path:
     """A copy of the configuration whose face family serves another stored detector."""
-    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    raw["families"]["face_detector"]["model"] = model
-    target.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return target
+    return config_variant(
+        source, target, lambda raw: raw["families"]["face_detector"].update(model=model)
+    )
+
+
+def few_places_config(source: Path, target: Path, in_flight: int) -> Path:
+    """A copy of the configuration whose API worker answers at most `in_flight` requests at
+    once (`limits.max_requests_in_flight`), so a flood fills its places."""
+    return config_variant(
+        source, target, lambda raw: raw["limits"].update(max_requests_in_flight=in_flight)
+    )
 
 
 def machine(server_cpus: Sequence[int], client_cpus: Sequence[int]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.servers import few_places_config
 from despliegue.config import config_path
 from tests.conftest import LiveServer, private_home, serve, stop_server
 from tests.image_samples import b64, encode, photo
@@ -88,9 +89,7 @@ def small_worker_server(
 ) -> Iterator[LiveServer]:
     """An API worker with few places (`limits.max_requests_in_flight`), so a flood fills them."""
     folder = tmp_path_factory.mktemp("admission")
-    config = configured(
-        folder, "  max_requests_in_flight: 128 ", f"  max_requests_in_flight: {IN_FLIGHT} "
-    )
+    config = few_places_config(config_path(), folder / "configuration.yaml", IN_FLIGHT)
     server = serve(
         private_home(reference_store, folder),
         folder / "serve.log",
@@ -110,39 +109,13 @@ def test_a_flood_of_large_photos_leaves_heatflow_its_places(
     then depends on the machine and what else runs on it, so that is measured by
     `make bench-flood` (benchmarks/flood.py), not asserted here."""
     import asyncio
-    import time
 
-    import httpx
+    from benchmarks.flood import large_photo_body, phase
 
     server = small_worker_server
-    body = json.dumps({"input_data": [large_photo(2500)] * 2}).encode()
-    heat = json.dumps({"sediment_thickness_m": [1500.0]}).encode()
-    headers = {**server.headers, "content-type": "application/json"}
-    face_statuses: list[int] = []
-    heat_statuses: list[int] = []
-
-    async def flood(client: httpx.AsyncClient, until: float) -> None:
-        while time.monotonic() < until:
-            answer = await client.post("/face", content=body, headers=headers)
-            face_statuses.append(answer.status_code)
-            if answer.status_code == 503:
-                await asyncio.sleep(0.05)
-
-    async def light(client: httpx.AsyncClient, until: float) -> None:
-        await asyncio.sleep(3)  # the flood holds the worker's places by then
-        while time.monotonic() < until:
-            answer = await client.post("/heatflow", content=heat, headers=headers)
-            heat_statuses.append(answer.status_code)
-            await asyncio.sleep(0.1)
-
-    async def scenario() -> None:
-        until = time.monotonic() + 20
-        limits = httpx.Limits(max_connections=FLOODERS + 4)
-        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-            await asyncio.gather(
-                *(flood(client, until) for _ in range(FLOODERS)), light(client, until)
-            )
-
-    asyncio.run(scenario())
-    assert 503 in face_statuses, "the flood never filled the image places"
-    assert len(heat_statuses) >= 20 and set(heat_statuses) == {200}, heat_statuses
+    outcome = asyncio.run(
+        phase(server.url, 17, FLOODERS, large_photo_body(2500), headers=server.headers)
+    )
+    assert "503" in outcome["face_statuses"], "the flood never filled the image places"
+    heat_statuses = outcome["heatflow"]["statuses"]
+    assert set(heat_statuses) == {"200"} and heat_statuses["200"] >= 20, heat_statuses

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.flood import few_places_config, render
+from benchmarks.flood import render
+from benchmarks.servers import few_places_config
 from despliegue.config import config_path, load_settings
 
 
 def test_the_flood_server_gets_few_places_and_keeps_the_rest_of_the_configuration(
     tmp_path: Path,
 ) -> None:
-    settings = load_settings(few_places_config(tmp_path, 8))
+    settings = load_settings(few_places_config(config_path(), tmp_path / "c.yaml", 8))
     assert settings.limits.max_requests_in_flight == 8
     assert settings.model_dump() == {
         **load_settings(config_path()).model_dump(),
