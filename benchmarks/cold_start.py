@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a line about the machine (e.g. shared)")
     args = parser.parse_args(argv)
     cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))[0]
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-cold-"))
+    workdir = servers.scratch_folder("cold")
     base = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
     env = servers.server_env(args.home or str(workdir / "bentoml"), DESPLIEGUE_CONFIG=str(base))
     if not args.home:

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(url, pid, args.requests, args.clients, warmup)
         return report(result, args, warmup)
 
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-face-memory-"))
+    workdir = servers.scratch_folder("face-memory")
     env = servers.server_env(args.home or str(workdir / "bentoml"), PYTHONPATH=str(servers.ROOT))
     prepare_store(env["BENTOML_HOME"], env)
     server_cpus, _ = servers.split_cpus(sorted(os.sched_getaffinity(0)))

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-flood-"))
+    workdir = servers.scratch_folder("flood")
     config = servers.few_places_config(
         config_path(), workdir / "configuration.yaml", args.in_flight
     )

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("py-spy not found: install requirements-dev.txt")
 
     cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-profile-"))
+    workdir = servers.scratch_folder("profile")
     env = servers.server_env(args.home or str(workdir / "bentoml"))
     prepare_store(env["BENTOML_HOME"], env)
     server = servers.start_bentoml(env, cpus[0], workdir / "serve.log")

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     server_cpus, client_cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-cost-"))
+    workdir = servers.scratch_folder("cost")
     env = servers.server_env(args.home or str(workdir / "bentoml"), PYTHONPATH=str(servers.ROOT))
     if args.config:
         env["DESPLIEGUE_CONFIG"] = str(Path(args.config).resolve())

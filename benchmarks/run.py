@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     paths = [by_name(name) for name in args.paths] if args.paths else list(PATHS)
     cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-bench-"))
+    workdir = servers.scratch_folder("bench")
     home = args.home or str(workdir / "bentoml")
     base_config = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
     env = servers.server_env(home, DESPLIEGUE_CONFIG=str(base_config))

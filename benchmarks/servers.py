@@ -7,14 +7,17 @@ before exec (inherited by BentoML's worker processes), and stopped by its proces
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +44,21 @@ def server_env(home: str, **extra: str) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **extra,
     }
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A temporary folder for a run's store, configurations and server logs. It is removed when
+    the run ends, unless the run died of an error: then it stays, for its logs, and says where."""
+    folder = Path(tempfile.mkdtemp(prefix=f"despliegue-{prefix}-"))
+
+    def remove_unless_failed() -> None:
+        if getattr(sys, "last_value", None) is not None:
+            print(f"kept for its logs: {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove_unless_failed)
+    return folder
 
 
 def split_cpus(available: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -40,7 +40,6 @@ import os
 import random
 import resource
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -437,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     server_cpus, client_cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-soak-"))
+    workdir = servers.scratch_folder("soak")
     env = servers.server_env(args.home or str(workdir / "bentoml"), PYTHONPATH=str(servers.ROOT))
     prepare_store(env["BENTOML_HOME"], env)
     server = servers.start_bentoml(env, server_cpus, workdir / "serve.log")

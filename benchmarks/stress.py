@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [by_name(name) for name in args.paths] if args.paths else list(PATHS)
 
     cpus = servers.split_cpus(sorted(os.sched_getaffinity(0)))
-    workdir = Path(tempfile.mkdtemp(prefix="despliegue-stress-"))
+    workdir = servers.scratch_folder("stress")
     config = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
     slo = load_settings(config).slo
     env = servers.server_env(

@@ -5,9 +5,11 @@ BENTOML_HOME is set before anything imports bentoml, so no test touches the user
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,9 @@ from despliegue.tokens import TOKENS_ENV, TOKENS_FILE_ENV, new_token
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="despliegue-test-home-"))
+# Each test process's store copy and tokens; gone with the process (a copy of the reference
+# store per run would fill a disk that runs the suite often).
+atexit.register(shutil.rmtree, SESSION_HOME, ignore_errors=True)
 os.environ["BENTOML_HOME"] = str(SESSION_HOME / "bentoml")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
@@ -251,8 +256,6 @@ def reference_store() -> str:
     copy of $DESPLIEGUE_TEST_MODELS when given: save_models.py then checks what it finds and
     builds only what is missing)."""
     if PREBUILT_MODELS:
-        import shutil
-
         # A unit test may have opened the session's store already (its folders, no models).
         store = Path(os.environ["BENTOML_HOME"]) / "models"
         shutil.copytree(PREBUILT_MODELS, store, dirs_exist_ok=True)
@@ -277,8 +280,6 @@ def fresh_interpreter_json(code: str, home: Path | str) -> Any:
 def private_home(reference_store: str, folder: Path) -> str:
     """A BentoML home of its own holding a copy of the session's models: one server per home
     (despliegue/home_lock.py)."""
-    import shutil
-
     home = folder / "bentoml"
     shutil.copytree(Path(reference_store) / "models", home / "models")
     return str(home)

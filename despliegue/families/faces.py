@@ -20,6 +20,7 @@ are far too few to validate real faces: it shows the path works; import your own
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -116,17 +117,25 @@ BLAZEFACE_VARIANT = "full_range"
 class PackagedBlazeFace:
     """BlazeFace's .tflite files out of the mediapipe wheel, written as manifest + copies."""
 
-    wheel: Path
+    networks: dict[str, bytes]  # variant -> the .tflite file's bytes, sha256 checked
+
+    @classmethod
+    def from_wheel(cls, wheel: Path) -> PackagedBlazeFace:
+        """Reads both networks out of the wheel, refusing a file whose sha256 changed."""
+        networks = {}
+        with zipfile.ZipFile(wheel) as archive:
+            for variant, (member, sha256) in BLAZEFACE_FILES.items():
+                networks[variant] = archive.read(member)
+                if hashlib.sha256(networks[variant]).hexdigest() != sha256:
+                    raise ValueError(f"{member} in {wheel.name}: unexpected sha256")
+        return cls(networks)
 
     def save(self, manifest_path: Path) -> None:
         entries = {}
-        with zipfile.ZipFile(self.wheel) as archive:
-            for variant, (member, sha256) in BLAZEFACE_FILES.items():
-                target = manifest_path.parent / Path(member).name
-                target.write_bytes(archive.read(member))
-                if sha256_of(target) != sha256:
-                    raise ValueError(f"{member} in {self.wheel.name}: unexpected sha256")
-                entries[variant] = {"file": target.name, "sha256": sha256}
+        for variant, (member, sha256) in BLAZEFACE_FILES.items():
+            target = manifest_path.parent / Path(member).name
+            target.write_bytes(self.networks[variant])
+            entries[variant] = {"file": target.name, "sha256": sha256}
         manifest = {"package": MEDIAPIPE_WHEEL, "variant": BLAZEFACE_VARIANT, "weights": entries}
         manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
@@ -142,7 +151,8 @@ def download_mediapipe_wheel(folder: Path) -> Path:
 
 
 def build_blazeface_reference() -> ReferenceModel:
-    folder = Path(tempfile.mkdtemp(prefix="mediapipe-wheel-"))
+    with tempfile.TemporaryDirectory(prefix="mediapipe-wheel-") as folder:
+        model = PackagedBlazeFace.from_wheel(download_mediapipe_wheel(Path(folder)))
     metadata = {
         "reference": True,
         "pretrained": True,
@@ -152,7 +162,7 @@ def build_blazeface_reference() -> ReferenceModel:
         "variant": BLAZEFACE_VARIANT,
     }
     return ReferenceModel(
-        model=PackagedBlazeFace(download_mediapipe_wheel(folder)),
+        model=model,
         metadata=metadata,
         framework="blazeface",
     )

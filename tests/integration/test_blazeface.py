@@ -17,10 +17,15 @@ from tests.conftest import run_save_models
 
 
 @pytest.fixture(scope="module")
-def stored(reference_store: str) -> bentoml.Model:
-    """BlazeFace is an optional reference: built when asked for by name."""
-    built = run_save_models("reference", "face_detector_blazeface")
+def stored(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> bentoml.Model:
+    """BlazeFace is an optional reference: built when asked for by name. The wheel it comes out
+    of is downloaded into a temporary folder, which is gone once the model is stored."""
+    scratch = tmp_path_factory.mktemp("save-tmp")
+    built = run_save_models(
+        "reference", "face_detector_blazeface", extra_env={"TMPDIR": str(scratch)}
+    )
     assert built.returncode == 0, built.stdout + built.stderr
+    assert not list(scratch.iterdir()), "save_models.py left files in its temporary folder"
     return bentoml.models.get("face_detector_blazeface:latest")
 
 
