@@ -18,7 +18,7 @@
     python save_models.py shadow FAMILY [TAG] --why TEXT   give TAG a copy of every request
     python save_models.py history [FAMILY] [--json]   who changed what each family serves, and why
     python save_models.py sync                    import and serve what followed MLflow aliases name
-    python save_models.py backup DIR              export the served models + sha256 manifest
+    python save_models.py backup DIR              export every stored model + sha256 manifest
     python save_models.py restore DIR             verify a backup, then import it
 
 Answers (tables, summaries, the tag an import stored) are printed on stdout, and with --json
@@ -330,7 +330,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "sync", help="import and serve what MLflow aliases name (families with mlflow_alias)"
     )
     syncs.add_argument("--why", default="", help="the reason (default: the alias and version)")
-    backups = commands.add_parser("backup", help="export the served models with a manifest")
+    backups = commands.add_parser("backup", help="export every stored model with a manifest")
     backups.add_argument("folder", type=Path, help="a new folder for this backup")
     restores = commands.add_parser("restore", help="verify a backup's sha256 sums, import it")
     restores.add_argument("folder", type=Path, help="a folder made by `backup`")

@@ -1,7 +1,11 @@
-"""Back up the served models to a folder, and restore them only from an intact backup.
+"""Back up the model store to a folder, and restore it only from an intact backup.
 
-    python save_models.py backup DIR     export every served model + manifest.json (sha256)
+    python save_models.py backup DIR     export every stored model + manifest.json (sha256)
     python save_models.py restore DIR    verify everything first, then import what is missing
+
+Every model in the store goes into a backup, not only the served ones: canary, shadow and
+rollback candidates and older imports are what a user imported too, and `bentoml build` packs
+some of them. A backup is refused while a served model is missing from the store.
 
 A backup folder holds one `<name>-<version>.bentomodel` archive per model (BentoML's own
 export format, metadata included) and `manifest.json` listing each file with its sha256 and
@@ -48,26 +52,25 @@ class BackedUp:
     action: str  # "exported", "restored", "kept"
 
 
-def served_models() -> list[bentoml.Model]:
-    """The stored model behind every configured family and panel member."""
-    models = []
+def stored_models() -> list[bentoml.Model]:
+    """Every model in the store, by tag; refused if a configured family's model is missing."""
     for name, tag in served_tags().items():
         try:
-            models.append(bentoml.models.get(tag))
+            bentoml.models.get(tag)
         except bentoml.exceptions.NotFound:
             raise BackupRefused(
                 f"family {name}: model {tag} is not in the store; nothing to back up"
             ) from None
-    return models
+    return sorted(bentoml.models.list(), key=lambda model: str(model.tag))
 
 
 def backup(folder: Path) -> list[BackedUp]:
-    """Export the served models into `folder` (created; must not hold a backup already)."""
+    """Export every stored model into `folder` (created; must not hold a backup already)."""
     if (folder / MANIFEST).exists():
         raise BackupRefused(f"{folder / MANIFEST}: a backup is already there; use a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     entries, done = [], []
-    for model in served_models():
+    for model in stored_models():
         file_name = f"{model.tag.name}-{model.tag.version}.bentomodel"
         bentoml.models.export_model(str(model.tag), str(folder / file_name))
         path = folder / file_name

@@ -16,11 +16,28 @@ from tests.conftest import ROOT, private_home, run_save_models
 pytestmark = pytest.mark.processes
 
 
+# A model the user saved into the store and does not serve (yet): a candidate of their own.
+SAVE_AN_UNSERVED_MODEL = """
+import bentoml
+from sklearn.linear_model import LinearRegression
+
+bentoml.sklearn.save_model("heatflow_candidate", LinearRegression().fit([[0.0], [1.0]], [0, 1]))
+"""
+
+
 @pytest.fixture(scope="module")
 def backed_up(reference_store: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A copy of the session's reference store, and a backup of it."""
+    """A copy of the session's reference store plus one unserved model, and a backup of it."""
     root = tmp_path_factory.mktemp("backup")
     home, folder = Path(private_home(reference_store, root)), root / "backup"
+    saved = subprocess.run(
+        [sys.executable, "-c", SAVE_AN_UNSERVED_MODEL],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert saved.returncode == 0, saved.stderr
     result = run_save_models("backup", str(folder), home=str(home))
     assert result.returncode == 0, result.stderr
     return home, folder
@@ -31,10 +48,12 @@ def model_dirs(home: Path) -> set[str]:
     return {f"{p.parent.name}:{p.name}" for p in models.glob("*/*") if p.name != "latest"}
 
 
-def test_backup_lists_every_served_model_with_its_sha256(backed_up: tuple[Path, Path]) -> None:
+def test_backup_lists_every_stored_model_with_its_sha256(backed_up: tuple[Path, Path]) -> None:
+    """Served or not: an unserved import restored from nothing would be lost silently."""
     home, folder = backed_up
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {entry["tag"] for entry in manifest["models"]} == model_dirs(home)
+    assert any(entry["tag"].startswith("heatflow_candidate:") for entry in manifest["models"])
     for entry in manifest["models"]:
         assert len(entry["sha256"]) == 64 and (folder / entry["file"]).stat().st_size > 0
 
