@@ -338,8 +338,15 @@ def test_v2_infer_pinned_to_a_canary_crosses_the_runner_hop(deployment: Deployme
     panel = deployment.server.get("/antibiotics").json()["antibiotics"]
     length = next(entry["input_length"] for entry in panel if entry["code"] == "AMK")
     tensor = {"name": "features", "datatype": "FP32", "shape": [1, length], "data": [0.5] * length}
-    seed = deployment.server.post("/antibiotics", {"features": [[0.5] * length], "codes": ["AMK"]})
-    served_answer = seed.json()["results"][0]["predictions"][0]["probabilities"]
+    # The served model's answer: unpinned, 1 % of calls go to the canary, so ask until it is.
+    for _ in range(50):
+        seed = deployment.server.post(
+            "/antibiotics", {"features": [[0.5] * length], "codes": ["AMK"]}
+        ).json()["results"][0]
+        if seed["model"] == served:
+            break
+    assert seed["model"] == served, seed
+    served_answer = seed["predictions"][0]["probabilities"]
     # The canary called directly: its stored ONNX form (checked against its Keras file at
     # import). An imported copy of the reference file takes the features unscaled (the
     # reference's standardisation is on its card), so its answers differ from the served one's.
