@@ -115,7 +115,7 @@ bench-runtimes: models  ## TensorFlow vs ONNX Runtime vs OpenVINO on the stored 
 bench-flood: venv  ## /heatflow latency while large photos flood /face (admission), against the SLO
 	$(BIN)/python -m benchmarks.flood
 
-bench-quick: venv peer-venvs  ## the whole benchmark with short points (~2 min), to check the harness
+bench-quick: venv peer-venvs  ## the whole benchmark with short points (~15 min), to check the harness
 	$(BIN)/python -m benchmarks.run --quick
 
 stress: venv  ## locust stress: users doubling until the configured SLO breaks, per endpoint

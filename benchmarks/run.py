@@ -11,13 +11,17 @@ For each path in benchmarks/paths.py:
      against the limit and the service's best HTTP point.
 Plus the cold start: seconds from `bentoml serve` to 200 on /readyz and on /models.
 
+Path by path: every design of one path is measured back to back (a server started for it,
+serving every path, then stopped) before the next path's. A ratio is then two points minutes
+apart, not the length of the run: this machine's speed moved 10-40% within one run.
+
 Everything runs in its own BENTOML_HOME with the reference models built by save_models.py.
 Server-side processes (both servers, the limit) are pinned to the server CPUs and the load
 generator to the client CPUs (see servers.split_cpus). Writes benchmarks/results/<date>.json
 and benchmarks/results/latest.md (a --quick run: <date>-quick.json and latest-quick.md).
 
-    python -m benchmarks.run            # every path; ~3 min per path
-    python -m benchmarks.run --quick    # ~2 min, a smoke run of the whole harness
+    python -m benchmarks.run            # every path; ~5 min per path
+    python -m benchmarks.run --quick    # ~15 min, a smoke run of the whole harness
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ OPTIONAL_DESIGNS = (
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short points (~2 min in all)")
+    parser.add_argument("--quick", action="store_true", help="short points (~15 min in all)")
     parser.add_argument("--seconds", type=float, help="measured seconds per point (default 8)")
     parser.add_argument("--warmup", type=float, help="discarded seconds per point (default 2)")
     parser.add_argument(
@@ -276,6 +280,7 @@ def check_answers(
 
 def measure_peer(
     peer: str,
+    served: Sequence[BenchPath],
     paths: Sequence[BenchPath],
     checks: dict[str, list[dict[str, Any]]],
     manifest: Path,
@@ -285,13 +290,14 @@ def measure_peer(
     workdir: Path,
     warnings: list[str],
 ) -> tuple[dict[str, list[dict[str, Any]]], float] | None:
-    """One peer serving every path at once (as the service does), each path's answers checked,
-    then the same load points as the service. None: the peer's venv is not installed."""
+    """One peer serving every path of the run at once (as the service does); on `paths`, each
+    path's answers checked, then the same load points as the service. None: the peer's venv is
+    not installed."""
     print(f"peer: {launch.LABELS[peer]}", flush=True)
     if not launch.installed(peer):
         print(f"  skipped: .venv-{peer} is missing (make peer-venvs)", flush=True)
         return None
-    names = [path.name for path in paths]
+    names = [path.name for path in served]
     server = launch.start(peer, manifest, names, env, cpus[0], workdir)
     design = "mlserver" if peer == "mlserver" else "service"
     try:
@@ -324,14 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = args.home or str(workdir / "bentoml")
     base_config = Path(os.environ.get("DESPLIEGUE_CONFIG", servers.ROOT / "configuration.yaml"))
     env = servers.server_env(home, DESPLIEGUE_CONFIG=str(base_config))
-    off_config = servers.batching_off_config(base_config, workdir / "batching-off.yaml")
-    off_env = {**env, "DESPLIEGUE_CONFIG": str(off_config)}
     designs = 2 + sum(bool(p.baseline) + bool(p.mlflow_body) for p in paths) / len(paths)
     points = len(paths) * len(args.concurrency) * designs
     estimate = points * (args.seconds + args.warmup) + len(paths) * args.limit_seconds
     print(
         f"server CPUs {cpus[0]}, client CPUs {cpus[1]}; work dir {workdir}; "
-        f"{points:.0f} points, ~{estimate / 60:.0f} min of load plus server starts",
+        f"{points:.0f} points, ~{estimate / 60:.0f} min of load, "
+        "plus a server start per path and design",
         flush=True,
     )
 
@@ -369,79 +374,75 @@ def main(argv: Sequence[str] | None = None) -> int:
             "designs": {},
         }
 
-    v2: dict[str, list[dict[str, Any]]] | None = {} if "v2" in args.designs else None
-    on, cold = measure_service("batching-on", paths, args, env, cpus, workdir, v2)
-    # Batch scoring on the server CPUs, against the limit and the HTTP points just measured.
-    for path in (p for p in paths if p.name in batch_scoring.BENCH_PATHS):
-        items = 500 if args.quick else 2000
-        print(f"batch scoring: {path.name}, {items} items", flush=True)
-        measured = servers.run_json(
-            ["benchmarks.batch", "--path", path.name, "--items", str(items)], env, cpus[0], 900
-        )
-        scored = batch_scoring.goals(
-            measured, result["paths"][path.name]["limit"], on[path.name], path.items_per_request
-        )
-        result["paths"][path.name]["batch"] = scored
-        print(
-            f"  {scored['items_per_s']:.0f} items/s: {scored['vs_ceiling'] or 0:.2f} of the "
-            f"one-core ceiling, {scored['vs_http'] or 0:.1f}x HTTP; RSS "
-            f"{scored['rss_growth_mib']:+.0f} MiB",
-            flush=True,
-        )
-    off: dict[str, list[dict[str, Any]]] = {}
-    if "batching_off" in args.designs:
-        off = measure_service("batching-off", paths, args, off_env, cpus, workdir)[0]
-    no_drift: dict[str, list[dict[str, Any]]] = {}
-    if "drift_off" in args.designs:
-        no_drift_config = servers.drift_off_config(base_config, workdir / "drift-off.yaml")
-        no_drift_env = {**env, "DESPLIEGUE_CONFIG": str(no_drift_config)}
-        no_drift = measure_service("drift-off", paths, args, no_drift_env, cpus, workdir)[0]
-    # The face paths once more with the fast detector (BlazeFace) configured instead of MTCNN.
-    face_paths = [path for path in paths if path.family.startswith("face_")]
-    fast: dict[str, list[dict[str, Any]]] = {}
-    if "blazeface" in args.designs and face_paths:
-        fast_config = servers.detector_config(base_config, workdir / "fast.yaml", FAST_DETECTOR)
-        fast_env = {**env, "DESPLIEGUE_CONFIG": str(fast_config)}
-        fast = measure_service("blazeface", face_paths, args, fast_env, cpus, workdir)[0]
-    result["cold_start"] = cold
-    result["warnings"] = [
-        f"{name}: the batching-off run still merged requests into runner calls; the API must "
-        "call the runner through `coalesce(...)`, which honours `batching.enabled`"
-        for name, points in off.items()
-        if any(point["mean_batch_size"] is not None for point in points)
-    ]
-    for warning in result["warnings"]:
-        print(f"WARNING: {warning}")
+    off_config = servers.batching_off_config(base_config, workdir / "batching-off.yaml")
+    no_drift_config = servers.drift_off_config(base_config, workdir / "drift-off.yaml")
+    fast_config = servers.detector_config(base_config, workdir / "fast.yaml", FAST_DETECTOR)
+    service_variants = {  # design -> (label, configuration, paths it is measured on)
+        "batching_off": ("batching-off", off_config, paths),
+        "drift_off": ("drift-off", no_drift_config, paths),
+        # The face paths once more with the fast detector (BlazeFace) instead of MTCNN.
+        "blazeface": ("blazeface", fast_config, [p for p in paths if p.family.startswith("face_")]),
+    }
     manifest = workdir / "peer-manifest.json"
     peer_manifest = servers.run_json(["benchmarks.store", "--peer-manifest"], env, cpus[0], 120)
     manifest.write_text(json.dumps(peer_manifest), encoding="utf-8")
-    peers = {}
-    for peer in (peer for peer in launch.PEERS if peer in args.designs):
-        try:
-            measured = measure_peer(
-                peer, paths, checks, manifest, args, env, cpus, workdir, result["warnings"]
-            )
-        except (RuntimeError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
-            # A peer that fails to start or answers wrong is reported, not measured.
-            result["warnings"].append(f"{peer} not measured: {str(exc)[:1500]}")
-            print(f"WARNING: {peer} not measured: {exc}", flush=True)
-            continue
-        if measured is not None:
-            peers[peer], result["cold_start"][f"{peer}_s"] = measured
+    result["warnings"] = []
+    cold: dict[str, Any] = {}
     for path in paths:
+        print(f"== {path.name}: every design, back to back", flush=True)
         designs = result["paths"][path.name]["designs"]
+        v2: dict[str, list[dict[str, Any]]] | None = {} if "v2" in args.designs else None
+        on, started_cold = measure_service("batching-on", [path], args, env, cpus, workdir, v2)
+        cold = cold or started_cold  # the first start: nothing of the run cached yet
         designs["batching_on"] = on[path.name]
-        if path.name in off:
-            designs["batching_off"] = off[path.name]
-        if path.name in no_drift:
-            designs["drift_off"] = no_drift[path.name]
-        if path.name in fast:
-            designs["blazeface"] = fast[path.name]
-        if v2 and path.name in v2:
+        if v2:
             designs["v2"] = v2[path.name]
-        for peer, per_path in peers.items():
-            if path.name in per_path:
-                designs[peer] = per_path[path.name]
+        if path.name in batch_scoring.BENCH_PATHS:
+            # Batch scoring on the server CPUs, against the limit and the HTTP points just taken.
+            items = 500 if args.quick else 2000
+            print(f"batch scoring: {path.name}, {items} items", flush=True)
+            measured = servers.run_json(
+                ["benchmarks.batch", "--path", path.name, "--items", str(items)], env, cpus[0], 900
+            )
+            scored = batch_scoring.goals(
+                measured, result["paths"][path.name]["limit"], on[path.name],
+                path.items_per_request,
+            )  # fmt: skip
+            result["paths"][path.name]["batch"] = scored
+            print(
+                f"  {scored['items_per_s']:.0f} items/s: {scored['vs_ceiling'] or 0:.2f} of the "
+                f"one-core ceiling, {scored['vs_http'] or 0:.1f}x HTTP; RSS "
+                f"{scored['rss_growth_mib']:+.0f} MiB",
+                flush=True,
+            )
+        for design, (label, config, measured_paths) in service_variants.items():
+            if design in args.designs and path in measured_paths:
+                variant_env = {**env, "DESPLIEGUE_CONFIG": str(config)}
+                points = measure_service(label, [path], args, variant_env, cpus, workdir)[0]
+                designs[design] = points[path.name]
+        if any(point["mean_batch_size"] is not None for point in designs.get("batching_off", [])):
+            result["warnings"].append(
+                f"{path.name}: the batching-off run still merged requests into runner calls; the "
+                "API must call the runner through `coalesce(...)`, which honours "
+                "`batching.enabled`"
+            )
+            print(f"WARNING: {result['warnings'][-1]}")
+        for peer in (peer for peer in launch.PEERS if peer in args.designs):
+            try:
+                measured_peer = measure_peer(
+                    peer, paths, [path], checks, manifest, args, env, cpus, workdir,
+                    result["warnings"],
+                )  # fmt: skip
+            except (RuntimeError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
+                # A peer that fails to start or answers wrong is reported, not measured.
+                result["warnings"].append(f"{peer} not measured on {path.name}: {str(exc)[:1500]}")
+                print(f"WARNING: {result['warnings'][-1]}", flush=True)
+                continue
+            if measured_peer is not None:
+                per_path, ready = measured_peer
+                cold.setdefault(f"{peer}_s", ready)
+                if path.name in per_path:
+                    designs[peer] = per_path[path.name]
         seeded = "seed" in args.designs and path.name in (args.seed_paths or [path.name])
         if path.baseline and seeded:
             designs["seed"] = measure_seed(
@@ -454,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["paths"][path.name]["ratios"] = {
             str(c): ratios_for(result["paths"][path.name], c) for c in args.concurrency
         }
+    result["cold_start"] = cold
     result["duration_s"] = time.monotonic() - started
 
     json_path, md_path = write_results(
