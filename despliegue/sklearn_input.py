@@ -53,3 +53,24 @@ def numeric_column(values: Sequence[Any]) -> np.ndarray:
 def text_column(values: Sequence[Any]) -> list[str]:
     """Plain input of a text pipeline (a vectorizer first): a list of strings."""
     return list(values)
+
+
+class SharedTransforms:
+    """A fitted model split into its transforms and its final estimator, so that two methods
+    of the estimator (`predict` and `predict_proba`) share one pass of the transforms: a text
+    pipeline's vectorizer is most of its cost (the falsetrue reference: 1.6 -> 1.0 ms for one
+    text, 4.7 -> 2.6 ms for 32). The same calls a Pipeline makes, so the same answers; a model
+    that is not a Pipeline is its own final estimator."""
+
+    def __init__(self, model: Any) -> None:
+        from sklearn.pipeline import Pipeline
+
+        if isinstance(model, Pipeline) and len(model.steps) > 1:
+            self.transforms: Callable[[Any], Any] | None = model[:-1].transform
+            self.estimator = model[-1]
+        else:
+            self.transforms, self.estimator = None, model
+
+    def features(self, inputs: Any) -> Any:
+        """What the final estimator sees for `inputs`."""
+        return inputs if self.transforms is None else self.transforms(inputs)

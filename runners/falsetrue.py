@@ -17,24 +17,28 @@ from despliegue.heap import settle_worker_heap
 from despliegue.lifecycle.pinning import with_pinned_twins
 from despliegue.lifecycle.plans import packs_served_models
 from despliegue.lifecycle.swap import ServedModels
-from despliegue.sklearn_input import OneColumnInput, text_column
+from despliegue.sklearn_input import OneColumnInput, SharedTransforms, text_column
 from despliegue.startup import serve_until_callers_stop
 
 FAMILY = settings().family("falsetrue")
 
 
-def with_input(model: Any, card: ModelCard) -> tuple[Any, OneColumnInput]:
-    return model, OneColumnInput(model, text_column, card.metadata.get("input_column"))
+def with_input(model: Any, card: ModelCard) -> tuple[SharedTransforms, OneColumnInput]:
+    input_column = card.metadata.get("input_column")
+    return SharedTransforms(model), OneColumnInput(model, text_column, input_column)
 
 
-def label_and_probability(prepared: tuple[Any, OneColumnInput], texts: list[str]) -> np.ndarray:
-    """Rows of (label, probability of Real) per text; probability is NaN if unknown."""
+def label_and_probability(
+    prepared: tuple[SharedTransforms, OneColumnInput], texts: list[str]
+) -> np.ndarray:
+    """Rows of (label, probability of Real) per text; probability is NaN if unknown. The
+    label is the model's own `predict` (not the likelier class: they differ for some models)."""
     model, model_input = prepared
-    inputs = model_input(texts)
-    labels = np.asarray(model.predict(inputs), dtype=float)
-    if hasattr(model, "predict_proba"):
-        real_column = list(model.classes_).index(1)
-        p_real = np.asarray(model.predict_proba(inputs), dtype=float)[:, real_column]
+    features = model.features(model_input(texts))
+    labels = np.asarray(model.estimator.predict(features), dtype=float)
+    if hasattr(model.estimator, "predict_proba"):
+        real_column = list(model.estimator.classes_).index(1)
+        p_real = np.asarray(model.estimator.predict_proba(features), dtype=float)[:, real_column]
     else:
         p_real = np.full(len(texts), np.nan)
     return np.stack([labels, p_real], axis=1)
