@@ -63,9 +63,10 @@ size=$(podman image inspect "$IMAGE:$version" --format '{{.Size}}')
 echo "image $IMAGE:$version size $(python3 -c "print(f'{$size/1e9:.2f} GB')") (uncompressed), archive $(du -h "$archive" | cut -f1)"
 echo "$IMAGE:$version" > "$DIST/image.txt"
 remove_other_versions "$version"
-# Untagged images made before this build are the leaves of older builds' stages. The steps this
-# build reused are parents of its own images, so the build cache stays. (Pruned only after a
-# build: before one, the last build's stage leaf is all that holds the cache.)
+# Dangling images (untagged, no child) made before this build go too: on a build machine, the
+# leaves of older builds' stages. The steps this build reused are parents of its own images, so
+# the build cache stays. (Pruned only after a build: before one, the last build's stage leaf is
+# all that holds the cache.)
 podman image prune --force --filter "until=$start" >/dev/null
 graphroot=$(podman info --format '{{.Store.GraphRoot}}')
 echo "image store $graphroot: $(df -h --output=avail "$graphroot" | tail -1 | tr -d ' ') free"
