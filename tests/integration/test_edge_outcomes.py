@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.servers import few_places_config
+from benchmarks.servers import config_variant, few_places_config
 from despliegue.config import config_path
 from tests.conftest import LiveServer, private_home, serve, stop_server
 from tests.image_samples import b64, encode, photo
@@ -19,15 +18,6 @@ from tests.image_samples import b64, encode, photo
 pytestmark = pytest.mark.integration
 
 API_TIMEOUT_S = 1
-
-
-def configured(folder: Path, old: str, new: str) -> Path:
-    """configuration.yaml with one line changed, written to `folder`."""
-    text = config_path().read_text(encoding="utf-8")
-    assert old in text, old
-    config = folder / "configuration.yaml"
-    config.write_text(text.replace(old, new, 1), encoding="utf-8")
-    return config
 
 
 def large_photo(side: int = 4000) -> str:
@@ -43,10 +33,12 @@ def short_timeout_server(
 ) -> Iterator[LiveServer]:
     """The API service answers within `API_TIMEOUT_S` or BentoML cuts the request (504)."""
     folder = tmp_path_factory.mktemp("timeout")
-    config = configured(
-        folder,
-        "    Despliegue: {workers: 1}",
-        f"    Despliegue: {{workers: 1, traffic: {{timeout: {API_TIMEOUT_S}}}}}",
+    config = config_variant(
+        config_path(),
+        folder / "configuration.yaml",
+        lambda raw: raw["bentoml"]["services"]["Despliegue"].update(
+            traffic={"timeout": API_TIMEOUT_S}
+        ),
     )
     server = serve(
         private_home(reference_store, folder),
