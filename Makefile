@@ -66,11 +66,25 @@ batch: models  ## score a folder or table offline: make batch FAMILY=flowers INP
 # once per worker). The tests that measure the machine (marked serial: the soak pins cores and
 # judges memory over minutes) need it alone and run in `make soak-check`, a CI step of its own.
 # The run ranks its 30 slowest tests; a failure, or no test collected (exit 5), fails the target.
+# The reference models are built once per run, before pytest, into .test-home (emptied first,
+# so no model of an earlier checkout is tested): each worker starts from a copy. Each worker
+# used to build its own, both at once on the two cores. DESPLIEGUE_TEST_MODELS naming a store
+# already built skips the step (a store kept between runs while editing; save_models.py still
+# checks it and builds what is missing).
 PYTEST_WORKERS ?= 2
+TEST_HOME := $(CURDIR)/.test-home
 test: venv client-venv v2-client-venv postgresql  ## run the whole test suite (unit, live server, browser, client, build)
 	@# Without the browser the UI tests skip saying why (and fail when CI=true).
 	-@scripts/test-tools.sh
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not serial" --durations=30
+	@if [ -z "$$DESPLIEGUE_TEST_MODELS" ]; then \
+		echo "building the reference models once for the run (log: $(TEST_HOME)/models.log)"; \
+		rm -rf "$(TEST_HOME)" && mkdir -p "$(TEST_HOME)" && \
+		BENTOML_HOME="$(TEST_HOME)/bentoml" $(BIN)/python save_models.py \
+			>"$(TEST_HOME)/models.log" 2>&1 || { tail -40 "$(TEST_HOME)/models.log"; exit 1; }; \
+	fi
+	DESPLIEGUE_TEST_MODELS="$${DESPLIEGUE_TEST_MODELS:-$(TEST_HOME)/bentoml/models}" \
+	DESPLIEGUE_TEST_MODELS_LOG="$${DESPLIEGUE_TEST_MODELS_LOG:-$(TEST_HOME)/models.log}" \
+		$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not serial" --durations=30
 
 unit: venv  ## the inner loop (< 1 min): tests/unit without the tests that start processes
 	$(BIN)/python -m pytest tests/unit -m "not processes" -q
@@ -160,5 +174,5 @@ container-clean:  ## remove the built images, their build cache and dist/ (keeps
 k8s-config: venv  ## regenerate deploy/k8s/common/configmap.yaml from configuration.yaml
 	$(BIN)/python scripts/k8s_configmap.py
 
-clean:  ## remove the virtual environments
-	rm -rf $(VENV) $(CLIENT_VENV) $(V2_CLIENT_VENV) $(PEERS:%=.venv-%)
+clean:  ## remove the virtual environments and the test run's model store
+	rm -rf $(VENV) $(CLIENT_VENV) $(V2_CLIENT_VENV) $(PEERS:%=.venv-%) $(TEST_HOME)

@@ -244,8 +244,8 @@ def serve(home: str | Path, log_path: Path, extra_env: dict[str, str] | None = N
 
 # What `python save_models.py` printed while building the session's reference store.
 REFERENCE_BUILD_LOG = SESSION_HOME / "save_models.log"
-# A model store `make models` built before the tests (CI builds it once, for the tests and the
-# image), and what that build printed. The session starts from a copy of it.
+# A model store built before the tests (`make test` builds one per run, for every worker; CI's
+# later steps reuse it), and what that build printed. The session starts from a copy of it.
 PREBUILT_MODELS = os.environ.get("DESPLIEGUE_TEST_MODELS")
 PREBUILT_MODELS_LOG = os.environ.get("DESPLIEGUE_TEST_MODELS_LOG")
 
