@@ -59,7 +59,7 @@ from despliegue import registry
 from despliegue.artifacts import stored_models
 from despliegue.backup import BackupRefused, backup, restore
 from despliegue.bentoml_compat import bentoml_home
-from despliegue.config import FamilyConfig, settings
+from despliegue.config import ConfigurationError, FamilyConfig, settings
 from despliegue.families.base import Recipe
 from despliegue.importing import ImportRefused, Outcome, ensure_reference, import_artifact
 from despliegue.lifecycle import commands, mlflow_sync
@@ -70,8 +70,12 @@ from despliegue.preprocessing import PRESETS
 from despliegue.preprocessing import summary as preprocessing_summary
 from despliegue.quiet import import_tensorflow
 
-# Every model's recipe by model key, in the registry's order.
-RECIPES = registry.recipes()
+# Every model's recipe by model key, in the registry's order. Reading them reads the
+# configuration: a mistake there is said in one line naming the key, not as a traceback.
+try:
+    RECIPES = registry.recipes()
+except ConfigurationError as exc:
+    sys.exit(f"save_models.py: {exc}")
 
 # The command's answers (tables, summaries, the tag an import stored) go to stdout, so they can
 # be piped and read by scripts; progress, warnings and refusals go to stderr.
@@ -391,6 +395,9 @@ def run_sync(why: str) -> int:
             "[bold red]sync needs MLflow:[/] "
             "pip install -r requirements-mlflow.txt -c constraints.txt"
         )
+        return 1
+    except ImportRefused as exc:
+        err.print(f"[bold red]refused:[/] {exc}")
         return 1
     if not done:
         out.print("No family follows an MLflow alias (families.<name>.mlflow_alias).")

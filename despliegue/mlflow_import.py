@@ -130,6 +130,7 @@ def import_mlflow(
     if folder.is_dir():
         found = MlflowSource(uri=str(folder.resolve()))
         return _import_folder(folder, found, model_name, declared or {}, signature)
+    require_registry(source)
     mlflow = _mlflow()
     described = describe(mlflow.MlflowClient(), source)
     name = model_name or described.registered_model
@@ -388,6 +389,21 @@ def _registered_version(client: Any, name: str, suffix: str | None, alias: str |
     newest = max(versions, key=lambda version: int(version.version))
     # A search result may leave out aliases: read the version itself.
     return client.get_model_version(name, str(newest.version))
+
+
+def require_registry(what: str) -> None:
+    """Refuse when no tracking URI is set and MLflow's local default (./mlflow.db, or ./mlruns/
+    from older versions) is absent: MLflow would create an empty mlflow.db in the current
+    folder, answer "not found", and leave the file behind."""
+    if os.environ.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_REGISTRY_URI"):
+        return
+    if Path("mlflow.db").exists() or Path("mlruns").is_dir():
+        return
+    raise ImportRefused(
+        f"{what}: no MLflow registry to read from: MLFLOW_TRACKING_URI is not set and "
+        f"{Path.cwd()} holds neither mlflow.db nor mlruns/ (MLflow's local default); set "
+        "MLFLOW_TRACKING_URI to the tracking server, e.g. http://mlflow.internal:5000"
+    )
 
 
 def _tracking_uri() -> str:

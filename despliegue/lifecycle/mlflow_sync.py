@@ -11,7 +11,7 @@ from despliegue.config import PanelConfig, settings
 from despliegue.importing import ImportRefused
 from despliegue.lifecycle.commands import pin_before_import, promote
 from despliegue.lifecycle.plans import FROM_STATE, family_of_model, plans
-from despliegue.mlflow_import import import_mlflow
+from despliegue.mlflow_import import import_mlflow, require_registry
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ def _imported_version(model_name: str, registered: str, version: str) -> str | N
 
 def sync(why: str = "") -> list[Synced]:
     """Import (once) what each followed alias points to, and promote it."""
+    if not any(entry.mlflow_alias for entry in settings().families.values()):
+        return []  # no registry is opened: MLflow's client creates its local default on open
+    require_registry("sync")
     import mlflow
 
     client = mlflow.MlflowClient()

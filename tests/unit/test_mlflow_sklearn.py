@@ -4,6 +4,9 @@ what is refused and why, and the column name a signature gives a pipeline that n
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
 from despliegue.importing import ImportRefused
-from tests.conftest import run_save_models
+from tests.conftest import ROOT, run_save_models
 
 pytest.importorskip("mlflow", reason="MLflow extra not installed (requirements-mlflow.txt)")
 import mlflow.pyfunc
@@ -60,6 +63,29 @@ def test_a_python_function_model_is_refused_naming_the_accepted_flavours(tmp_pat
     assert "heatflow_svr takes the flavours: sklearn" in said and "arbitrary code" in said
     said = import_folder(tmp_path / "pyfunc", "modelo_CIP_NM")
     assert "modelo_CIP_NM takes the flavours: keras, tensorflow" in said
+
+
+def test_a_registry_read_with_no_registry_set_is_refused_and_leaves_no_database(
+    tmp_path: Path,
+) -> None:
+    """With no MLFLOW_TRACKING_URI, MLflow would read (and create) ./mlflow.db: an import by
+    registry URI and a sync of a family following an alias are refused saying what to set, and
+    the folder they ran in stays empty."""
+    settings = yaml.safe_load((ROOT / "configuration.yaml").read_text(encoding="utf-8"))
+    settings["families"]["heatflow"]["mlflow_alias"] = "champion"
+    config = tmp_path.parent / f"{tmp_path.name}-configuration.yaml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(COLUMNS="200", DESPLIEGUE_CONFIG=str(config))
+    for command in (["import", "heatflow_svr", "models:/heatflow_svr/1"], ["sync"]):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "save_models.py"), *command],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 1, said
+        assert "no MLflow registry to read from: MLFLOW_TRACKING_URI is not set" in said
+        assert list(tmp_path.iterdir()) == [], command
 
 
 def test_a_skops_type_outside_sklearn_numpy_scipy_is_refused_naming_it(tmp_path: Path) -> None:

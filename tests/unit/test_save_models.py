@@ -44,6 +44,16 @@ def fitted_heatflow_model() -> LinearRegression:
 
 
 @pytest.mark.processes
+def test_a_configuration_mistake_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "configuration.yaml"
+    config.write_text("families:\n  heatflow:\n    modle: heatflow_svr\n", encoding="utf-8")
+    result = run_save_models("list", extra_env={"DESPLIEGUE_CONFIG": str(config)})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"save_models.py: invalid configuration in {config}: ")
+    assert "families.heatflow.modle: Extra inputs are not permitted" in result.stderr
+
+
 def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     first = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert first.returncode == 0, first.stderr
