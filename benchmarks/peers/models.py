@@ -14,7 +14,8 @@ doing what the service's runner does per batch (and, for /super, the API's crops
     super        Base64 image             -> best validation score of its faces (0.0: none)
     antibiotics  16 markers (AMK)         -> class probabilities (standardized as stored)
 
-Images are decoded here, in the peer, as the service's API decodes them (Base64, Pillow, RGB).
+Images are decoded here, in the peer, as the service's API decodes them (Base64; JPEG by
+libjpeg-turbo through simplejpeg, anything else by Pillow; RGB).
 """
 
 from __future__ import annotations
@@ -50,11 +51,20 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def decode_image(encoded: str | bytes) -> np.ndarray:
+    """RGB pixels, as the service decodes them: an upright RGB or grey JPEG by libjpeg-turbo
+    (simplejpeg), anything else by Pillow (despliegue/images.py; the same pixels either way)."""
+    import simplejpeg
     from PIL import Image, ImageOps
 
     raw = base64.b64decode(encoded)
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(raw)))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    image = Image.open(io.BytesIO(raw))
+    upright = image.getexif().get(0x0112, 1) == 1
+    if image.format == "JPEG" and image.mode in ("RGB", "L") and upright:
+        try:
+            return simplejpeg.decode_jpeg(raw, "RGB")
+        except ValueError:
+            pass  # what libjpeg-turbo warns about, Pillow decodes (or refuses)
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
