@@ -65,6 +65,7 @@ def test_a_python_function_model_is_refused_naming_the_accepted_flavours(tmp_pat
     assert "modelo_CIP_NM takes the flavours: keras, tensorflow" in said
 
 
+@pytest.mark.processes
 def test_a_registry_read_with_no_registry_set_is_refused_and_leaves_no_database(
     tmp_path: Path,
 ) -> None:

@@ -54,6 +54,7 @@ def test_a_configuration_mistake_is_one_line_naming_the_key(tmp_path: Path) -> N
     assert "families.heatflow.modle: Extra inputs are not permitted" in result.stderr
 
 
+@pytest.mark.processes
 def test_reference_models_are_built_once_then_kept(home: Path) -> None:
     first = run_save_models(*SKLEARN_REFERENCES, home=str(home))
     assert first.returncode == 0, first.stderr
