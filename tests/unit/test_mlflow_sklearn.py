@@ -19,7 +19,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
 from despliegue.importing import ImportRefused
-from tests.conftest import ROOT, run_save_models
+from tests.conftest import LIFECYCLE_STATE_ENV, ROOT, lifecycle_state, run_save_models
 
 pytest.importorskip("mlflow", reason="MLflow extra not installed (requirements-mlflow.txt)")
 import mlflow.pyfunc
@@ -76,8 +76,10 @@ def test_a_registry_read_with_no_registry_set_is_refused_and_leaves_no_database(
     settings["families"]["heatflow"]["mlflow_alias"] = "champion"
     config = tmp_path.parent / f"{tmp_path.name}-configuration.yaml"
     config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    home = tmp_path.parent / f"{tmp_path.name}-home" / "bentoml"  # its own store and state
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(COLUMNS="200", DESPLIEGUE_CONFIG=str(config))
+    env.update(COLUMNS="200", DESPLIEGUE_CONFIG=str(config), BENTOML_HOME=str(home))
+    env[LIFECYCLE_STATE_ENV] = lifecycle_state(str(home))
     for command in (["import", "heatflow_svr", "models:/heatflow_svr/1"], ["sync"]):
         done = subprocess.run(
             [sys.executable, str(ROOT / "save_models.py"), *command],

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_save_models
+from tests.conftest import LIFECYCLE_STATE_ENV, ROOT, lifecycle_state, run_save_models
 
 pytestmark = pytest.mark.processes
 
@@ -35,7 +35,12 @@ def load(home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", LOAD],
         cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(home)},
+        # The home's own lifecycle state: the session's may pin a tag of the session's store.
+        env={
+            **os.environ,
+            "BENTOML_HOME": str(home),
+            LIFECYCLE_STATE_ENV: lifecycle_state(str(home)),
+        },
         capture_output=True,
         text=True,
         timeout=300,
