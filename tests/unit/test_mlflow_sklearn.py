@@ -18,6 +18,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
+from benchmarks.servers import config_variant
+from despliegue.config import config_path
 from despliegue.importing import ImportRefused
 from tests.conftest import LIFECYCLE_STATE_ENV, ROOT, lifecycle_state, run_save_models
 
@@ -72,10 +74,11 @@ def test_a_registry_read_with_no_registry_set_is_refused_and_leaves_no_database(
     """With no MLFLOW_TRACKING_URI, MLflow would read (and create) ./mlflow.db: an import by
     registry URI and a sync of a family following an alias are refused saying what to set, and
     the folder they ran in stays empty."""
-    settings = yaml.safe_load((ROOT / "configuration.yaml").read_text(encoding="utf-8"))
-    settings["families"]["heatflow"]["mlflow_alias"] = "champion"
-    config = tmp_path.parent / f"{tmp_path.name}-configuration.yaml"
-    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    config = config_variant(
+        config_path(),
+        tmp_path.parent / f"{tmp_path.name}-configuration.yaml",
+        lambda raw: raw["families"]["heatflow"].update(mlflow_alias="champion"),
+    )
     home = tmp_path.parent / f"{tmp_path.name}-home" / "bentoml"  # its own store and state
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(COLUMNS="200", DESPLIEGUE_CONFIG=str(config), BENTOML_HOME=str(home))
