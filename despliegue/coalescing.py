@@ -16,10 +16,11 @@ The items of each call are counted in the Prometheus histogram
 `despliegue_runner_call_items{runner_name, method_name}` on the API's /metrics.
 
 A runner worker that dies (killed, out of memory) is replaced by BentoML's supervisor; the
-calls it had in flight lose their connection (so does a call sent on a keep-alive connection
-the runner is closing for idleness). Model calls are pure, so such a call is sent once more:
-it waits in the runner's socket until the replacement is up. If that fails too, or the runner
-sheds load (its own 503), the request is answered 503 with Retry-After (`TryLater`), never 500.
+calls it had in flight lose their connection, some halfway through their answer (so does a
+call sent on a keep-alive connection the runner is closing for idleness). Model calls are pure,
+so such a call is sent once more: it waits in the runner's socket until the replacement is up.
+If that fails too, or the runner sheds load (its own 503), the request is answered 503 with
+Retry-After (`TryLater`), never 500.
 """
 
 from __future__ import annotations
@@ -166,12 +167,14 @@ def call_items_histogram() -> Histogram:
 
 
 def _runner_gone(error: BaseException) -> bool:
-    """The connection to the runner broke, as opposed to a slow answer: its process died, or
-    it closed an idle keep-alive connection just as the API reused it (BentoML's client to a
+    """The connection to the runner broke, as opposed to a slow answer: its process died
+    (before its answer, or halfway through writing it: aiohttp's ClientPayloadError), or it
+    closed an idle keep-alive connection just as the API reused it (BentoML's client to a
     dependency is aiohttp)."""
     import aiohttp
 
-    return isinstance(error, aiohttp.ClientConnectionError) and not isinstance(error, TimeoutError)
+    broken = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+    return isinstance(error, broken) and not isinstance(error, TimeoutError)
 
 
 def _runner_overloaded(error: BaseException) -> bool:

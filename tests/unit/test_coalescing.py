@@ -5,6 +5,7 @@ stay with the request that caused them. The live server tests check it end to en
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import numpy as np
@@ -261,3 +262,41 @@ def test_slow_answers_and_model_errors_are_not_retried() -> None:
         with pytest.raises(type(error)):
             asyncio.run(call([1]))
         assert runner.calls == 1
+
+
+def test_a_runner_killed_halfway_through_its_answer_is_called_again() -> None:
+    """A real socket: the first answer stops after its headers and a few bytes, as when the
+    runner's process is killed while writing it (aiohttp raises ClientPayloadError, not a
+    connection error); the call is sent once more and the second answer is the result."""
+
+    async def scenario() -> None:
+        answers = 0
+
+        async def runner_process(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            nonlocal answers
+            await reader.readuntil(b"\r\n\r\n")
+            answers += 1
+            body = b"[2, 4, 6]"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n" % len(body))
+            writer.write(body if answers > 1 else body[:3])
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(runner_process, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+
+            async def method(items: list[int]) -> list[int]:
+                async with session.post("/double", json=items) as response:
+                    return json.loads(await response.read())
+
+            with pytest.raises(aiohttp.ClientPayloadError):  # what a bare call meets
+                await method([1, 2, 3])
+            answers = 0
+            assert await surviving_restarts("TestRunner.double", method)([1, 2, 3]) == [2, 4, 6]
+            assert answers == 2
+
+    asyncio.run(scenario())
