@@ -352,7 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warmup": args.warmup,
             "concurrency": args.concurrency,
             "limit_seconds": args.limit_seconds,
-            "configuration": str(base_config),
+            # Named from the checkout when it is the project's own file (results are committed).
+            "configuration": str(
+                base_config.resolve().relative_to(servers.ROOT.resolve())
+                if base_config.resolve().is_relative_to(servers.ROOT.resolve())
+                else base_config
+            ),
         },
         "paths": {},
     }
