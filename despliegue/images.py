@@ -244,9 +244,7 @@ def decoded_by_pillow(
             image = image.convert("RGBA" if "transparency" in image.info else image.mode)
             image = image.convert("RGB")
         original_size = header.drafted_from or image.size
-        size = target.fit(*original_size)
-        resized = image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
-        pixels = np.asarray(resized, dtype=np.uint8)
+        pixels = _resized_pixels(image, target.fit(*original_size))
         original = image if keep_original else None
     except Image.DecompressionBombError:
         raise ClientError(loc, _too_many_pixels(limits), kind="too_large") from None
@@ -282,26 +280,30 @@ def _turbo_pixels(header: ImageHeader) -> np.ndarray | None:
 def _from_turbo(
     pixels: np.ndarray, header: ImageHeader, target: ModelInput, keep_original: bool
 ) -> DecodedImage:
-    """`decode_header`'s answer for pixels libjpeg-turbo decoded: oriented and resized by
-    Pillow as a decoded image is (the common photo, upright at the model's size, is used as
-    decoded)."""
+    """`decode_header`'s answer for pixels libjpeg-turbo decoded: the common photo, upright at
+    the model's size, as decoded; any other oriented and resized by Pillow as a decoded image
+    is."""
     method = _ORIENTED.get(header.orientation)
-    image = None
+    if method is None and not keep_original:
+        shown = (pixels.shape[1], pixels.shape[0])
+        original_size = header.drafted_from or shown
+        if target.fit(*original_size) == shown:
+            return DecodedImage(pixels=pixels, original_size=original_size, original=None)
+    image = Image.fromarray(pixels)
     if method is not None:
-        image = Image.fromarray(pixels).transpose(method)
-    shown = image.size if image is not None else (pixels.shape[1], pixels.shape[0])
-    original_size = header.drafted_from or shown
-    size = target.fit(*original_size)
-    if size != shown or keep_original:
-        if image is None:
-            image = Image.fromarray(pixels)
-        resized = image if size == shown else image.resize(size, Image.Resampling.BILINEAR)
-        pixels = np.asarray(resized, dtype=np.uint8)
-    elif image is not None:
-        pixels = np.asarray(image, dtype=np.uint8)
+        image = image.transpose(method)
+    original_size = header.drafted_from or image.size
     return DecodedImage(
-        pixels=pixels, original_size=original_size, original=image if keep_original else None
+        pixels=_resized_pixels(image, target.fit(*original_size)),
+        original_size=original_size,
+        original=image if keep_original else None,
     )
+
+
+def _resized_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image's pixels at `size` (width, height), resized bilinearly when not already."""
+    resized = image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 # --- the budget of decoded pixels ----------------------------------------------------------
